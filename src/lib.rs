@@ -1,0 +1,4 @@
+//! kiln: a build pool server speaking the sccache-dist build-server protocol.
+
+pub mod client;
+pub mod protocol;
