@@ -1,0 +1,196 @@
+//! A directory treated as the root of a filesystem the server does not trust.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{mkdirat, Mode};
+
+use super::ArchiveError;
+
+/// Longest path accepted inside a root (the kernel's PATH_MAX).
+const MAX_PATH_BYTES: usize = 4096;
+
+/// A relative path inside a root: only normal components, no `..`, no empty path.
+///
+/// Built from untrusted strings (tar entries, a job's cwd and outputs); leading `/`
+/// and `.` components are dropped, because clients name sandbox paths absolutely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPath {
+    components: Vec<Vec<u8>>,
+}
+
+impl SandboxPath {
+    /// Parses `raw` (absolute or relative) into a path inside the root.
+    pub fn parse(raw: &[u8]) -> Result<Self, ArchiveError> {
+        let bad = |reason| ArchiveError::BadPath { path: String::from_utf8_lossy(raw).into_owned(), reason };
+        if raw.len() > MAX_PATH_BYTES {
+            return Err(bad("path is too long"));
+        }
+        if raw.contains(&0) {
+            return Err(bad("path contains a NUL byte"));
+        }
+        let mut components = Vec::new();
+        for component in Path::new(OsStr::from_bytes(raw)).components() {
+            match component {
+                Component::RootDir | Component::CurDir => {}
+                Component::ParentDir => return Err(bad("path contains `..`")),
+                Component::Normal(name) => components.push(name.as_bytes().to_vec()),
+                Component::Prefix(_) => return Err(bad("path has a prefix")),
+            }
+        }
+        Ok(SandboxPath { components })
+    }
+
+    /// `base.join(raw)` for a possibly relative `raw` (a job's output relative to its cwd).
+    pub fn parse_relative_to(base: &SandboxPath, raw: &[u8]) -> Result<Self, ArchiveError> {
+        if raw.first() == Some(&b'/') {
+            return Self::parse(raw);
+        }
+        let mut joined = Self::parse(raw)?;
+        let mut components = base.components.clone();
+        components.append(&mut joined.components);
+        Ok(SandboxPath { components })
+    }
+
+    /// The root itself.
+    pub fn is_root(&self) -> bool {
+        self.components.is_empty()
+    }
+
+    pub fn depth(&self) -> usize {
+        self.components.len()
+    }
+
+    /// The parent and the last component, or `None` for the root.
+    pub fn split_last(&self) -> Option<(SandboxPath, &OsStr)> {
+        let (last, parent) = self.components.split_last()?;
+        Some((SandboxPath { components: parent.to_vec() }, OsStr::from_bytes(last)))
+    }
+
+    /// The path relative to the root, as the kernel takes it (`.` for the root).
+    pub fn relative(&self) -> std::path::PathBuf {
+        if self.components.is_empty() {
+            return ".".into();
+        }
+        self.components.iter().map(|c| OsStr::from_bytes(c)).collect()
+    }
+
+    /// The path as the sandboxed process sees it (absolute).
+    pub fn display(&self) -> String {
+        let mut s = String::new();
+        for c in &self.components {
+            s.push('/');
+            s.push_str(&String::from_utf8_lossy(c));
+        }
+        if s.is_empty() {
+            s.push('/');
+        }
+        s
+    }
+}
+
+/// A directory opened once, under which every lookup is resolved as if it were `/`.
+///
+/// `RESOLVE_IN_ROOT` makes absolute symlinks and `..` stay inside the directory;
+/// `RESOLVE_NO_MAGICLINKS` refuses `/proc/*/fd`-style jumps; `RESOLVE_NO_XDEV` refuses
+/// to cross into anything mounted below it.
+pub struct RootedDir {
+    fd: OwnedFd,
+}
+
+fn resolve_flags() -> ResolveFlag {
+    ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_NO_XDEV
+}
+
+impl RootedDir {
+    pub fn open(path: &Path) -> Result<Self, ArchiveError> {
+        let fd = nix::fcntl::open(path, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|source| ArchiveError::OpenRoot { path: path.to_owned(), source })?;
+        Ok(RootedDir { fd })
+    }
+
+    /// Opens `path` inside the root with `flags`, following symlinks only inside it.
+    pub fn open_in(&self, path: &SandboxPath, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
+        let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).mode(mode).resolve(resolve_flags());
+        openat2(self.fd.as_fd(), &path.relative(), how)
+    }
+
+    /// Opens a regular file for reading; `Ok(None)` if it does not exist.
+    pub fn open_file(&self, path: &SandboxPath) -> Result<Option<File>, ArchiveError> {
+        match self.open_in(path, OFlag::O_RDONLY | OFlag::O_NOFOLLOW, Mode::empty()) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(source) => Err(ArchiveError::Io { op: "open", path: path.display(), source }),
+        }
+    }
+
+    /// Opens directory `path`, creating missing components with `mode` on the way.
+    pub fn create_dir_all(&self, path: &SandboxPath, mode: Mode) -> Result<OwnedFd, ArchiveError> {
+        let dir_flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY;
+        let io = |op, source| ArchiveError::Io { op, path: path.display(), source };
+        match self.open_in(path, dir_flags, Mode::empty()) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::ENOENT) => {}
+            Err(source) => return Err(io("open directory", source)),
+        }
+        // Walk down from the root, resolving each prefix inside the root again so a
+        // symlinked component keeps its in-sandbox meaning.
+        let mut prefix = SandboxPath { components: Vec::with_capacity(path.depth()) };
+        let mut current = self.open_in(&prefix, dir_flags, Mode::empty()).map_err(|e| io("open root", e))?;
+        for component in &path.components {
+            prefix.components.push(component.clone());
+            current = match self.open_in(&prefix, dir_flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    match mkdirat(current.as_fd(), OsStr::from_bytes(component), mode) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(source) => return Err(io("create directory", source)),
+                    }
+                    self.open_in(&prefix, dir_flags, Mode::empty()).map_err(|e| io("open directory", e))?
+                }
+                Err(source) => return Err(io("open directory", source)),
+            };
+        }
+        Ok(current)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_strips_root_and_dots_and_rejects_parent() {
+        let p = SandboxPath::parse(b"/a/./b//c").unwrap();
+        assert_eq!(p.display(), "/a/b/c");
+        assert!(SandboxPath::parse(b"a/../../etc").is_err());
+        assert!(SandboxPath::parse(b"/").unwrap().is_root());
+        let cwd = SandboxPath::parse(b"/work").unwrap();
+        assert_eq!(SandboxPath::parse_relative_to(&cwd, b"out/x.o").unwrap().display(), "/work/out/x.o");
+        assert_eq!(SandboxPath::parse_relative_to(&cwd, b"/abs.o").unwrap().display(), "/abs.o");
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"host").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link")).unwrap();
+        let root = RootedDir::open(dir.path()).unwrap();
+        // An absolute link target is taken relative to the root, where it does not exist.
+        let p = SandboxPath::parse(b"/escape/secret").unwrap();
+        assert!(root.open_file(&p).unwrap().is_none());
+        // A symlink as the last component is never followed.
+        assert!(root.open_file(&SandboxPath::parse(b"link").unwrap()).is_err());
+        // A directory cannot be created through a link that points outside.
+        let through = SandboxPath::parse(b"/escape/sub").unwrap();
+        assert!(root.create_dir_all(&through, Mode::from_bits_truncate(0o755)).is_err());
+        assert!(!outside.path().join("sub").exists());
+    }
+}
