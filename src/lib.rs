@@ -2,5 +2,6 @@
 
 pub mod archive;
 pub mod client;
+pub mod package;
 pub mod protocol;
 pub mod report;
