@@ -2,6 +2,9 @@
 
 pub mod archive;
 pub mod client;
+pub mod config;
+pub mod host_check;
 pub mod package;
 pub mod protocol;
 pub mod report;
+pub mod sandbox;

@@ -1,0 +1,42 @@
+//! Startup checks of the host: each failure is one line saying what is missing
+//! and how to get it, instead of a confusing error on the first job.
+
+use crate::config::Config;
+use crate::sandbox::overlay::check_bwrap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostCheckError {
+    #[error("kiln runs on Linux only (it needs mount namespaces and overlayfs)")]
+    NotLinux,
+    #[error(
+        "kiln must run as root: it mounts overlayfs and creates namespaces (run it with sudo or as a root service)"
+    )]
+    NotRoot,
+    #[error("the kernel has no overlayfs: load it with `modprobe overlay` (or build a kernel with CONFIG_OVERLAY_FS)")]
+    NoOverlayfs,
+    #[error(
+        "{0}: install it with `apt-get install bubblewrap` (or `dnf install bubblewrap`), or set sandbox.bwrap_path"
+    )]
+    Bubblewrap(String),
+}
+
+/// Checks what the overlay backend needs; returns bubblewrap's version line.
+pub fn check_host(config: &Config) -> Result<String, HostCheckError> {
+    if !cfg!(target_os = "linux") {
+        return Err(HostCheckError::NotLinux);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(HostCheckError::NotRoot);
+    }
+    if !overlayfs_available() {
+        return Err(HostCheckError::NoOverlayfs);
+    }
+    check_bwrap(&config.sandbox.bwrap_path).map_err(HostCheckError::Bubblewrap)
+}
+
+fn overlayfs_available() -> bool {
+    let listed = std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|table| table.lines().any(|line| line.split_whitespace().last() == Some("overlay")));
+    // A modular overlayfs is loaded on first mount; its module directory tells it exists.
+    listed || std::path::Path::new("/sys/module/overlay").exists()
+}

@@ -1,0 +1,64 @@
+//! Killing a sandbox's process from another thread without racing its reaping.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+#[derive(Debug, Default)]
+struct KillState {
+    /// Set while the process exists and has not been reaped, so the pid cannot
+    /// have been reused by another process.
+    pid: Option<Pid>,
+    cancelled: bool,
+}
+
+/// Shared between the thread that owns a child process and whoever may need to
+/// stop it (a timeout, a dropped request).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KillHandle(Arc<Mutex<KillState>>);
+
+impl KillHandle {
+    fn state(&self) -> MutexGuard<'_, KillState> {
+        // A poisoned lock only means a panic elsewhere; the state is still valid.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Kills the process if it runs, and stops one from being started.
+    pub fn kill(&self) {
+        let mut state = self.state();
+        state.cancelled = true;
+        if let Some(pid) = state.pid {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.state().cancelled
+    }
+
+    /// Records a started process; kills it at once if a kill came first.
+    pub fn started(&self, pid: Pid) {
+        let mut state = self.state();
+        state.pid = Some(pid);
+        if state.cancelled {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+
+    /// Call after the process exited (`WNOWAIT`) and before reaping it.
+    pub fn exited(&self) {
+        self.state().pid = None;
+    }
+}
+
+/// Kills the job if the future that waits for it is dropped early.
+pub(crate) struct KillOnDrop(pub Option<KillHandle>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.kill();
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Sandboxes: where one job's command runs, isolated from the host and other jobs.
+//!
+//! A backend prepares sandboxes over an unpacked toolchain root ahead of time; a
+//! prepared [`Sandbox`] runs exactly one job and leaves [`Leftovers`] for the cleaner.
+//! The overlay backend lives in [`overlay`]; every backend hides behind
+//! [`SandboxBackend`], so the actors never know which one runs.
+
+mod error;
+mod job;
+mod kill;
+pub mod overlay;
+
+pub use error::SandboxError;
+pub use job::{SandboxJob, SandboxLimits};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::protocol::JobComplete;
+
+/// An unpacked toolchain root, held for as long as a sandbox may use it.
+///
+/// The unpacker never evicts a root while any clone of its lease is alive.
+#[derive(Debug, Clone)]
+pub struct ToolchainRoot {
+    pub archive_id: String,
+    pub path: PathBuf,
+    pub lease: Arc<()>,
+}
+
+/// What a used or discarded sandbox leaves behind, for the cleaner to remove.
+#[derive(Debug)]
+pub enum Leftovers {
+    Nothing,
+    /// A sandbox directory; nothing of it is mounted in the host's namespace.
+    Dir(PathBuf),
+}
+
+/// A kind of sandbox (overlay + bubblewrap, ...).
+pub trait SandboxBackend: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// Prepares a sandbox over `toolchain` so a job can start in it at once.
+    fn prepare(&self, toolchain: ToolchainRoot) -> BoxFuture<'static, Result<Box<dyn Sandbox>, SandboxError>>;
+}
+
+/// A prepared sandbox. It runs one job; afterwards only its leftovers remain.
+pub trait Sandbox: Send + 'static {
+    fn toolchain_id(&self) -> &str;
+
+    /// Runs `job`. Dropping the returned future kills whatever the job started.
+    fn run(self: Box<Self>, job: SandboxJob) -> BoxFuture<'static, (Result<JobComplete, SandboxError>, Leftovers)>;
+
+    /// Gives the sandbox up unused.
+    fn discard(self: Box<Self>) -> Leftovers;
+}
+
+pub type SharedBackend = Arc<dyn SandboxBackend>;

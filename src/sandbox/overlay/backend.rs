@@ -1,0 +1,157 @@
+//! The overlay backend and its prepared sandboxes (one parked thread each).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::sync::oneshot;
+
+use super::bwrap::run_job;
+use super::namespace::{enter_overlay_namespace, OverlayDirs};
+use crate::protocol::JobComplete;
+use crate::report::ErrorChain;
+use crate::sandbox::kill::{KillHandle, KillOnDrop};
+use crate::sandbox::{Leftovers, Sandbox, SandboxBackend, SandboxError, SandboxJob, SandboxLimits, ToolchainRoot};
+
+/// Prepares overlay sandboxes under `<data_dir>/sandboxes/<n>/{upper,work,merged}`.
+pub struct OverlayBackend {
+    sandboxes_dir: PathBuf,
+    bwrap: PathBuf,
+    limits: SandboxLimits,
+    next_id: AtomicU64,
+}
+
+impl OverlayBackend {
+    pub fn new(sandboxes_dir: PathBuf, bwrap: PathBuf, limits: SandboxLimits) -> Self {
+        OverlayBackend { sandboxes_dir, bwrap, limits, next_id: AtomicU64::new(0) }
+    }
+}
+
+type JobReply = oneshot::Sender<Result<JobComplete, SandboxError>>;
+
+/// What the async side hands the sandbox thread.
+struct RunRequest {
+    job: SandboxJob,
+    kill: KillHandle,
+    reply: JobReply,
+}
+
+impl SandboxBackend for OverlayBackend {
+    fn name(&self) -> &'static str {
+        "overlay"
+    }
+
+    fn prepare(&self, toolchain: ToolchainRoot) -> BoxFuture<'static, Result<Box<dyn Sandbox>, SandboxError>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let dir = self.sandboxes_dir.join(id.to_string());
+        let dirs = OverlayDirs {
+            lower: toolchain.path.clone(),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            merged: dir.join("merged"),
+        };
+        let bwrap = self.bwrap.clone();
+        let limits = self.limits;
+        async move {
+            for d in [&dirs.upper, &dirs.work, &dirs.merged] {
+                tokio::fs::create_dir_all(d)
+                    .await
+                    .map_err(|source| SandboxError::CreateDir { path: d.clone(), source })?;
+            }
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let (job_tx, job_rx) = mpsc::sync_channel::<RunRequest>(1);
+            let thread_dirs = dirs.clone();
+            std::thread::Builder::new()
+                .name(format!("kiln-sandbox-{id}"))
+                .spawn(move || sandbox_thread(thread_dirs, bwrap, limits, ready_tx, job_rx))
+                .map_err(SandboxError::Thread)?;
+            match ready_rx.await {
+                Ok(Ok(())) => Ok(Box::new(OverlaySandbox { dir, toolchain, jobs: job_tx }) as Box<dyn Sandbox>),
+                Ok(Err(e)) => {
+                    // The thread has ended; nothing is mounted anywhere. Remove the dirs.
+                    let _ = tokio::fs::remove_dir_all(&dir).await;
+                    Err(e)
+                }
+                Err(_) => Err(SandboxError::ThreadGone),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// The body of a prepared sandbox's thread: mount, wait for one job, run it, exit.
+///
+/// Exiting drops the last reference to the private mount namespace, which unmounts
+/// the overlay; the directories stay for the cleaner.
+fn sandbox_thread(
+    dirs: OverlayDirs,
+    bwrap: PathBuf,
+    limits: SandboxLimits,
+    ready: oneshot::Sender<Result<(), SandboxError>>,
+    jobs: mpsc::Receiver<RunRequest>,
+) {
+    if let Err(e) = enter_overlay_namespace(&dirs) {
+        let _ = ready.send(Err(e));
+        return;
+    }
+    if ready.send(Ok(())).is_err() {
+        return;
+    }
+    // A closed channel means the sandbox was discarded unused.
+    let Ok(RunRequest { job, kill, reply }) = jobs.recv() else { return };
+    let job_id = job.job_id;
+    let result = run_job(&bwrap, &dirs.merged, job, &limits, &kill);
+    if let Err(e) = &result {
+        tracing::debug!(%job_id, error = %ErrorChain(e), "sandbox job failed");
+    }
+    let _ = reply.send(result);
+}
+
+struct OverlaySandbox {
+    dir: PathBuf,
+    toolchain: ToolchainRoot,
+    jobs: mpsc::SyncSender<RunRequest>,
+}
+
+impl Sandbox for OverlaySandbox {
+    fn toolchain_id(&self) -> &str {
+        &self.toolchain.archive_id
+    }
+
+    fn run(self: Box<Self>, job: SandboxJob) -> BoxFuture<'static, (Result<JobComplete, SandboxError>, Leftovers)> {
+        let OverlaySandbox { dir, toolchain, jobs } = *self;
+        async move {
+            // Keep the toolchain root leased until the job is over.
+            let _toolchain = toolchain;
+            let timeout = job.timeout;
+            let kill = KillHandle::default();
+            let (reply, answer) = oneshot::channel();
+            let result = match jobs.try_send(RunRequest { job, kill: kill.clone(), reply }) {
+                Err(_) => Err(SandboxError::ThreadGone),
+                Ok(()) => {
+                    let mut guard = KillOnDrop(Some(kill.clone()));
+                    let mut answer = answer;
+                    let result = match tokio::time::timeout(timeout, &mut answer).await {
+                        Ok(answer) => answer.unwrap_or(Err(SandboxError::ThreadGone)),
+                        Err(_elapsed) => {
+                            kill.kill();
+                            let _ = answer.await;
+                            Err(SandboxError::TimedOut(timeout))
+                        }
+                    };
+                    guard.0 = None;
+                    result
+                }
+            };
+            (result, Leftovers::Dir(dir))
+        }
+        .boxed()
+    }
+
+    fn discard(self: Box<Self>) -> Leftovers {
+        // Dropping the sender ends the parked thread, which frees its namespace.
+        Leftovers::Dir(self.dir)
+    }
+}

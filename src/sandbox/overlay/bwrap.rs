@@ -1,0 +1,214 @@
+//! Running one job under bubblewrap and collecting what it produced.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use flate2::read::ZlibDecoder;
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::Pid;
+
+use crate::archive::{extract_tar, ArchiveError, RootedDir, SandboxPath};
+use crate::protocol::{JobComplete, OutputData, ProcessOutput};
+use crate::report::ErrorChain;
+use crate::sandbox::job::validate_env;
+use crate::sandbox::kill::KillHandle;
+use crate::sandbox::{SandboxError, SandboxJob, SandboxLimits};
+
+/// Oldest bubblewrap with every flag kiln passes.
+const MIN_BWRAP: (u32, u32, u32) = (0, 3, 0);
+
+/// Checks that `bwrap` runs and is recent enough; returns its version line.
+pub fn check_bwrap(bwrap: &Path) -> Result<String, String> {
+    let out = Command::new(bwrap)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run bubblewrap ({}): {e}", bwrap.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let version = text.rsplit(' ').next().unwrap_or_default();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if !out.status.success() || found < MIN_BWRAP {
+        return Err(format!(
+            "bubblewrap {}.{}.{} or newer is needed, found {text:?}",
+            MIN_BWRAP.0, MIN_BWRAP.1, MIN_BWRAP.2
+        ));
+    }
+    Ok(text)
+}
+
+/// Runs `job` with `merged` (the overlay, visible in this thread's namespace) as `/`.
+pub(super) fn run_job(
+    bwrap: &Path,
+    merged: &Path,
+    job: SandboxJob,
+    limits: &SandboxLimits,
+    kill: &KillHandle,
+) -> Result<JobComplete, SandboxError> {
+    let root = RootedDir::open(merged).map_err(SandboxError::Layout)?;
+    extract_tar(ZlibDecoder::new(&job.inputs_zlib[..]), merged, &limits.inputs).map_err(SandboxError::Inputs)?;
+
+    let command = &job.command;
+    validate_env(&command.env_vars).map_err(SandboxError::BadCommand)?;
+    if command.executable.is_empty()
+        || command.executable.contains('\0')
+        || command.arguments.iter().any(|a| a.contains('\0'))
+    {
+        return Err(SandboxError::BadCommand("executable is empty, or it or an argument has a NUL byte".into()));
+    }
+    let cwd = SandboxPath::parse(command.cwd.as_bytes()).map_err(bad_path)?;
+    let dir_mode = Mode::from_bits_truncate(0o755);
+    root.create_dir_all(&cwd, dir_mode).map_err(SandboxError::Layout)?;
+    // gcc needs a writable /tmp; the toolchain may not have brought one.
+    let tmp = root
+        .create_dir_all(&SandboxPath::parse(b"/tmp").map_err(SandboxError::Layout)?, Mode::from_bits_truncate(0o1777));
+    tmp.map_err(SandboxError::Layout)?;
+    let mut outputs = Vec::with_capacity(job.outputs.len());
+    for name in &job.outputs {
+        let path = SandboxPath::parse_relative_to(&cwd, name.as_bytes()).map_err(bad_path)?;
+        if let Some((parent, _)) = path.split_last() {
+            root.create_dir_all(&parent, dir_mode).map_err(SandboxError::Layout)?;
+        }
+        outputs.push((name, path));
+    }
+    if kill.is_cancelled() {
+        return Err(SandboxError::TimedOut(job.timeout));
+    }
+
+    let output = run_bwrap(bwrap, merged, &job, &cwd, limits, kill)?;
+
+    let mut collected = Vec::with_capacity(outputs.len());
+    let mut total = 0u64;
+    for (name, path) in outputs {
+        let Some(bytes) = read_output(&root, &path, limits.max_output_bytes - total).map_err(|e| match e {
+            SandboxError::OutputsTooLarge { .. } => SandboxError::OutputsTooLarge { limit: limits.max_output_bytes },
+            other => other,
+        })?
+        else {
+            continue; // Missing outputs are left out of the answer, as upstream does.
+        };
+        total += bytes.len() as u64;
+        let data = OutputData::compress(&bytes)
+            .map_err(|source| SandboxError::CompressOutput { path: path.display(), source })?;
+        collected.push((name.clone(), data));
+    }
+    Ok(JobComplete { output, outputs: collected })
+}
+
+/// A cwd or output path the sandbox cannot hold is a malformed command.
+fn bad_path(e: ArchiveError) -> SandboxError {
+    SandboxError::BadCommand(e.to_string())
+}
+
+fn bwrap_command(bwrap: &Path, merged: &Path, job: &SandboxJob, cwd: &SandboxPath) -> Command {
+    let mut cmd = Command::new(bwrap);
+    cmd.args([
+        // The job dies with its bubblewrap, which dies with the thread that started it.
+        "--die-with-parent",
+        // setsid(): no ioctl(TIOCSTI) into a terminal (CVE-2017-5226).
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--unshare-user",
+        "--unshare-cgroup",
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+    ]);
+    cmd.arg("--bind").arg(merged).arg("/");
+    cmd.args(["--proc", "/proc", "--dev", "/dev", "--chdir"]).arg(cwd.display());
+    cmd.arg("--").arg(&job.command.executable).args(&job.command.arguments);
+    // The job's environment only; bubblewrap passes its own environment on.
+    cmd.env_clear().envs(job.command.env_vars.iter().map(|(k, v)| (k, v)));
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+fn run_bwrap(
+    bwrap: &Path,
+    merged: &Path,
+    job: &SandboxJob,
+    cwd: &SandboxPath,
+    limits: &SandboxLimits,
+    kill: &KillHandle,
+) -> Result<ProcessOutput, SandboxError> {
+    let mut child = bwrap_command(bwrap, merged, job, cwd)
+        .spawn()
+        .map_err(|source| SandboxError::Spawn { path: PathBuf::from(bwrap), source })?;
+    let pid = Pid::from_raw(child.id() as i32);
+    kill.started(pid);
+
+    let max = limits.max_stdio_bytes;
+    let stderr = child.stderr.take();
+    let stderr_reader = std::thread::Builder::new()
+        .name("kiln-stderr".into())
+        .spawn(move || stderr.map(|s| read_bounded(s, max)).unwrap_or_default());
+    let stdout = child.stdout.take().map(|s| read_bounded(s, max)).unwrap_or_default();
+    let stderr = match stderr_reader {
+        Ok(handle) => handle.join().unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+
+    // Wait without reaping, forget the pid, then reap: a kill can never hit a reused pid.
+    let waited = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
+    kill.exited();
+    let status = child.wait();
+    waited.map_err(SandboxError::Wait)?;
+    let status = status.map_err(|e| SandboxError::Wait(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+
+    if let Some(signal) = status.signal() {
+        return Err(if kill.is_cancelled() {
+            SandboxError::TimedOut(job.timeout)
+        } else {
+            SandboxError::HelperKilled { signal }
+        });
+    }
+    let code = status.code().unwrap_or(-1);
+    // bubblewrap reports its own failures with exit 1 and a "bwrap: " line.
+    if code == 1 && stderr.starts_with(b"bwrap: ") {
+        return Err(SandboxError::Setup(String::from_utf8_lossy(&stderr).trim().to_owned()));
+    }
+    Ok(ProcessOutput { code, stdout, stderr })
+}
+
+/// Reads up to `max` bytes, then drains the rest so the writer never blocks.
+fn read_bounded(mut reader: impl Read, max: u64) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let _ = (&mut reader).take(max).read_to_end(&mut kept);
+    let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    kept
+}
+
+/// Reads one output inside the root: never through a symlink to the host, only
+/// regular files, at most `budget` bytes. `None` when it is absent.
+fn read_output(root: &RootedDir, path: &SandboxPath, budget: u64) -> Result<Option<Vec<u8>>, SandboxError> {
+    let file = match root.open_file(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %ErrorChain(&e), "output is not a readable regular file; left out");
+            return Ok(None);
+        }
+    };
+    let meta =
+        file.metadata().map_err(|e| SandboxError::Output { path: path.display(), source: ArchiveError::Read(e) })?;
+    if !meta.is_file() {
+        tracing::warn!(path = %path.display(), "output is not a regular file; left out");
+        return Ok(None);
+    }
+    if meta.len() > budget {
+        return Err(SandboxError::OutputsTooLarge { limit: budget });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(budget + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| SandboxError::Output { path: path.display(), source: ArchiveError::Read(e) })?;
+    if bytes.len() as u64 > budget {
+        return Err(SandboxError::OutputsTooLarge { limit: budget });
+    }
+    Ok(Some(bytes))
+}
