@@ -1,10 +1,32 @@
 //! kiln: a build pool server speaking the sccache-dist build-server protocol.
+//!
+//! A client (sccache) assigns a job, submits the compiler toolchain once, then runs
+//! jobs: kiln unpacks the toolchain once into a read-only root, runs each job's
+//! command in a sandbox over it and returns exit code, stdout, stderr and outputs.
+//!
+//! # Layout
+//! - [`protocol`]: the wire types, the bincode codec (the only user of bincode) and
+//!   job tokens. Knows nothing of sandboxes.
+//! - [`http`]: the actix-web facade; turns requests into messages.
+//! - [`actors`]: ToolchainCache, Unpacker, SandboxPool, JobQueue, Builder (supervised),
+//!   Cleaner. `actors.md` shows how they talk.
+//! - [`sandbox`]: the [`sandbox::SandboxBackend`] trait and the overlay backend.
+//! - [`archive`]: hostile-input-safe tar extraction and in-root path resolution.
+//! - [`server`]: assembles everything; [`config`]: the typed configuration;
+//!   [`host_check`]: startup checks; [`package`]: `kiln package-toolchain`.
+//! - [`client`]: a Rust client of the protocol, for tests, benches and load tools.
 
+pub mod actors;
 pub mod archive;
 pub mod client;
 pub mod config;
 pub mod host_check;
+pub mod http;
+pub mod jobs;
+pub mod lru;
 pub mod package;
 pub mod protocol;
 pub mod report;
 pub mod sandbox;
+pub mod server;
+pub mod stats;

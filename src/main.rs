@@ -1,1 +1,70 @@
-fn main() {}
+//! The `kiln` command: parses the CLI and config, then hands over to the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use kiln::config::Config;
+use kiln::package::{package_toolchain, PackageOptions};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "A build pool server for sccache-dist clients")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the build server (built-in defaults unless --config is given).
+    Serve {
+        /// TOML config file; only the keys it sets override the defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Pack a compiler and everything it needs into a toolchain archive.
+    PackageToolchain {
+        /// The compiler driver to pack.
+        #[arg(long, default_value = "/usr/bin/gcc")]
+        compiler: PathBuf,
+        /// Extra programs or files to include (with their shared libraries).
+        #[arg(long)]
+        extra: Vec<PathBuf>,
+        /// Where to write the gzip'd tar.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { config } => serve(config),
+        Command::PackageToolchain { compiler, extra, output } => {
+            let packed = package_toolchain(&PackageOptions { compiler, extra }, &output)
+                .with_context(|| format!("packaging a toolchain into {}", output.display()))?;
+            eprintln!("packed {} files ({} bytes) into {}", packed.files, packed.bytes, output.display());
+            println!("{}", packed.archive_id);
+            Ok(())
+        }
+    }
+}
+
+fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match &config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let bwrap = kiln::host_check::check_host(&config).map_err(|e| anyhow::anyhow!("kiln cannot start: {e}"))?;
+    tracing::info!(%bwrap, config = ?config_path, "host checks passed");
+    actix_rt::System::new().block_on(kiln::server::serve(config, |addr| {
+        // One machine-readable line on stdout, for scripts and tests.
+        println!("kiln listening on http://{addr}");
+    }))?;
+    Ok(())
+}

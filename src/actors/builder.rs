@@ -1,0 +1,214 @@
+//! Builder: runs one job at a time through its stages, under a supervisor.
+//!
+//! prepare (pin the archive, get the unpacked root, take a prepared sandbox) →
+//! run (inputs, command, outputs, inside the sandbox) → release (leftovers to the
+//! cleaner). The stages run in a task of their own: if it panics, or the sandbox's
+//! machinery fails (its process killed from outside, a mount that fails), the job is
+//! answered with an error and the builder stops; its `Supervisor` restarts it with
+//! the same mailbox and the restart is counted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tracing::Instrument;
+
+use super::cleaner::{CleanLeftovers, Cleaner};
+use super::job_queue::{BuilderReady, JobQueue, QueuedJob};
+use super::sandbox_pool::{AcquireSandbox, SandboxPool};
+use super::toolchain_cache::{CheckoutToolchain, ToolchainCache};
+use super::unpacker::{UnpackFailed, UnpackToolchain, Unpacker};
+use crate::protocol::{CompileCommand, JobComplete, JobId};
+use crate::report::ErrorChain;
+use crate::sandbox::{SandboxError, SandboxJob};
+use crate::stats::Stats;
+
+/// A job accepted by the facade, with everything needed to run it.
+#[derive(Debug)]
+pub struct JobRequest {
+    pub job_id: JobId,
+    pub archive_id: String,
+    pub command: CompileCommand,
+    pub outputs: Vec<String>,
+    pub inputs_zlib: Bytes,
+    /// The job's span, so every actor's log lines carry its id.
+    pub span: tracing::Span,
+}
+
+pub type JobResult = Result<JobComplete, JobError>;
+
+/// Why a job got no result. Each variant knows its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("toolchain {archive_id} is not on this server (never submitted, or evicted since): submit it again")]
+    ToolchainMissing { archive_id: String },
+    #[error(transparent)]
+    Unpack(#[from] UnpackFailed),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("kiln's {0} is not running")]
+    ActorGone(&'static str),
+    #[error("the builder failed while running the job")]
+    BuilderCrashed,
+}
+
+impl JobError {
+    /// The HTTP status the facade answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            JobError::ToolchainMissing { .. } => 400,
+            JobError::Unpack(e) if e.bad_archive => 400,
+            JobError::Sandbox(e) if e.is_client_error() => 400,
+            JobError::ActorGone(_) => 503,
+            _ => 500,
+        }
+    }
+
+    /// The job failed because of kiln or the host, not because of the request.
+    pub fn is_infrastructure_failure(&self) -> bool {
+        match self {
+            JobError::Sandbox(e) => e.is_infrastructure_failure(),
+            JobError::Unpack(e) => !e.bad_archive,
+            JobError::ToolchainMissing { .. } => false,
+            JobError::ActorGone(_) | JobError::BuilderCrashed => true,
+        }
+    }
+}
+
+/// The actors a builder talks to, and its settings.
+#[derive(Clone)]
+pub struct BuilderDeps {
+    pub queue: Addr<JobQueue>,
+    pub cache: Addr<ToolchainCache>,
+    pub unpacker: Addr<Unpacker>,
+    pub pool: Addr<SandboxPool>,
+    pub cleaner: Addr<Cleaner>,
+    pub stats: Arc<Stats>,
+    pub job_timeout: Duration,
+}
+
+pub struct Builder {
+    id: usize,
+    deps: BuilderDeps,
+    consecutive_failures: u32,
+}
+
+impl Builder {
+    pub fn new(id: usize, deps: BuilderDeps) -> Self {
+        Builder { id, deps, consecutive_failures: 0 }
+    }
+}
+
+impl Actor for Builder {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.deps.queue.do_send(BuilderReady(ctx.address()));
+    }
+}
+
+impl Supervised for Builder {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        Stats::bump(&self.deps.stats.builder_restarts);
+        tracing::warn!(builder = self.id, consecutive_failures = self.consecutive_failures, "restarting builder");
+    }
+}
+
+/// Run this job (sent by the queue only when the builder said it is ready).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunJob(pub QueuedJob);
+
+/// How a job ended, as far as the builder's health is concerned.
+enum Verdict {
+    Completed,
+    RequestFailed,
+    MachineryFailed,
+}
+
+impl Handler<RunJob> for Builder {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: RunJob, _: &mut Context<Self>) -> Self::Result {
+        let QueuedJob { request, reply } = msg.0;
+        let deps = self.deps.clone();
+        let span = request.span.clone();
+        let builder = self.id;
+        // A task of its own: a panic in it is caught by the runtime and seen below,
+        // and `reply` is dropped with it, which answers the job with an error.
+        let task = actix_rt::spawn(
+            async move {
+                let started = Instant::now();
+                let result = run_stages(&deps, request).await;
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                let verdict = match &result {
+                    Ok(done) => {
+                        Stats::bump(&deps.stats.jobs_completed);
+                        tracing::info!(
+                            builder,
+                            elapsed_ms,
+                            code = done.output.code,
+                            outputs = done.outputs.len(),
+                            "job completed"
+                        );
+                        Verdict::Completed
+                    }
+                    Err(e) => {
+                        Stats::bump(&deps.stats.jobs_failed);
+                        tracing::warn!(builder, elapsed_ms, error = %ErrorChain(e), "job failed");
+                        if e.is_infrastructure_failure() {
+                            Verdict::MachineryFailed
+                        } else {
+                            Verdict::RequestFailed
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+                verdict
+            }
+            .instrument(span),
+        );
+        AtomicResponse::new(Box::pin(task.into_actor(self).map(|joined, act, ctx| {
+            let verdict = joined.unwrap_or_else(|e| {
+                Stats::bump(&act.deps.stats.jobs_failed);
+                tracing::error!(builder = act.id, error = %e, "builder task panicked");
+                Verdict::MachineryFailed
+            });
+            match verdict {
+                Verdict::Completed => act.consecutive_failures = 0,
+                Verdict::RequestFailed => {}
+                Verdict::MachineryFailed => {
+                    act.consecutive_failures += 1;
+                    // Start from a fresh actor; the supervisor keeps the mailbox.
+                    ctx.stop();
+                    return;
+                }
+            }
+            act.deps.queue.do_send(BuilderReady(ctx.address()));
+        })))
+    }
+}
+
+async fn run_stages(deps: &BuilderDeps, request: JobRequest) -> JobResult {
+    let archive_id = request.archive_id.clone();
+    let archive = deps
+        .cache
+        .send(CheckoutToolchain { archive_id: archive_id.clone() })
+        .await
+        .map_err(|_| JobError::ActorGone("toolchain cache"))?
+        .ok_or(JobError::ToolchainMissing { archive_id })?;
+    let root = deps.unpacker.send(UnpackToolchain { archive }).await.map_err(|_| JobError::ActorGone("unpacker"))??;
+    let sandbox =
+        deps.pool.send(AcquireSandbox { toolchain: root }).await.map_err(|_| JobError::ActorGone("sandbox pool"))??;
+    let job = SandboxJob {
+        job_id: request.job_id,
+        command: request.command,
+        outputs: request.outputs,
+        inputs_zlib: request.inputs_zlib,
+        timeout: deps.job_timeout,
+    };
+    let (result, leftovers) = sandbox.run(job).await;
+    deps.cleaner.do_send(CleanLeftovers(leftovers));
+    Ok(result?)
+}

@@ -1,0 +1,141 @@
+//! Cleaner: removes what sandboxes leave behind, off the request path, and at
+//! startup whatever a crashed previous run left in the data directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use nix::mount::{umount2, MntFlags};
+
+use crate::sandbox::Leftovers;
+use crate::stats::Stats;
+
+pub struct Cleaner {
+    stats: Arc<Stats>,
+}
+
+impl Cleaner {
+    pub fn new(stats: Arc<Stats>) -> Self {
+        Cleaner { stats }
+    }
+}
+
+impl Actor for Cleaner {
+    type Context = Context<Self>;
+}
+
+/// Remove a used or discarded sandbox's leftovers.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CleanLeftovers(pub Leftovers);
+
+impl Handler<CleanLeftovers> for Cleaner {
+    type Result = ();
+
+    fn handle(&mut self, msg: CleanLeftovers, _: &mut Context<Self>) {
+        let Leftovers::Dir(dir) = msg.0 else { return };
+        let stats = self.stats.clone();
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Stats::bump(&stats.sandboxes_cleaned),
+            Err(e) => {
+                Stats::bump(&stats.cleanup_failures);
+                tracing::warn!(?dir, error = %e, "removing a sandbox directory failed");
+            }
+        });
+    }
+}
+
+/// Startup: detach any mount below `data_dir` and empty the directories that only
+/// hold per-run state. Answers with what was removed.
+#[derive(Message)]
+#[rtype(result = "std::io::Result<SweepReport>")]
+pub struct SweepStale {
+    pub data_dir: PathBuf,
+    pub per_run_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+pub struct SweepReport {
+    pub unmounted: usize,
+    pub removed: usize,
+}
+
+impl Handler<SweepStale> for Cleaner {
+    type Result = ResponseFuture<std::io::Result<SweepReport>>;
+
+    fn handle(&mut self, msg: SweepStale, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || sweep(&msg.data_dir, &msg.per_run_dirs))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        })
+    }
+}
+
+fn sweep(data_dir: &Path, per_run_dirs: &[PathBuf]) -> std::io::Result<SweepReport> {
+    let mut report = SweepReport::default();
+    // kiln's own sandboxes never mount in this namespace; anything here was left by
+    // something else (an older version, a hand-made mount) and would pin the dirs.
+    let mut mounts = mounts_below(data_dir)?;
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    for mount_point in mounts {
+        match umount2(&mount_point, MntFlags::MNT_DETACH) {
+            Ok(()) => report.unmounted += 1,
+            Err(e) => tracing::warn!(?mount_point, error = %e, "detaching a stale mount failed"),
+        }
+    }
+    for dir in per_run_dirs {
+        if dir.exists() {
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                match removed {
+                    Ok(()) => report.removed += 1,
+                    Err(e) => tracing::warn!(?path, error = %e, "removing a stale entry failed"),
+                }
+            }
+        }
+        std::fs::create_dir_all(dir)?;
+    }
+    Ok(report)
+}
+
+/// Mount points at or below `dir`, from this process's mount table.
+pub fn mounts_below(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .filter(|mount_point| mount_point.starts_with(dir))
+        .collect())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let digit = |k: usize| u32::from(bytes[i + k] - b'0');
+            out.push((digit(1) * 64 + digit(2) * 8 + digit(3)) as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_octal_escapes() {
+        assert_eq!(unescape_mountinfo(r"/a\040b\134c"), "/a b\\c");
+        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
+    }
+}

@@ -1,0 +1,104 @@
+//! JobQueue: matches accepted jobs with idle builders, first come first served.
+//!
+//! The queue is bounded: when it is full the facade answers 503 at once instead of
+//! letting requests pile up. A job whose client went away while it waited is
+//! dropped before it reaches a builder.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::builder::{Builder, JobRequest, JobResult, RunJob};
+use crate::stats::Stats;
+
+/// A job and the channel its answer goes back on. Dropping the sender unanswered
+/// (e.g. a builder that died) wakes the facade with an error: no job can hang.
+pub struct QueuedJob {
+    pub request: JobRequest,
+    pub reply: oneshot::Sender<JobResult>,
+}
+
+pub struct JobQueue {
+    waiting: VecDeque<QueuedJob>,
+    idle: Vec<Addr<Builder>>,
+    max_waiting: usize,
+    stats: Arc<Stats>,
+}
+
+impl JobQueue {
+    pub fn new(max_waiting: usize, stats: Arc<Stats>) -> Self {
+        JobQueue { waiting: VecDeque::new(), idle: Vec::new(), max_waiting, stats }
+    }
+
+    /// Hands `job` to an idle builder, or gives it back if none can take it.
+    fn dispatch(&mut self, mut job: QueuedJob) -> Option<QueuedJob> {
+        while let Some(builder) = self.idle.pop() {
+            match builder.try_send(RunJob(job)) {
+                Ok(()) => return None,
+                // A builder whose mailbox refuses is restarting; it re-registers.
+                Err(SendError::Full(RunJob(back)) | SendError::Closed(RunJob(back))) => job = back,
+            }
+        }
+        Some(job)
+    }
+}
+
+impl Actor for JobQueue {
+    type Context = Context<Self>;
+}
+
+/// The queue is full; the client should retry later or elsewhere.
+#[derive(Debug, thiserror::Error)]
+#[error("all builders are busy and {waiting} jobs are already waiting; retry later")]
+pub struct QueueFull {
+    pub waiting: usize,
+}
+
+/// Queue a job; the answer arrives on the returned receiver.
+#[derive(Message)]
+#[rtype(result = "Result<oneshot::Receiver<JobResult>, QueueFull>")]
+pub struct SubmitJob(pub JobRequest);
+
+impl Handler<SubmitJob> for JobQueue {
+    type Result = Result<oneshot::Receiver<JobResult>, QueueFull>;
+
+    fn handle(&mut self, msg: SubmitJob, _: &mut Context<Self>) -> Self::Result {
+        if self.idle.is_empty() && self.waiting.len() >= self.max_waiting {
+            Stats::bump(&self.stats.jobs_rejected);
+            return Err(QueueFull { waiting: self.waiting.len() });
+        }
+        let (reply, answer) = oneshot::channel();
+        if let Some(job) = self.dispatch(QueuedJob { request: msg.0, reply }) {
+            self.waiting.push_back(job);
+        }
+        Ok(answer)
+    }
+}
+
+/// A builder is free for the next job (sent when it starts, restarts, or finishes).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BuilderReady(pub Addr<Builder>);
+
+impl Handler<BuilderReady> for JobQueue {
+    type Result = ();
+
+    fn handle(&mut self, msg: BuilderReady, _: &mut Context<Self>) {
+        self.idle.push(msg.0);
+        while let Some(job) = self.waiting.pop_front() {
+            if job.reply.is_closed() {
+                tracing::info!(job_id = %job.request.job_id, "client left while the job waited; dropping it");
+                continue;
+            }
+            if let Some(job) = self.dispatch(job) {
+                self.waiting.push_front(job);
+                break;
+            }
+            if self.idle.is_empty() {
+                break;
+            }
+        }
+    }
+}

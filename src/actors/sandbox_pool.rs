@@ -1,0 +1,141 @@
+//! SandboxPool: hands out prepared sandboxes per toolchain and prepares the next
+//! ones before they are asked for.
+//!
+//! A toolchain becomes "warm" the first time a job acquires a sandbox for it; from
+//! then on the pool keeps `warm_per_toolchain` sandboxes prepared for it, until the
+//! global cap on idle sandboxes pushes out the least recently used toolchains.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::cleaner::{CleanLeftovers, Cleaner};
+use crate::report::ErrorChain;
+use crate::sandbox::{Sandbox, SandboxError, SharedBackend, ToolchainRoot};
+use crate::stats::Stats;
+
+/// Per warm toolchain: the prepared sandboxes and how many are being prepared.
+struct Warm {
+    root: ToolchainRoot,
+    idle: Vec<Box<dyn Sandbox>>,
+    preparing: usize,
+    last_acquired: u64,
+}
+
+pub struct SandboxPool {
+    backend: SharedBackend,
+    warm_per_toolchain: usize,
+    max_idle: usize,
+    toolchains: HashMap<String, Warm>,
+    clock: u64,
+    cleaner: Addr<Cleaner>,
+    stats: Arc<Stats>,
+}
+
+impl SandboxPool {
+    pub fn new(
+        backend: SharedBackend,
+        warm_per_toolchain: usize,
+        max_idle: usize,
+        cleaner: Addr<Cleaner>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        SandboxPool { backend, warm_per_toolchain, max_idle, toolchains: HashMap::new(), clock: 0, cleaner, stats }
+    }
+
+    /// Starts preparing sandboxes until `archive_id` has its warm quota.
+    fn refill(&mut self, archive_id: &str, ctx: &mut Context<Self>) {
+        let Some(warm) = self.toolchains.get_mut(archive_id) else { return };
+        let missing = self.warm_per_toolchain.saturating_sub(warm.idle.len() + warm.preparing);
+        warm.preparing += missing;
+        let root = warm.root.clone();
+        for _ in 0..missing {
+            let prepare = self.backend.prepare(root.clone());
+            let archive_id = archive_id.to_owned();
+            ctx.spawn(prepare.into_actor(self).map(move |result, act, ctx| act.prepared(archive_id, result, ctx)));
+        }
+    }
+
+    fn prepared(&mut self, archive_id: String, result: Result<Box<dyn Sandbox>, SandboxError>, _: &mut Context<Self>) {
+        Stats::bump(&self.stats.sandboxes_prepared);
+        let Some(warm) = self.toolchains.get_mut(&archive_id) else {
+            if let Ok(sandbox) = result {
+                self.cleaner.do_send(CleanLeftovers(sandbox.discard()));
+            }
+            return;
+        };
+        warm.preparing -= 1;
+        match result {
+            Ok(sandbox) => warm.idle.push(sandbox),
+            // Not retried here: the next acquire prepares one and reports the error.
+            Err(e) => tracing::warn!(%archive_id, error = %ErrorChain(&e), "preparing a sandbox ahead failed"),
+        }
+        self.enforce_idle_cap();
+    }
+
+    /// Discards idle sandboxes of the least recently used toolchains over the cap.
+    fn enforce_idle_cap(&mut self) {
+        let mut idle: usize = self.toolchains.values().map(|w| w.idle.len()).sum();
+        while idle > self.max_idle {
+            let coldest = self
+                .toolchains
+                .iter()
+                .filter(|(_, w)| !w.idle.is_empty())
+                .min_by_key(|(_, w)| w.last_acquired)
+                .map(|(id, _)| id.clone());
+            let Some(id) = coldest else { break };
+            if let Some(warm) = self.toolchains.remove(&id) {
+                tracing::debug!(archive_id = %id, discarded = warm.idle.len(), "toolchain went cold; discarding its sandboxes");
+                idle -= warm.idle.len();
+                for sandbox in warm.idle {
+                    self.cleaner.do_send(CleanLeftovers(sandbox.discard()));
+                }
+            }
+        }
+    }
+}
+
+impl Actor for SandboxPool {
+    type Context = Context<Self>;
+}
+
+/// A sandbox ready to run a job over `toolchain`.
+#[derive(Message)]
+#[rtype(result = "Result<Box<dyn Sandbox>, SandboxError>")]
+pub struct AcquireSandbox {
+    pub toolchain: ToolchainRoot,
+}
+
+impl Handler<AcquireSandbox> for SandboxPool {
+    type Result = ResponseFuture<Result<Box<dyn Sandbox>, SandboxError>>;
+
+    fn handle(&mut self, msg: AcquireSandbox, ctx: &mut Context<Self>) -> Self::Result {
+        let archive_id = msg.toolchain.archive_id.clone();
+        self.clock += 1;
+        let warm = self.toolchains.entry(archive_id.clone()).or_insert_with(|| Warm {
+            root: msg.toolchain.clone(),
+            idle: Vec::new(),
+            preparing: 0,
+            last_acquired: 0,
+        });
+        warm.last_acquired = self.clock;
+        let ready = warm.idle.pop();
+        self.refill(&archive_id, ctx);
+        match ready {
+            Some(sandbox) => {
+                Stats::bump(&self.stats.sandboxes_warm_hits);
+                Box::pin(async move { Ok(sandbox) })
+            }
+            None => {
+                // Nothing prepared yet (first job of a toolchain, or a burst).
+                let prepare = self.backend.prepare(msg.toolchain);
+                let stats = self.stats.clone();
+                Box::pin(async move {
+                    Stats::bump(&stats.sandboxes_prepared);
+                    prepare.await
+                })
+            }
+        }
+    }
+}

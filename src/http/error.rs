@@ -1,0 +1,82 @@
+//! Every failure of a request, with its HTTP status and upstream's JSON body.
+
+use std::time::Duration;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::actors::{JobError, QueueFull};
+use crate::jobs::DuplicateJob;
+use crate::protocol::{AuthError, ErrorBody, ProtocolError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("unauthorized")]
+    Unauthorized(#[from] AuthError),
+    #[error("invalid job id {0:?} in the path: expected an unsigned integer")]
+    BadJobId(String),
+    #[error("malformed request body")]
+    Protocol(#[from] ProtocolError),
+    #[error("toolchain refused: {0}")]
+    BadToolchain(String),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    #[error("reading the request body failed: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    DuplicateJob(#[from] DuplicateJob),
+    #[error(transparent)]
+    QueueFull(#[from] QueueFull),
+    #[error("job failed")]
+    Job(#[from] JobError),
+    #[error("kiln's {0} is not running")]
+    Unavailable(&'static str),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("no such endpoint")]
+    NotFound,
+}
+
+/// Seconds a client is told to wait before retrying a refused job.
+const RETRY_AFTER_SECS: &str = "5";
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BadJobId(_) | ApiError::Protocol(_) | ApiError::BadToolchain(_) | ApiError::BodyRead(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::DuplicateJob(_) => StatusCode::CONFLICT,
+            ApiError::QueueFull(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Job(e) => StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let body = ErrorBody::from_error(self);
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), error = %body.full_description(), "request failed");
+        } else {
+            tracing::warn!(status = status.as_u16(), error = %body.full_description(), "request refused");
+        }
+        let mut response = HttpResponse::build(status);
+        match self {
+            ApiError::Unauthorized(e) => {
+                response.insert_header((header::WWW_AUTHENTICATE, e.www_authenticate()));
+            }
+            ApiError::QueueFull(_) | ApiError::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));
+            }
+            _ => {}
+        }
+        response.json(body)
+    }
+}

@@ -1,0 +1,10 @@
+//! The web facade: actix-web routes that turn build-server calls into messages to
+//! the actors. Handlers only read bodies (bounded in size and time), check tokens
+//! and encode answers; nothing here blocks.
+
+mod body;
+mod error;
+mod routes;
+
+pub use error::ApiError;
+pub use routes::{configure, AppState, HttpLimits};

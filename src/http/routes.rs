@@ -1,0 +1,230 @@
+//! The build-server endpoints of the sccache-dist protocol, plus kiln's status.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use tokio::io::AsyncWriteExt;
+use tracing::Instrument;
+
+use super::body::BoundedBody;
+use super::ApiError;
+use crate::actors::{
+    CacheError, HasToolchain, JobError, JobQueue, JobRequest, StoreToolchain, SubmitJob, ToolchainCache,
+};
+use crate::jobs::JobTable;
+use crate::protocol::{
+    self, ArchiveHasher, AssignJobResult, JobId, JobKey, JobState, RunJobResult, SubmitToolchainResult, Toolchain,
+    BINCODE_CONTENT_TYPE, MAX_SMALL_MESSAGE,
+};
+use crate::stats::Stats;
+
+/// Request size and time bounds, from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_archive_bytes: u64,
+    pub max_request_bytes: u64,
+    pub body_timeout: Duration,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub key: JobKey,
+    pub jobs: JobTable,
+    pub cache: Addr<ToolchainCache>,
+    pub queue: Addr<JobQueue>,
+    pub stats: Arc<Stats>,
+    pub limits: HttpLimits,
+    /// Where toolchain uploads are staged (same file system as the cache).
+    pub incoming_dir: PathBuf,
+    pub next_upload: AtomicU64,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1/distserver")
+            .route("/assign_job/{job_id}", web::post().to(assign_job))
+            .route("/submit_toolchain/{job_id}", web::post().to(submit_toolchain))
+            .route("/run_job/{job_id}", web::post().to(run_job)),
+    )
+    .route("/api/v1/kiln/status", web::get().to(status))
+    .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::NotFound) }));
+}
+
+type State = web::Data<AppState>;
+
+/// Parses the job id and checks the job's bearer token.
+fn authorize(state: &AppState, req: &HttpRequest, raw_id: &str) -> Result<JobId, ApiError> {
+    let job_id = raw_id.parse::<u64>().map(JobId).map_err(|_| ApiError::BadJobId(raw_id.to_owned()))?;
+    let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    state.key.verify(authorization, job_id)?;
+    Ok(job_id)
+}
+
+fn bincode_response<T: serde::Serialize>(value: &T) -> Result<HttpResponse, ApiError> {
+    let bytes = protocol::encode(value)?;
+    Ok(HttpResponse::Ok().content_type(BINCODE_CONTENT_TYPE).body(bytes))
+}
+
+fn job_span(job_id: &str) -> tracing::Span {
+    tracing::info_span!("job", job_id = %job_id)
+}
+
+async fn assign_job(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let span = job_span(&path);
+    async move {
+        let job_id = authorize(&state, &req, &path)?;
+        let body = BoundedBody::new(&req, payload, MAX_SMALL_MESSAGE, state.limits.body_timeout)?.read_all().await?;
+        let toolchain: Toolchain = protocol::decode(&body, MAX_SMALL_MESSAGE)?;
+        let has = state
+            .cache
+            .send(HasToolchain { archive_id: toolchain.archive_id.clone() })
+            .await
+            .map_err(|_| ApiError::Unavailable("toolchain cache"))?;
+        let state_now = if has { JobState::Ready } else { JobState::Pending };
+        tracing::info!(archive_id = %toolchain.archive_id, need_toolchain = !has, "job assigned");
+        state.jobs.assign(job_id, toolchain, state_now)?;
+        bincode_response(&AssignJobResult { state: state_now, need_toolchain: !has })
+    }
+    .instrument(span)
+    .await
+}
+
+async fn submit_toolchain(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let span = job_span(&path);
+    async move {
+        let job_id = authorize(&state, &req, &path)?;
+        let body = BoundedBody::new(&req, payload, state.limits.max_archive_bytes, state.limits.body_timeout)?;
+        let Some(toolchain) = state.jobs.toolchain_of(job_id) else {
+            tracing::warn!("submit_toolchain for a job this server does not know");
+            body.discard().await?;
+            return bincode_response(&SubmitToolchainResult::JobNotFound);
+        };
+        let archive_id = toolchain.archive_id;
+        let has = state.cache.send(HasToolchain { archive_id: archive_id.clone() }).await;
+        if has.map_err(|_| ApiError::Unavailable("toolchain cache"))? {
+            // Another job brought it meanwhile.
+            body.discard().await?;
+        } else {
+            let n = state.next_upload.fetch_add(1, Ordering::Relaxed);
+            let staged = state.incoming_dir.join(format!("{job_id}-{n}.part"));
+            let size = match receive_archive(body, &staged, &archive_id).await {
+                Ok(size) => size,
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&staged).await;
+                    return Err(e);
+                }
+            };
+            match state.cache.send(StoreToolchain { archive_id: archive_id.clone(), staged, size }).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e @ CacheError::NoRoom { .. })) => {
+                    tracing::warn!(%archive_id, error = %e, "toolchain cannot be cached");
+                    return bincode_response(&SubmitToolchainResult::CannotCache);
+                }
+                Ok(Err(e)) => return Err(ApiError::Internal(e.to_string())),
+                Err(_) => return Err(ApiError::Unavailable("toolchain cache")),
+            }
+        }
+        state.jobs.set_state(job_id, JobState::Ready);
+        bincode_response(&SubmitToolchainResult::Success)
+    }
+    .instrument(span)
+    .await
+}
+
+/// gzip's magic bytes: a toolchain is a gzip'd tar.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Streams the upload to `staged` while hashing it; checks it is gzip and that its
+/// id (sccache's BLAKE3 hex) is `archive_id`. Returns its size.
+async fn receive_archive(mut body: BoundedBody, staged: &std::path::Path, archive_id: &str) -> Result<u64, ApiError> {
+    let internal = |e: std::io::Error| ApiError::Internal(format!("staging the toolchain at {staged:?}: {e}"));
+    let mut file = tokio::fs::File::create(staged).await.map_err(internal)?;
+    let mut hasher = ArchiveHasher::new();
+    let mut size = 0u64;
+    let mut head: Vec<u8> = Vec::with_capacity(2);
+    while let Some(chunk) = body.next_chunk().await? {
+        if head.len() < 2 {
+            head.extend(chunk.iter().take(2 - head.len()));
+        }
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(internal)?;
+    }
+    file.flush().await.map_err(internal)?;
+    if head != GZIP_MAGIC {
+        return Err(ApiError::BadToolchain("the archive is not a gzip stream".into()));
+    }
+    let actual = hasher.finish();
+    if actual != archive_id {
+        return Err(ApiError::BadToolchain(format!(
+            "the archive's BLAKE3 is {actual}, not the archive_id {archive_id}"
+        )));
+    }
+    Ok(size)
+}
+
+async fn run_job(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let span = job_span(&path);
+    let job_span = span.clone();
+    async move {
+        let job_id = authorize(&state, &req, &path)?;
+        let body = BoundedBody::new(&req, payload, state.limits.max_request_bytes, state.limits.body_timeout)?;
+        if state.jobs.toolchain_of(job_id).is_none() {
+            tracing::warn!("run_job for a job this server does not know");
+            body.discard().await?;
+            return bincode_response(&RunJobResult::JobNotFound);
+        }
+        let body = body.read_all().await?;
+        let (request, inputs) = protocol::split_run_job_body(&body)?;
+        let inputs_zlib = body.slice(body.len() - inputs.len()..);
+        // A job runs once: the second run_job of the same id finds nothing.
+        let Some(job) = state.jobs.take(job_id) else {
+            return bincode_response(&RunJobResult::JobNotFound);
+        };
+        tracing::info!(executable = %request.command.executable, inputs_bytes = inputs_zlib.len(), "job accepted");
+        let request = JobRequest {
+            job_id,
+            archive_id: job.toolchain.archive_id,
+            command: request.command,
+            outputs: request.outputs,
+            inputs_zlib,
+            span: job_span,
+        };
+        let answer = state.queue.send(SubmitJob(request)).await.map_err(|_| ApiError::Unavailable("job queue"))??;
+        // A dropped sender means the builder died with the job.
+        let done = answer.await.map_err(|_| JobError::BuilderCrashed)??;
+        bincode_response(&RunJobResult::Complete(done))
+    }
+    .instrument(span)
+    .await
+}
+
+async fn status(state: State) -> HttpResponse {
+    #[derive(serde::Serialize)]
+    struct Status {
+        assigned_jobs: usize,
+        #[serde(flatten)]
+        counters: crate::stats::StatsSnapshot,
+    }
+    HttpResponse::Ok().json(Status { assigned_jobs: state.jobs.len(), counters: state.stats.snapshot() })
+}

@@ -1,0 +1,56 @@
+//! Counters every actor bumps and the status endpoint reports.
+//!
+//! Plain atomics rather than an actor: they are written on hot paths from many
+//! threads and only ever read as a snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        #[derive(Debug, Default)]
+        pub struct Stats { $($(#[$doc])* pub $name: AtomicU64,)* }
+
+        /// A point-in-time copy of [`Stats`].
+        #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+        pub struct StatsSnapshot { $(pub $name: u64,)* }
+
+        impl Stats {
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Jobs that ran to an exit code (any code).
+    jobs_completed,
+    /// Jobs answered with an error.
+    jobs_failed,
+    /// Jobs refused because the queue was full.
+    jobs_rejected,
+    /// Toolchain archives accepted into the cache.
+    toolchains_stored,
+    /// Toolchain archives evicted from the cache.
+    toolchains_evicted,
+    /// Toolchain unpacks started (one per toolchain while it stays unpacked).
+    unpacks,
+    /// Unpacked toolchain roots evicted.
+    roots_evicted,
+    /// Sandboxes prepared, and those handed out already prepared.
+    sandboxes_prepared,
+    sandboxes_warm_hits,
+    /// Sandbox directories removed by the cleaner, and removals that failed.
+    sandboxes_cleaned,
+    cleanup_failures,
+    /// Builders restarted by their supervisor.
+    builder_restarts,
+}
+
+impl Stats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
