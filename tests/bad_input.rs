@@ -1,0 +1,259 @@
+//! Bad input of every kind gets a clear HTTP error, and kiln keeps serving.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use kiln::client::InputsBuilder;
+use kiln::protocol::{
+    self, frame_run_job_body, Endpoint, ErrorBody, JobId, JobKey, RunJobHttpRequest, RunJobResult,
+    SubmitToolchainResult, Toolchain,
+};
+
+fn description(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| b.full_description())
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
+}
+
+/// A job whose toolchain is already on the server, ready for run_job.
+async fn ready_job(kiln: &Kiln) -> JobId {
+    assign_and_submit(&kiln.client(), gcc_toolchain()).await
+}
+
+/// The server still compiles after whatever came before.
+async fn still_serving(kiln: &Kiln) {
+    let project = CProject::new();
+    let done = run(
+        &kiln.client(),
+        gcc_toolchain(),
+        command("/usr/bin/gcc", &["-c", "util.c", "-o", "util.o"], project.cwd()),
+        &["util.o"],
+        project.inputs(),
+    )
+    .await;
+    assert_eq!(done.output.code, 0, "{}", String::from_utf8_lossy(&done.output.stderr));
+    assert_eq!(done.outputs.len(), 1);
+}
+
+fn tar_with_raw_entry(kind: tar::EntryType, path: &[u8], link: Option<&[u8]>, data: &[u8]) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.as_old_mut().name[..path.len()].copy_from_slice(path);
+    if let Some(link) = link {
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+    }
+    header.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append(&header, data).unwrap();
+    builder.into_inner().unwrap()
+}
+
+fn concat(tars: &[Vec<u8>]) -> Vec<u8> {
+    // Drop each archive's two zero end blocks except the last's.
+    let mut out = Vec::new();
+    for (i, t) in tars.iter().enumerate() {
+        let end = if i + 1 == tars.len() { t.len() } else { t.len() - 1024 };
+        out.extend_from_slice(&t[..end]);
+    }
+    out
+}
+
+#[actix_rt::test]
+async fn malformed_bodies_are_refused_with_400_or_413() {
+    let kiln = Kiln::start("[jobs]\nmax_request_bytes = 1048576\n");
+    let client = kiln.client();
+
+    // Garbage bincode for assign_job.
+    let job_id = next_job_id();
+    let (status, body) = client
+        .post_raw(&Endpoint::AssignJob.path(job_id), Some(&token(job_id)), Bytes::from_static(b"\xff\xff\xff"))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{}", description(&body));
+    // A length prefix of 2^60 for the archive id string.
+    let mut huge = (1u64 << 60).to_le_bytes().to_vec();
+    huge.extend_from_slice(b"abcd");
+    let (status, body) =
+        client.post_raw(&Endpoint::AssignJob.path(job_id), Some(&token(job_id)), huge.into()).await.unwrap();
+    assert_eq!(status, 400, "{}", description(&body));
+
+    // Truncated run_job bodies: a cut prefix, and a header length beyond the body.
+    let job_id = ready_job(&kiln).await;
+    let path = Endpoint::RunJob.path(job_id);
+    let (status, body) = client.post_raw(&path, Some(&token(job_id)), Bytes::from_static(&[0, 0])).await.unwrap();
+    assert_eq!(status, 400, "{}", description(&body));
+    let request = RunJobHttpRequest { command: command("/usr/bin/gcc", &["--version"], "/"), outputs: vec![] };
+    let framed = frame_run_job_body(&request, b"").unwrap();
+    let (status, body) = client
+        .post_raw(&path, Some(&token(job_id)), Bytes::copy_from_slice(&framed[..framed.len() - 3]))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{}", description(&body));
+
+    // Over the configured limit: 413 with a message naming it.
+    let oversized = vec![0u8; 2 << 20];
+    let (status, body) = client.post_raw(&path, Some(&token(job_id)), oversized.into()).await.unwrap();
+    assert_eq!(status, 413);
+    assert!(description(&body).contains("1048576"), "{}", description(&body));
+
+    still_serving(&kiln).await;
+}
+
+#[actix_rt::test]
+async fn unknown_jobs_duplicates_and_bad_toolchains() {
+    let kiln = Kiln::start("");
+    let client = kiln.client();
+    let tc = gcc_toolchain();
+
+    // run_job and submit_toolchain for a job never assigned: the protocol's JobNotFound.
+    let unknown = next_job_id();
+    let request = RunJobHttpRequest { command: command("/usr/bin/gcc", &["--version"], "/"), outputs: vec![] };
+    let result =
+        client.run_job(unknown, &token(unknown), &request, &InputsBuilder::new().finish().unwrap()).await.unwrap();
+    assert_eq!(result, RunJobResult::JobNotFound);
+    let result = client.submit_toolchain(unknown, &token(unknown), tc.bytes.clone()).await.unwrap();
+    assert_eq!(result, SubmitToolchainResult::JobNotFound);
+
+    // The same job id assigned twice: 409.
+    let job_id = next_job_id();
+    let toolchain = Toolchain { archive_id: tc.archive_id.clone() };
+    client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
+    let err = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap_err();
+    assert!(err.to_string().contains("409") || err.to_string().contains("already assigned"), "{err}");
+
+    // A toolchain that is not gzip, and one whose BLAKE3 is not its archive_id.
+    let not_gzip = Bytes::from_static(b"this is not a gzip'd tar at all");
+    let job_id = next_job_id();
+    client
+        .assign_job(job_id, &token(job_id), &Toolchain { archive_id: protocol::archive_id_of(&not_gzip) })
+        .await
+        .unwrap();
+    let err = client.submit_toolchain(job_id, &token(job_id), not_gzip).await.unwrap_err();
+    assert!(err.to_string().contains("not a gzip"), "{err}");
+    let job_id = next_job_id();
+    let wrong_id = protocol::archive_id_of(b"some other archive");
+    client.assign_job(job_id, &token(job_id), &Toolchain { archive_id: wrong_id }).await.unwrap();
+    let err = client.submit_toolchain(job_id, &token(job_id), tc.bytes.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("BLAKE3"), "{err}");
+    let status = kiln.status().await;
+    assert_eq!(status["toolchains_stored"], 0, "nothing unverified was stored: {status}");
+
+    still_serving(&kiln).await;
+}
+
+#[actix_rt::test]
+async fn wrong_or_missing_tokens_get_401() {
+    let kiln = Kiln::start("");
+    let job_id = next_job_id();
+    let body = Bytes::from(protocol::encode(&Toolchain { archive_id: gcc_toolchain().archive_id.clone() }).unwrap());
+    let path = Endpoint::AssignJob.path(job_id);
+    let other_key = JobKey::from_bytes(&[7u8; 32]).unwrap();
+    let cases = [
+        ("missing", None),
+        ("not bearer", Some("Basic abc".to_owned())),
+        ("garbage", Some("Bearer not.a.jwt".to_owned())),
+        ("other key", Some(format!("Bearer {}", other_key.token_for(job_id).unwrap()))),
+        ("other job", Some(format!("Bearer {}", token(JobId(job_id.0 + 1000))))),
+    ];
+    for (case, header) in cases {
+        let request = awc::Client::default().post(format!("{}{path}", kiln.addr));
+        let request = match &header {
+            Some(h) => request.insert_header(("Authorization", h.as_str())),
+            None => request,
+        };
+        let mut response = request.send_body(body.clone()).await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{case}");
+        let challenge = response.headers().get("WWW-Authenticate").map(|v| v.to_str().unwrap().to_owned());
+        assert!(challenge.is_some_and(|c| c.starts_with("Bearer error=")), "{case}");
+        let text = description(&response.body().await.unwrap());
+        assert!(!text.is_empty(), "{case}: the 401 explains itself");
+    }
+    still_serving(&kiln).await;
+}
+
+#[actix_rt::test]
+async fn hostile_inputs_are_refused_and_nothing_lands_outside_the_sandbox() {
+    let kiln = Kiln::start("");
+    let host_dir = tempfile::Builder::new().prefix("kiln-host-").tempdir().unwrap();
+    let host = host_dir.path().to_str().unwrap().as_bytes().to_vec();
+    let secret = host_dir.path().join("secret");
+    std::fs::write(&secret, b"host secret").unwrap();
+    let planted = |name: &str| host_dir.path().join(name);
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "dotdot",
+            tar_with_raw_entry(
+                tar::EntryType::Regular,
+                format!("../../../..{}/dotdot", host_dir.path().display()).as_bytes(),
+                None,
+                b"x",
+            ),
+        ),
+        (
+            "symlink escape",
+            concat(&[
+                tar_with_raw_entry(tar::EntryType::Symlink, b"escape", Some(&host), b""),
+                tar_with_raw_entry(tar::EntryType::Regular, b"escape/through-link", None, b"x"),
+            ]),
+        ),
+        (
+            "hard link to a host file",
+            tar_with_raw_entry(tar::EntryType::Link, b"stolen", Some(secret.to_str().unwrap().as_bytes()), b""),
+        ),
+        ("device node", tar_with_raw_entry(tar::EntryType::Char, b"dev-null", None, b"")),
+    ];
+    for (case, inputs) in cases {
+        let job_id = ready_job(&kiln).await;
+        let request = RunJobHttpRequest { command: command("/bin/sh", &["-c", "true"], "/work"), outputs: vec![] };
+        let mut compressed = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut compressed, &inputs).unwrap();
+        let body = frame_run_job_body(&request, &compressed.finish().unwrap()).unwrap();
+        let (status, body) =
+            kiln.client().post_raw(&Endpoint::RunJob.path(job_id), Some(&token(job_id)), body.into()).await.unwrap();
+        assert_eq!(status, 400, "{case}: {}", description(&body));
+        assert!(description(&body).contains("inputs"), "{case}: {}", description(&body));
+    }
+    for name in ["dotdot", "through-link"] {
+        assert!(!planted(name).exists(), "{name} was written on the host");
+    }
+    assert_eq!(std::fs::read(&secret).unwrap(), b"host secret");
+
+    // An absolute path is a path inside the sandbox, never on the host.
+    let absolute = host_dir.path().join("absolute");
+    let inputs = tar_with_raw_entry(tar::EntryType::Regular, absolute.to_str().unwrap().as_bytes(), None, b"inside");
+    let done =
+        run(&kiln.client(), gcc_toolchain(), command("/bin/cat", &[absolute.to_str().unwrap()], "/"), &[], inputs)
+            .await;
+    assert_eq!(done.output.stdout, b"inside");
+    assert!(!absolute.exists(), "an absolute input path was written on the host");
+
+    // An output that is a symlink to a host file is never read from the host.
+    let link =
+        tar_with_raw_entry(tar::EntryType::Symlink, b"work/out.o", Some(secret.to_str().unwrap().as_bytes()), b"");
+    let done =
+        run(&kiln.client(), gcc_toolchain(), command("/bin/sh", &["-c", "true"], "/work"), &["out.o"], link).await;
+    assert_eq!(done.output.code, 0, "{}", String::from_utf8_lossy(&done.output.stderr));
+    assert!(done.outputs.is_empty(), "a symlinked output was returned: {:?}", done.outputs);
+
+    // Environment variable names containing '=' are refused.
+    let job_id = ready_job(&kiln).await;
+    let mut bad_env = command("/bin/sh", &["-c", "true"], "/work");
+    bad_env.env_vars.push(("A=B".into(), "c".into()));
+    let err = kiln
+        .client()
+        .run_job(
+            job_id,
+            &token(job_id),
+            &RunJobHttpRequest { command: bad_env, outputs: vec![] },
+            &InputsBuilder::new().finish().unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("'='"), "{err}");
+
+    still_serving(&kiln).await;
+}

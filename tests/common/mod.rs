@@ -1,0 +1,265 @@
+//! Shared by the integration tests: a real kiln process on 127.0.0.1, real
+//! toolchains packed from the system gcc, tokens, and C sources.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kiln::client::{Client, InputsBuilder};
+use kiln::package::{package_toolchain, PackageOptions};
+use kiln::protocol::{
+    AssignJobResult, CompileCommand, JobComplete, JobId, JobKey, RunJobHttpRequest, RunJobResult,
+    SubmitToolchainResult, Toolchain,
+};
+
+/// The key every test server signs job tokens with.
+pub const KEY_HEX: &str = "6b696c6e2d746573742d6b65792d6b696c6e2d746573742d6b65792d6b696c6e";
+
+pub fn key() -> JobKey {
+    let bytes: Vec<u8> =
+        (0..KEY_HEX.len()).step_by(2).map(|i| u8::from_str_radix(&KEY_HEX[i..i + 2], 16).unwrap()).collect();
+    JobKey::from_bytes(&bytes).unwrap()
+}
+
+pub fn token(job_id: JobId) -> String {
+    key().token_for(job_id).unwrap()
+}
+
+/// Job ids unique across the tests of one binary.
+pub fn next_job_id() -> JobId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    JobId(NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A packed toolchain: its archive bytes and id.
+pub struct PackedToolchain {
+    pub archive_id: String,
+    pub bytes: bytes::Bytes,
+}
+
+fn pack(name: &str, extra: &[&str]) -> PackedToolchain {
+    let dir = std::env::temp_dir().join(format!("kiln-test-toolchains-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("{name}.tar.gz"));
+    let opts = PackageOptions { compiler: "/usr/bin/gcc".into(), extra: extra.iter().map(PathBuf::from).collect() };
+    let packed = package_toolchain(&opts, &out).expect("packaging the system gcc");
+    let bytes = std::fs::read(&out).unwrap();
+    // The id the sccache client computes; `kiln package-toolchain` must agree with it.
+    let archive_id = kiln::protocol::archive_id_of(&bytes);
+    assert_eq!(packed.archive_id, archive_id, "package_toolchain reports the client's archive id");
+    PackedToolchain { archive_id, bytes: bytes.into() }
+}
+
+/// gcc with `sh`, `sleep` and `id`, for jobs that are not compiles.
+pub fn gcc_toolchain() -> &'static PackedToolchain {
+    static TC: OnceLock<PackedToolchain> = OnceLock::new();
+    TC.get_or_init(|| pack("gcc", &["/bin/sh", "/bin/sleep", "/usr/bin/id", "/bin/cat", "/bin/ls"]))
+}
+
+/// A second, different toolchain (same gcc, one more file).
+pub fn other_toolchain() -> &'static PackedToolchain {
+    static TC: OnceLock<PackedToolchain> = OnceLock::new();
+    TC.get_or_init(|| pack("gcc-other", &["/bin/sh", "/bin/true"]))
+}
+
+/// A kiln server process, killed when dropped.
+pub struct Kiln {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Kiln {
+    /// Starts kiln on a free port over a fresh data dir; `extra_config` is appended to
+    /// the TOML config.
+    pub fn start(extra_config: &str) -> Kiln {
+        let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
+        let data_dir = tmp.path().join("data");
+        let mut kiln = Kiln::start_on(&data_dir, extra_config);
+        kiln._tmp = Some(tmp);
+        kiln
+    }
+
+    /// Starts kiln over an existing data dir (a restart).
+    pub fn start_on(data_dir: &Path, extra_config: &str) -> Kiln {
+        let config_path = data_dir.with_extension("toml");
+        std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
+        std::fs::write(
+            &config_path,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njob_token_key = \"{KEY_HEX}\"\n{extra_config}\n",
+                data_dir.display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting kiln");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("kiln listening on ")
+            .unwrap_or_else(|| panic!("kiln did not start: {line:?}"))
+            .to_owned();
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        Kiln { child, addr, data_dir: data_dir.to_owned(), _tmp: None }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr.clone())
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let (status, body) = self.client().get_raw("/api/v1/kiln/status").await.unwrap();
+        assert_eq!(status, 200);
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Assigns a job for `tc` and submits the toolchain if kiln asks for it.
+pub async fn assign_and_submit(client: &Client, tc: &PackedToolchain) -> JobId {
+    let job_id = next_job_id();
+    let toolchain = Toolchain { archive_id: tc.archive_id.clone() };
+    let AssignJobResult { need_toolchain, .. } = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
+    if need_toolchain {
+        let result = client.submit_toolchain(job_id, &token(job_id), tc.bytes.clone()).await.unwrap();
+        assert_eq!(result, SubmitToolchainResult::Success);
+    }
+    job_id
+}
+
+/// Runs `command` in a fresh job and expects it to complete.
+pub async fn run(
+    client: &Client,
+    tc: &PackedToolchain,
+    command: CompileCommand,
+    outputs: &[&str],
+    inputs: Vec<u8>,
+) -> JobComplete {
+    let job_id = assign_and_submit(client, tc).await;
+    let request = RunJobHttpRequest { command, outputs: outputs.iter().map(|s| s.to_string()).collect() };
+    match client.run_job(job_id, &token(job_id), &request, &inputs).await.unwrap() {
+        RunJobResult::Complete(done) => done,
+        RunJobResult::JobNotFound => panic!("job {job_id} not found"),
+    }
+}
+
+pub fn command(executable: &str, args: &[&str], cwd: &str) -> CompileCommand {
+    CompileCommand {
+        executable: executable.into(),
+        arguments: args.iter().map(|s| s.to_string()).collect(),
+        env_vars: vec![("PATH".into(), "/usr/bin:/bin".into()), ("LC_ALL".into(), "C".into())],
+        cwd: cwd.into(),
+    }
+}
+
+/// A small C project on the host: two sources and two headers, one in a subdir.
+pub struct CProject {
+    pub dir: tempfile::TempDir,
+}
+
+pub const MAIN_C: &str = r#"#include "util.h"
+#include "inc/config.h"
+int main(void) { return print_sum(LEFT, RIGHT); }
+"#;
+pub const UTIL_C: &str = r#"#include "util.h"
+int printf(const char *fmt, ...);
+int print_sum(int a, int b) { printf("sum=%d\n", a + b); return 0; }
+"#;
+pub const UTIL_H: &str = "int print_sum(int a, int b);\n";
+pub const CONFIG_H: &str = "#define LEFT 40\n#define RIGHT 2\n";
+
+impl CProject {
+    pub fn new() -> CProject {
+        let dir = tempfile::Builder::new().prefix("kiln-cproj-").tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("inc")).unwrap();
+        std::fs::write(dir.path().join("main.c"), MAIN_C).unwrap();
+        std::fs::write(dir.path().join("util.c"), UTIL_C).unwrap();
+        std::fs::write(dir.path().join("util.h"), UTIL_H).unwrap();
+        std::fs::write(dir.path().join("inc/config.h"), CONFIG_H).unwrap();
+        CProject { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cwd(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+
+    /// The project's sources and headers as a job's inputs tar.
+    pub fn inputs(&self) -> Vec<u8> {
+        let mut inputs = InputsBuilder::new();
+        for f in ["main.c", "util.c", "util.h", "inc/config.h"] {
+            inputs.add_host_file(self.path().join(f)).unwrap();
+        }
+        inputs.finish().unwrap()
+    }
+
+    /// `gcc <args>` run locally in the project dir; panics on failure.
+    pub fn local_gcc(&self, args: &[&str]) {
+        let status = Command::new("/usr/bin/gcc").args(args).current_dir(self.path()).status().unwrap();
+        assert!(status.success(), "local gcc {args:?} failed");
+    }
+}
+
+/// Polls `f` until it returns Some, for at most `limit`, letting other tasks run.
+pub async fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Pids of bubblewrap processes whose command line mentions `needle`.
+pub fn bwrap_pids(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with("bwrap ") && cmdline.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Mount points at or below `dir` in this process's mount table.
+pub fn mounts_below(dir: &Path) -> Vec<String> {
+    kiln::actors::cleaner::mounts_below(dir).unwrap().into_iter().map(|p| p.display().to_string()).collect()
+}
