@@ -1,6 +1,8 @@
 //! Startup checks of the host: each failure is one line saying what is missing
 //! and how to get it, instead of a confusing error on the first job.
 
+use std::path::PathBuf;
+
 use crate::config::Config;
 use crate::sandbox::overlay::check_bwrap;
 
@@ -20,8 +22,16 @@ pub enum HostCheckError {
     Bubblewrap(String),
 }
 
-/// Checks what the overlay backend needs; returns bubblewrap's version line.
-pub fn check_host(config: &Config) -> Result<String, HostCheckError> {
+/// What the checks found and the server needs.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    /// bubblewrap's absolute path.
+    pub bwrap_path: PathBuf,
+    pub bwrap_version: String,
+}
+
+/// Checks what the overlay backend needs.
+pub fn check_host(config: &Config) -> Result<HostFacts, HostCheckError> {
     if !cfg!(target_os = "linux") {
         return Err(HostCheckError::NotLinux);
     }
@@ -31,7 +41,8 @@ pub fn check_host(config: &Config) -> Result<String, HostCheckError> {
     if !overlayfs_available() {
         return Err(HostCheckError::NoOverlayfs);
     }
-    check_bwrap(&config.sandbox.bwrap_path).map_err(HostCheckError::Bubblewrap)
+    let (bwrap_path, bwrap_version) = check_bwrap(&config.sandbox.bwrap_path).map_err(HostCheckError::Bubblewrap)?;
+    Ok(HostFacts { bwrap_path, bwrap_version })
 }
 
 fn overlayfs_available() -> bool {

@@ -56,12 +56,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = match &config_path {
+    let mut config = match &config_path {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let bwrap = kiln::host_check::check_host(&config).map_err(|e| anyhow::anyhow!("kiln cannot start: {e}"))?;
-    tracing::info!(%bwrap, config = ?config_path, "host checks passed");
+    let host = kiln::host_check::check_host(&config).map_err(|e| anyhow::anyhow!("kiln cannot start: {e}"))?;
+    tracing::info!(bwrap = ?host.bwrap_path, version = %host.bwrap_version, config = ?config_path, "host checks passed");
+    config.sandbox.bwrap_path = host.bwrap_path;
     actix_rt::System::new().block_on(kiln::server::serve(config, |addr| {
         // One machine-readable line on stdout, for scripts and tests.
         println!("kiln listening on http://{addr}");

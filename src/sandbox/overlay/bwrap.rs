@@ -20,13 +20,18 @@ use crate::sandbox::{SandboxError, SandboxJob, SandboxLimits};
 /// Oldest bubblewrap with every flag kiln passes.
 const MIN_BWRAP: (u32, u32, u32) = (0, 3, 0);
 
-/// Checks that `bwrap` runs and is recent enough; returns its version line.
-pub fn check_bwrap(bwrap: &Path) -> Result<String, String> {
-    let out = Command::new(bwrap)
+/// Finds `bwrap` (a bare name is looked up in `PATH`), checks that it runs and is
+/// recent enough, and returns its absolute path and version line.
+///
+/// The path must be absolute because jobs run with their own environment, whose
+/// `PATH` (if any) is not kiln's.
+pub fn check_bwrap(bwrap: &Path) -> Result<(PathBuf, String), String> {
+    let path = resolve_in_path(bwrap).ok_or_else(|| format!("bubblewrap ({}) was not found", bwrap.display()))?;
+    let out = Command::new(&path)
         .arg("--version")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run bubblewrap ({}): {e}", bwrap.display()))?;
+        .map_err(|e| format!("cannot run bubblewrap ({}): {e}", path.display()))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let version = text.rsplit(' ').next().unwrap_or_default();
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
@@ -37,7 +42,15 @@ pub fn check_bwrap(bwrap: &Path) -> Result<String, String> {
             MIN_BWRAP.0, MIN_BWRAP.1, MIN_BWRAP.2
         ));
     }
-    Ok(text)
+    Ok((path, text))
+}
+
+fn resolve_in_path(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_owned());
+    }
+    let search = std::env::var_os("PATH")?;
+    std::env::split_paths(&search).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
 }
 
 /// Runs `job` with `merged` (the overlay, visible in this thread's namespace) as `/`.
