@@ -12,20 +12,6 @@ fn empty_inputs() -> Vec<u8> {
     InputsBuilder::new().finish().unwrap()
 }
 
-async fn compile_succeeds(kiln: &Kiln) {
-    let project = CProject::new();
-    let done = run(
-        &kiln.client(),
-        gcc_toolchain(),
-        command("/usr/bin/gcc", &["-c", "util.c", "-o", "util.o"], project.cwd()),
-        &["util.o"],
-        project.inputs(),
-    )
-    .await;
-    assert_eq!(done.output.code, 0, "{}", String::from_utf8_lossy(&done.output.stderr));
-    assert_eq!(done.outputs.len(), 1);
-}
-
 /// Starts a `sleep 600` job in the background; returns the task answering it.
 async fn start_sleeping_job(kiln: &Kiln) -> tokio::task::JoinHandle<Result<RunJobResult, kiln::client::ClientError>> {
     let client = kiln.client();
@@ -53,7 +39,7 @@ async fn a_sandbox_killed_mid_job_fails_that_job_and_its_builder_restarts() {
     assert!(err.to_string().contains("signal 9"), "the error says what happened: {err}");
 
     // The one builder was restarted and takes the next job.
-    compile_succeeds(&kiln).await;
+    assert_compiles(&kiln).await;
     let status = kiln.status().await;
     assert_eq!(status["builder_restarts"], 1, "{status}");
     assert_eq!(status["jobs_failed"], 1, "{status}");
@@ -74,13 +60,13 @@ async fn a_job_over_its_timeout_is_killed_with_its_whole_tree() {
     assert!(err.to_string().contains("longer than"), "{err}");
     let leftover = wait_for(Duration::from_secs(10), || Some(()).filter(|_| sandbox_pids(&kiln).is_empty())).await;
     assert!(leftover.is_some(), "sandbox processes survived the timeout");
-    compile_succeeds(&kiln).await;
+    assert_compiles(&kiln).await;
 }
 
 #[actix_rt::test]
 async fn kill_9_mid_job_then_restart_leaves_no_mounts_and_a_clean_build_dir() {
     let mut kiln = Kiln::start("");
-    compile_succeeds(&kiln).await; // warm: prepared sandboxes exist now
+    assert_compiles(&kiln).await; // warm: prepared sandboxes exist now
     let _answer = start_sleeping_job(&kiln).await;
     wait_for(Duration::from_secs(60), || Some(()).filter(|_| !sandbox_pids(&kiln).is_empty()))
         .await
@@ -112,6 +98,6 @@ async fn kill_9_mid_job_then_restart_leaves_no_mounts_and_a_clean_build_dir() {
     let toolchain = kiln::protocol::Toolchain { archive_id: gcc_toolchain().archive_id.clone() };
     let assigned = restarted.client().assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
     assert!(!assigned.need_toolchain, "the cached archive was kept across the restart");
-    compile_succeeds(&restarted).await;
+    assert_compiles(&restarted).await;
     drop(kiln);
 }

@@ -252,7 +252,8 @@ pub fn bwrap_pids(needle: &str) -> Vec<i32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.starts_with("bwrap ") && cmdline.contains(needle) {
+        let program = cmdline.split(' ').next().unwrap_or_default();
+        if program.rsplit('/').next() == Some("bwrap") && cmdline.contains(needle) {
             pids.push(pid);
         }
     }
@@ -262,4 +263,19 @@ pub fn bwrap_pids(needle: &str) -> Vec<i32> {
 /// Mount points at or below `dir` in this process's mount table.
 pub fn mounts_below(dir: &Path) -> Vec<String> {
     kiln::actors::cleaner::mounts_below(dir).unwrap().into_iter().map(|p| p.display().to_string()).collect()
+}
+
+/// The server still compiles a real C file after whatever came before.
+pub async fn assert_compiles(kiln: &Kiln) {
+    let project = CProject::new();
+    let done = run(
+        &kiln.client(),
+        gcc_toolchain(),
+        command("/usr/bin/gcc", &["-c", "util.c", "-o", "util.o"], project.cwd()),
+        &["util.o"],
+        project.inputs(),
+    )
+    .await;
+    assert_eq!(done.output.code, 0, "{}", String::from_utf8_lossy(&done.output.stderr));
+    assert_eq!(done.outputs.len(), 1);
 }
