@@ -15,6 +15,10 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
 
+/// Deepest path (in components) accepted in a toolchain or inputs archive; real
+/// trees stay far below, hostile ones are cut off before they cost anything.
+const MAX_PATH_DEPTH: usize = 128;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path:?}")]
@@ -62,6 +66,8 @@ pub struct ToolchainConfig {
     /// Largest unpacked size and entry count of one toolchain.
     pub max_unpacked_bytes: u64,
     pub max_entries: u64,
+    /// An upload must arrive completely within this time.
+    pub upload_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +131,7 @@ impl Default for ToolchainConfig {
             max_archive_bytes: 4 * GIB,
             max_unpacked_bytes: 8 * GIB,
             max_entries: 500_000,
+            upload_timeout_secs: 1800,
         }
     }
 }
@@ -181,13 +188,19 @@ impl Config {
         if self.toolchains.max_archive_bytes > self.toolchains.cache_bytes {
             return invalid("toolchains.max_archive_bytes", "must not exceed toolchains.cache_bytes");
         }
-        if self.jobs.timeout_secs == 0 || self.jobs.body_timeout_secs == 0 {
+        if self.jobs.timeout_secs == 0 || self.jobs.body_timeout_secs == 0 || self.toolchains.upload_timeout_secs == 0 {
             return invalid("jobs.timeout_secs", "timeouts must be at least one second");
         }
         if self.jobs.queue_len == 0 {
             return invalid("jobs.queue_len", "must be at least 1");
         }
         Ok(())
+    }
+
+    /// The configured job token key, if any (its form was checked by `validate`).
+    pub fn job_token_key_bytes(&self) -> Option<Vec<u8>> {
+        let hex = self.job_token_key.as_ref()?;
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
     }
 
     pub fn builder_count(&self) -> usize {
@@ -216,13 +229,17 @@ impl Config {
 
 impl ToolchainConfig {
     pub fn extract_limits(&self) -> ExtractLimits {
-        ExtractLimits { max_entries: self.max_entries, max_bytes: self.max_unpacked_bytes, max_depth: 128 }
+        ExtractLimits { max_entries: self.max_entries, max_bytes: self.max_unpacked_bytes, max_depth: MAX_PATH_DEPTH }
     }
 }
 
 impl JobConfig {
     pub fn extract_limits(&self) -> ExtractLimits {
-        ExtractLimits { max_entries: self.max_input_entries, max_bytes: self.max_input_bytes, max_depth: 128 }
+        ExtractLimits {
+            max_entries: self.max_input_entries,
+            max_bytes: self.max_input_bytes,
+            max_depth: MAX_PATH_DEPTH,
+        }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -253,6 +270,9 @@ mod tests {
         assert_eq!(c.jobs.timeout(), Duration::from_secs(5));
         assert_eq!(c.toolchains.cache_bytes, 10 * GIB);
         c.validate().unwrap();
+        let keyed: Config = toml::from_str(&format!("job_token_key = \"{}\"", "0f".repeat(32))).unwrap();
+        keyed.validate().unwrap();
+        assert_eq!(keyed.job_token_key_bytes(), Some(vec![0x0f; 32]));
         let bad: Config = toml::from_str("data_dir = \"/a,b\"").unwrap();
         assert!(bad.validate().is_err());
     }

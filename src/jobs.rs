@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use crate::protocol::{JobId, JobState, Toolchain};
+use crate::protocol::{JobId, Toolchain};
 
 #[derive(Debug, Clone)]
 pub struct AssignedJob {
     pub toolchain: Toolchain,
-    pub state: JobState,
     assigned_at: Instant,
 }
 
@@ -28,11 +27,11 @@ pub struct JobTable {
 }
 
 impl JobTable {
-    pub fn assign(&self, job_id: JobId, toolchain: Toolchain, state: JobState) -> Result<(), DuplicateJob> {
+    pub fn assign(&self, job_id: JobId, toolchain: Toolchain) -> Result<(), DuplicateJob> {
         match self.jobs.entry(job_id) {
             Entry::Occupied(_) => Err(DuplicateJob(job_id)),
             Entry::Vacant(slot) => {
-                slot.insert(AssignedJob { toolchain, state, assigned_at: Instant::now() });
+                slot.insert(AssignedJob { toolchain, assigned_at: Instant::now() });
                 Ok(())
             }
         }
@@ -40,12 +39,6 @@ impl JobTable {
 
     pub fn toolchain_of(&self, job_id: JobId) -> Option<Toolchain> {
         self.jobs.get(&job_id).map(|job| job.toolchain.clone())
-    }
-
-    pub fn set_state(&self, job_id: JobId, state: JobState) {
-        if let Some(mut job) = self.jobs.get_mut(&job_id) {
-            job.state = state;
-        }
     }
 
     /// Removes the job for running it: a job runs at most once.

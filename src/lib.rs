@@ -25,6 +25,7 @@ pub mod http;
 pub mod jobs;
 pub mod lru;
 pub mod package;
+pub mod program;
 pub mod protocol;
 pub mod report;
 pub mod sandbox;

@@ -35,6 +35,10 @@ impl ByteLru {
         ByteLru { budget, used: 0, clock: 0, entries: HashMap::new() }
     }
 
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
     pub fn used(&self) -> u64 {
         self.used
     }
@@ -87,14 +91,41 @@ impl ByteLru {
         Ok(victims)
     }
 
-    /// Records `id` (replacing an older record of it) and returns its lease.
+    /// Records `id` and returns its lease. Recording an id again updates its size
+    /// and recency but keeps its lease, so leases already handed out still pin it.
     pub fn insert(&mut self, id: String, size: u64) -> Arc<()> {
-        self.remove(&id);
         self.clock += 1;
+        let lease = match self.entries.remove(&id) {
+            Some(old) => {
+                self.used -= old.size;
+                old.lease
+            }
+            None => Arc::new(()),
+        };
         self.used += size;
-        let lease = Arc::new(());
         self.entries.insert(id, Entry { size, last_used: self.clock, lease: lease.clone() });
         lease
+    }
+
+    /// Like [`ByteLru::make_room`], but evicts what it can when it cannot make enough
+    /// room (for roots that must exist anyway: the job waiting for one needs it).
+    pub fn make_room_best_effort(&mut self, size: u64) -> Vec<String> {
+        let mut candidates: Vec<(String, u64, u64)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| Arc::strong_count(&e.lease) == 1)
+            .map(|(id, e)| (id.clone(), e.last_used, e.size))
+            .collect();
+        candidates.sort_by_key(|(_, last_used, _)| *last_used);
+        let mut victims = Vec::new();
+        for (id, _, _) in candidates {
+            if self.used + size <= self.budget {
+                break;
+            }
+            self.remove(&id);
+            victims.push(id);
+        }
+        victims
     }
 
     pub fn remove(&mut self, id: &str) -> bool {
@@ -122,6 +153,13 @@ mod tests {
         assert!(lru.contains("a") && !lru.contains("b"));
         // Only a is left and it is leased: no room for 70 more.
         assert_eq!(lru.make_room(70), Err(NoRoom { needed: 70, budget: 100 }));
+        assert!(lru.contains("a"));
+        // Recording a again keeps the lease already handed out.
+        drop(lru.insert("a".into(), 40));
+        assert!(lru.make_room(70).is_err(), "a is still pinned after a second insert");
+        // Best effort evicts nothing pinned either, but whatever is free.
+        drop(lru.insert("c".into(), 10));
+        assert_eq!(lru.make_room_best_effort(100), vec!["c".to_string()]);
         assert!(lru.contains("a"));
         drop(pinned);
         assert_eq!(lru.make_room(70).unwrap(), vec!["a".to_string()]);

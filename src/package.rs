@@ -126,13 +126,8 @@ fn find_program(program: &Path) -> Result<PathBuf, PackageError> {
         if !meta.is_file() {
             return Err(PackageError::NotAFile { path: program.to_path_buf() });
         }
-        return std::path::absolute(program).map_err(|source| read_err(program, source));
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|c| fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-        .ok_or_else(|| PackageError::NotInPath { path: program.to_path_buf() })
+    crate::program::find_program(program).ok_or_else(|| PackageError::NotInPath { path: program.to_path_buf() })
 }
 
 /// The helper programs of a gcc-like driver, or nothing for other compilers.
@@ -142,7 +137,7 @@ fn find_program(program: &Path) -> Result<PathBuf, PackageError> {
 fn gcc_programs(driver: &Path) -> Result<Vec<PathBuf>, PackageError> {
     let mut found = Vec::new();
     for name in GCC_PROGRAMS {
-        // The same environment as the sandbox's (`--clearenv` + PATH), so
+        // The same environment as the sandbox's (nothing but PATH), so
         // GCC_EXEC_PREFIX or COMPILER_PATH on this host can't redirect us.
         let output = Command::new(driver)
             .arg(format!("-print-prog-name={name}"))

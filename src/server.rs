@@ -15,7 +15,7 @@ use crate::http::{configure, AppState, HttpLimits};
 use crate::jobs::JobTable;
 use crate::protocol::JobKey;
 use crate::sandbox::overlay::OverlayBackend;
-use crate::sandbox::SandboxLimits;
+use crate::sandbox::{SandboxLimits, SharedBackend};
 use crate::stats::Stats;
 
 /// How often assigned-but-never-run jobs are forgotten.
@@ -57,10 +57,16 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
     let cleaner = Cleaner::new(stats.clone()).start();
     let sweep = SweepStale {
         data_dir: config.data_dir.clone(),
+        sandboxes_dir: config.sandboxes_dir(),
         per_run_dirs: vec![config.roots_dir(), config.sandboxes_dir(), config.incoming_dir()],
     };
     let report = cleaner.send(sweep).await.map_err(|_| ServerError::Startup)?.map_err(data_err(&config.data_dir))?;
-    tracing::info!(unmounted = report.unmounted, removed = report.removed, "swept what the previous run left");
+    tracing::info!(
+        killed = report.killed,
+        unmounted = report.unmounted,
+        removed = report.removed,
+        "swept what the previous run left"
+    );
 
     let archives = config.archives_dir();
     let (budget, cache_stats) = (config.toolchains.cache_bytes, stats.clone());
@@ -84,9 +90,11 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
         max_output_bytes: config.jobs.max_output_bytes,
         max_stdio_bytes: config.jobs.max_stdio_bytes,
     };
-    let backend = Arc::new(OverlayBackend::new(config.sandboxes_dir(), config.sandbox.bwrap_path.clone(), limits));
+    let backend: SharedBackend =
+        Arc::new(OverlayBackend::new(config.sandboxes_dir(), config.sandbox.bwrap_path.clone(), limits));
     let warm = config.sandbox.warm_per_toolchain;
     let max_idle = (builders * 2).max(warm);
+    let backend_name = backend.name();
     let pool = SandboxPool::new(backend, warm, max_idle, cleaner.clone(), stats.clone()).start();
     let queue = JobQueue::new(config.jobs.queue_len, stats.clone()).start();
     let deps = BuilderDeps {
@@ -107,8 +115,8 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
         })
         .collect();
 
-    let key = match &config.job_token_key {
-        Some(hex) => JobKey::from_bytes(&decode_hex(hex)).map_err(ServerError::Key)?,
+    let key = match config.job_token_key_bytes() {
+        Some(bytes) => JobKey::from_bytes(&bytes).map_err(ServerError::Key)?,
         None => JobKey::generate().map_err(ServerError::Key)?,
     };
     let state = web::Data::new(AppState {
@@ -121,6 +129,7 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
             max_archive_bytes: config.toolchains.max_archive_bytes,
             max_request_bytes: config.jobs.max_request_bytes,
             body_timeout: config.jobs.body_timeout(),
+            upload_timeout: Duration::from_secs(config.toolchains.upload_timeout_secs),
         },
         incoming_dir: config.incoming_dir(),
         next_upload: AtomicU64::new(0),
@@ -131,10 +140,14 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
     let server = HttpServer::new(move || App::new().app_data(app_state.clone()).configure(configure))
         .workers(builders.clamp(1, 4))
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+        // Drop a request's handler as soon as its client hangs up, so a running job
+        // is cancelled instead of holding a builder until its timeout. Build clients
+        // never half-close while they wait for an answer.
+        .h1_allow_half_closed(false)
         .bind(config.listen)
         .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
     let bound = server.addrs().first().copied().unwrap_or(config.listen);
-    tracing::info!(addr = %bound, builders, backend = "overlay", data_dir = ?config.data_dir, "kiln is serving");
+    tracing::info!(addr = %bound, builders, backend = backend_name, data_dir = ?config.data_dir, "kiln is serving");
     on_listening(bound);
     server.run().await.map_err(ServerError::Http)
 }
@@ -150,9 +163,4 @@ fn spawn_job_expiry(state: web::Data<AppState>, ttl: Duration) {
             }
         }
     });
-}
-
-/// Hex to bytes; the config validated the string already.
-fn decode_hex(hex: &str) -> Vec<u8> {
-    hex.as_bytes().chunks(2).filter_map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()).collect()
 }

@@ -242,3 +242,69 @@ async fn hostile_inputs_are_refused_and_nothing_lands_outside_the_sandbox() {
 
     assert_compiles(&kiln).await;
 }
+
+#[actix_rt::test]
+async fn hostile_jobs_fail_cleanly() {
+    let kiln = Kiln::start("[jobs]\nmax_output_bytes = 1000\n");
+    let client = kiln.client();
+    let tc = gcc_toolchain();
+
+    // An output that is a fifo: opening it must not block the job forever.
+    let fifo = run(&client, tc, command("/usr/bin/mkfifo", &["out.o"], "/work"), &["out.o"], empty_tar()).await;
+    assert_eq!(fifo.output.code, 0, "{}", String::from_utf8_lossy(&fifo.output.stderr));
+    assert!(fifo.outputs.is_empty(), "a fifo is not an output file");
+
+    // A missing executable is the job's failure, as upstream reports it, not kiln's.
+    let missing = run(&client, tc, command("/usr/bin/clang", &["-c", "x.c"], "/work"), &[], empty_tar()).await;
+    assert_eq!(missing.output.code, 1);
+    assert!(String::from_utf8_lossy(&missing.output.stderr).contains("/usr/bin/clang"));
+
+    // Outputs over the limit: a clear 400.
+    let project = CProject::new();
+    let job_id = assign_and_submit(&client, tc).await;
+    let request = RunJobHttpRequest {
+        command: command("/usr/bin/gcc", &["-c", "util.c", "-o", "util.o"], project.cwd()),
+        outputs: vec!["util.o".into()],
+    };
+    let err = client.run_job(job_id, &token(job_id), &request, &project.inputs()).await.unwrap_err();
+    assert!(err.to_string().contains("400") && err.to_string().contains("1000"), "{err}");
+
+    let status = kiln.status().await;
+    assert_eq!(status["builder_restarts"], 0, "no hostile job counts as a builder failure: {status}");
+}
+
+#[actix_rt::test]
+async fn the_job_environment_reaches_the_job_and_never_the_host() {
+    let kiln = Kiln::start("");
+    // A preload library that leaves a mark wherever it is loaded.
+    let dir = tempfile::Builder::new().prefix("kiln-preload-").tempdir().unwrap();
+    let marker = dir.path().join("loaded-on-host");
+    let source = dir.path().join("mark.c");
+    std::fs::write(
+        &source,
+        format!(
+            "#include <stdio.h>\n__attribute__((constructor)) static void mark(void) {{ FILE *f = fopen(\"{}\", \"w\"); if (f) fclose(f); }}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let library = dir.path().join("mark.so");
+    let built = std::process::Command::new("/usr/bin/gcc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(built.success());
+
+    let mut job = command("/bin/sh", &["-c", "echo \"$KILN_TEST_VAR\""], "/work");
+    job.env_vars.push(("KILN_TEST_VAR".into(), "from the job".into()));
+    job.env_vars.push(("LD_PRELOAD".into(), library.display().to_string()));
+    let done = run(&kiln.client(), gcc_toolchain(), job, &[], empty_tar()).await;
+    assert_eq!(String::from_utf8_lossy(&done.output.stdout), "from the job\n");
+    assert!(!marker.exists(), "the job's LD_PRELOAD was loaded by a process on the host");
+}
+
+fn empty_tar() -> Vec<u8> {
+    InputsBuilder::new().finish().unwrap()
+}

@@ -51,16 +51,67 @@ async fn a_job_over_its_timeout_is_killed_with_its_whole_tree() {
     let client = kiln.client();
     let job_id = assign_and_submit(&client, gcc_toolchain()).await;
     // A child in the background and a sleeping parent: both must die.
-    let request =
-        RunJobHttpRequest { command: command("/bin/sh", &["-c", "sleep 600 & sleep 600"], "/work"), outputs: vec![] };
-    let err = client
-        .run_job(job_id, &token(job_id), &request, &empty_inputs())
+    let script = "sleep 601 & sleep 601";
+    let request = RunJobHttpRequest { command: command("/bin/sh", &["-c", script], "/work"), outputs: vec![] };
+    let answer =
+        actix_rt::spawn(async move { client.run_job(job_id, &token(job_id), &request, &empty_inputs()).await });
+    let sleepers = || pids_of("sleep", "601");
+    wait_for(Duration::from_secs(60), || Some(()).filter(|_| sleepers().len() == 2 && !sandbox_pids(&kiln).is_empty()))
         .await
-        .expect_err("a timed-out job is an error");
+        .expect("the job's two sleeps never ran");
+    let err = answer.await.unwrap().expect_err("a timed-out job is an error");
     assert!(err.to_string().contains("longer than"), "{err}");
-    let leftover = wait_for(Duration::from_secs(10), || Some(()).filter(|_| sandbox_pids(&kiln).is_empty())).await;
-    assert!(leftover.is_some(), "sandbox processes survived the timeout");
+    let gone = wait_for(Duration::from_secs(10), || {
+        Some(()).filter(|_| sandbox_pids(&kiln).is_empty() && sleepers().is_empty())
+    });
+    assert!(gone.await.is_some(), "processes survived the timeout: {:?}", sleepers());
     assert_compiles(&kiln).await;
+}
+
+#[actix_rt::test]
+async fn a_client_that_hangs_up_frees_its_builder() {
+    let kiln = Kiln::start("builders = 1\n");
+    let answer = start_sleeping_job(&kiln).await;
+    wait_for(Duration::from_secs(60), || Some(()).filter(|_| !sandbox_pids(&kiln).is_empty()))
+        .await
+        .expect("the job's sandbox never started");
+    answer.abort(); // drops the request: the connection closes
+    let gone = wait_for(Duration::from_secs(30), || Some(()).filter(|_| sandbox_pids(&kiln).is_empty()));
+    assert!(gone.await.is_some(), "the abandoned job kept running");
+    // The only builder is free again long before the job's 600 s timeout.
+    assert_compiles(&kiln).await;
+    let status = kiln.status().await;
+    assert_eq!(status["builder_restarts"], 0, "a cancelled job is not a builder failure: {status}");
+}
+
+#[actix_rt::test]
+async fn a_full_queue_answers_503_and_keeps_serving() {
+    let kiln = Kiln::start("builders = 1\n[jobs]\nqueue_len = 1\ntimeout_secs = 5\n");
+    let busy = start_sleeping_job(&kiln).await;
+    wait_for(Duration::from_secs(60), || Some(()).filter(|_| !sandbox_pids(&kiln).is_empty()))
+        .await
+        .expect("the job's sandbox never started");
+    let waiting = start_sleeping_job(&kiln).await;
+    // run_job takes the job out of the assigned table right before queueing it.
+    for _ in 0..500 {
+        if kiln.status().await["assigned_jobs"] == 0 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    let client = kiln.client();
+    let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+    let request = RunJobHttpRequest { command: command("/bin/sh", &["-c", "true"], "/work"), outputs: vec![] };
+    let err = client.run_job(job_id, &token(job_id), &request, &empty_inputs()).await.expect_err("the queue is full");
+    assert!(err.to_string().contains("503"), "{err}");
+    // Both accepted jobs still get their answers (here: their timeout).
+    for job in [busy, waiting] {
+        let err = job.await.unwrap().expect_err("sleep 600 times out");
+        assert!(err.to_string().contains("longer than"), "{err}");
+    }
+    assert_compiles(&kiln).await;
+    assert_eq!(kiln.status().await["jobs_rejected"], 1);
 }
 
 #[actix_rt::test]
@@ -68,12 +119,17 @@ async fn kill_9_mid_job_then_restart_leaves_no_mounts_and_a_clean_build_dir() {
     let mut kiln = Kiln::start("");
     assert_compiles(&kiln).await; // warm: prepared sandboxes exist now
     let _answer = start_sleeping_job(&kiln).await;
-    wait_for(Duration::from_secs(60), || Some(()).filter(|_| !sandbox_pids(&kiln).is_empty()))
-        .await
-        .expect("the job's sandbox never started");
+    // Wait for the job itself (the sandbox's `sleep`), not just its bubblewrap.
+    let job_runs = || sandbox_pids(&kiln).iter().any(|pid| children_named(*pid, "sleep"));
+    wait_for(Duration::from_secs(60), || Some(()).filter(|_| job_runs())).await.expect("the job never started");
     let data_dir = kiln.data_dir.clone();
     let sandboxes = data_dir.join("sandboxes");
     assert!(std::fs::read_dir(&sandboxes).unwrap().count() > 0);
+    // The overlay exists in the sandbox's mount namespace and not in the host's.
+    let sandbox_mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", sandbox_pids(&kiln)[0])).unwrap();
+    let overlay = sandbox_mounts.lines().find(|l| l.contains(" overlay ") && l.contains(sandboxes.to_str().unwrap()));
+    assert!(overlay.is_some(), "no overlay in the sandbox's namespace:\n{sandbox_mounts}");
+    assert_eq!(mounts_below(&data_dir), Vec::<String>::new(), "an overlay leaked into the host's namespace");
 
     kiln.kill9();
     // The sandbox dies with kiln (--die-with-parent), and no overlay was ever

@@ -12,16 +12,17 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::cleaner::{CleanLeftovers, Cleaner};
 use super::job_queue::{BuilderReady, JobQueue, QueuedJob};
 use super::sandbox_pool::{AcquireSandbox, SandboxPool};
-use super::toolchain_cache::{CheckoutToolchain, ToolchainCache};
+use super::toolchain_cache::{CheckoutToolchain, DiscardToolchain, ToolchainCache};
 use super::unpacker::{UnpackFailed, UnpackToolchain, Unpacker};
 use crate::protocol::{CompileCommand, JobComplete, JobId};
 use crate::report::ErrorChain;
-use crate::sandbox::{SandboxError, SandboxJob};
+use crate::sandbox::{Cancellation, SandboxError, SandboxJob};
 use crate::stats::Stats;
 
 /// A job accepted by the facade, with everything needed to run it.
@@ -140,7 +141,20 @@ impl Handler<RunJob> for Builder {
         let task = actix_rt::spawn(
             async move {
                 let started = Instant::now();
-                let result = run_stages(&deps, request).await;
+                let mut reply = reply;
+                let (cancel, cancellation) = oneshot::channel();
+                let stages = run_stages(&deps, request, cancellation);
+                tokio::pin!(stages);
+                // A client that hangs up frees its builder instead of holding it
+                // until the job's timeout.
+                let result = tokio::select! {
+                    result = &mut stages => result,
+                    () = reply.closed() => {
+                        tracing::info!("client went away; cancelling the job");
+                        let _ = cancel.send(());
+                        stages.await
+                    }
+                };
                 let elapsed_ms = started.elapsed().as_millis() as u64;
                 let verdict = match &result {
                     Ok(done) => {
@@ -180,7 +194,15 @@ impl Handler<RunJob> for Builder {
                 Verdict::RequestFailed => {}
                 Verdict::MachineryFailed => {
                     act.consecutive_failures += 1;
-                    // Start from a fresh actor; the supervisor keeps the mailbox.
+                    if act.consecutive_failures >= FAILURES_WORTH_AN_ALERT {
+                        tracing::error!(
+                            builder = act.id,
+                            consecutive_failures = act.consecutive_failures,
+                            "builder keeps failing: check the host (disk, overlayfs, bubblewrap)"
+                        );
+                    }
+                    // The supervisor calls `restarting()` then `started()` on this same
+                    // actor and mailbox; `started()` registers it with the queue again.
                     ctx.stop();
                     return;
                 }
@@ -190,7 +212,11 @@ impl Handler<RunJob> for Builder {
     }
 }
 
-async fn run_stages(deps: &BuilderDeps, request: JobRequest) -> JobResult {
+/// Consecutive machinery failures of one builder after which each restart is logged
+/// as an error, not a warning.
+const FAILURES_WORTH_AN_ALERT: u32 = 3;
+
+async fn run_stages(deps: &BuilderDeps, request: JobRequest, cancel: Cancellation) -> JobResult {
     let archive_id = request.archive_id.clone();
     let archive = deps
         .cache
@@ -198,7 +224,17 @@ async fn run_stages(deps: &BuilderDeps, request: JobRequest) -> JobResult {
         .await
         .map_err(|_| JobError::ActorGone("toolchain cache"))?
         .ok_or(JobError::ToolchainMissing { archive_id })?;
-    let root = deps.unpacker.send(UnpackToolchain { archive }).await.map_err(|_| JobError::ActorGone("unpacker"))??;
+    let root =
+        match deps.unpacker.send(UnpackToolchain { archive }).await.map_err(|_| JobError::ActorGone("unpacker"))? {
+            Ok(root) => root,
+            Err(failed) => {
+                if failed.bad_archive {
+                    // Its hash matched, so it will never unpack: make clients resubmit.
+                    deps.cache.do_send(DiscardToolchain { archive_id: failed.archive_id.clone() });
+                }
+                return Err(failed.into());
+            }
+        };
     let sandbox =
         deps.pool.send(AcquireSandbox { toolchain: root }).await.map_err(|_| JobError::ActorGone("sandbox pool"))??;
     let job = SandboxJob {
@@ -208,7 +244,7 @@ async fn run_stages(deps: &BuilderDeps, request: JobRequest) -> JobResult {
         inputs_zlib: request.inputs_zlib,
         timeout: deps.job_timeout,
     };
-    let (result, leftovers) = sandbox.run(job).await;
+    let (result, leftovers) = sandbox.run(job, cancel).await;
     deps.cleaner.do_send(CleanLeftovers(leftovers));
     Ok(result?)
 }

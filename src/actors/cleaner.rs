@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use nix::mount::{umount2, MntFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::os::unix::ffi::OsStrExt;
 
 use crate::sandbox::Leftovers;
 use crate::stats::Stats;
@@ -33,7 +36,7 @@ impl Handler<CleanLeftovers> for Cleaner {
     type Result = ();
 
     fn handle(&mut self, msg: CleanLeftovers, _: &mut Context<Self>) {
-        let Leftovers::Dir(dir) = msg.0 else { return };
+        let Leftovers::Dir(dir) = msg.0;
         let stats = self.stats.clone();
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
             Ok(()) => Stats::bump(&stats.sandboxes_cleaned),
@@ -45,17 +48,20 @@ impl Handler<CleanLeftovers> for Cleaner {
     }
 }
 
-/// Startup: detach any mount below `data_dir` and empty the directories that only
-/// hold per-run state. Answers with what was removed.
+/// Startup: kill sandbox processes a previous run left, detach any mount below
+/// `data_dir` and empty the directories that only hold per-run state. Answers with
+/// what was removed.
 #[derive(Message)]
 #[rtype(result = "std::io::Result<SweepReport>")]
 pub struct SweepStale {
     pub data_dir: PathBuf,
+    pub sandboxes_dir: PathBuf,
     pub per_run_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default)]
 pub struct SweepReport {
+    pub killed: usize,
     pub unmounted: usize,
     pub removed: usize,
 }
@@ -65,15 +71,22 @@ impl Handler<SweepStale> for Cleaner {
 
     fn handle(&mut self, msg: SweepStale, _: &mut Context<Self>) -> Self::Result {
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || sweep(&msg.data_dir, &msg.per_run_dirs))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            tokio::task::spawn_blocking(move || sweep(&msg)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
         })
     }
 }
 
-fn sweep(data_dir: &Path, per_run_dirs: &[PathBuf]) -> std::io::Result<SweepReport> {
+fn sweep(msg: &SweepStale) -> std::io::Result<SweepReport> {
+    let SweepStale { data_dir, sandboxes_dir, per_run_dirs } = msg;
     let mut report = SweepReport::default();
+    // Sandboxes die with the kiln that started them (parent-death signals), but a
+    // job started in the instant kiln died could have missed it.
+    for pid in processes_mentioning(sandboxes_dir) {
+        if kill(pid, Signal::SIGKILL).is_ok() {
+            tracing::warn!(%pid, "killed a sandbox process left by the previous run");
+            report.killed += 1;
+        }
+    }
     // kiln's own sandboxes never mount in this namespace; anything here was left by
     // something else (an older version, a hand-made mount) and would pin the dirs.
     let mut mounts = mounts_below(data_dir)?;
@@ -98,6 +111,26 @@ fn sweep(data_dir: &Path, per_run_dirs: &[PathBuf]) -> std::io::Result<SweepRepo
         std::fs::create_dir_all(dir)?;
     }
     Ok(report)
+}
+
+/// Processes that bind a directory below `dir` (`--bind <dir>/<n>/merged /`): the
+/// bubblewrap processes of kiln's sandboxes, and nothing an operator runs there.
+fn processes_mentioning(dir: &Path) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut prefix = dir.as_os_str().as_bytes().to_vec();
+    prefix.push(b'/');
+    let binds_below = |cmdline: Vec<u8>| {
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        args.windows(2).any(|pair| pair[0] == b"--bind" && pair[1].starts_with(&prefix))
+    };
+    entries
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<i32>().ok()?, e.path())))
+        .filter(|(pid, path)| {
+            *pid != std::process::id() as i32 && std::fs::read(path.join("cmdline")).is_ok_and(binds_below)
+        })
+        .map(|(pid, _)| Pid::from_raw(pid))
+        .collect()
 }
 
 /// Mount points at or below `dir`, from this process's mount table.

@@ -15,5 +15,7 @@ pub use builder::{Builder, JobError, JobRequest};
 pub use cleaner::{CleanLeftovers, Cleaner, SweepStale};
 pub use job_queue::{JobQueue, QueueFull, SubmitJob};
 pub use sandbox_pool::{AcquireSandbox, SandboxPool};
-pub use toolchain_cache::{ArchiveLease, CacheError, CheckoutToolchain, HasToolchain, StoreToolchain, ToolchainCache};
+pub use toolchain_cache::{
+    ArchiveLease, CacheError, CheckoutToolchain, DiscardToolchain, HasToolchain, StoreToolchain, ToolchainCache,
+};
 pub use unpacker::{UnpackFailed, UnpackToolchain, Unpacker};

@@ -17,6 +17,9 @@ use crate::stats::Stats;
 
 /// Per warm toolchain: the prepared sandboxes and how many are being prepared.
 struct Warm {
+    /// Tells preparations started for an earlier entry of the same toolchain
+    /// (since discarded) from this entry's own.
+    generation: u64,
     root: ToolchainRoot,
     idle: Vec<Box<dyn Sandbox>>,
     preparing: usize,
@@ -28,6 +31,7 @@ pub struct SandboxPool {
     warm_per_toolchain: usize,
     max_idle: usize,
     toolchains: HashMap<String, Warm>,
+    /// Orders acquisitions (LRU) and numbers `Warm` generations.
     clock: u64,
     cleaner: Addr<Cleaner>,
     stats: Arc<Stats>,
@@ -49,33 +53,39 @@ impl SandboxPool {
         let Some(warm) = self.toolchains.get_mut(archive_id) else { return };
         let missing = self.warm_per_toolchain.saturating_sub(warm.idle.len() + warm.preparing);
         warm.preparing += missing;
-        let root = warm.root.clone();
+        let (root, generation) = (warm.root.clone(), warm.generation);
         for _ in 0..missing {
             let prepare = self.backend.prepare(root.clone());
             let archive_id = archive_id.to_owned();
-            ctx.spawn(prepare.into_actor(self).map(move |result, act, ctx| act.prepared(archive_id, result, ctx)));
+            ctx.spawn(prepare.into_actor(self).map(move |result, act, _| act.prepared(archive_id, generation, result)));
         }
     }
 
-    fn prepared(&mut self, archive_id: String, result: Result<Box<dyn Sandbox>, SandboxError>, _: &mut Context<Self>) {
+    fn prepared(&mut self, archive_id: String, generation: u64, result: Result<Box<dyn Sandbox>, SandboxError>) {
         Stats::bump(&self.stats.sandboxes_prepared);
-        let Some(warm) = self.toolchains.get_mut(&archive_id) else {
-            if let Ok(sandbox) = result {
-                self.cleaner.do_send(CleanLeftovers(sandbox.discard()));
+        let warm = self.toolchains.get_mut(&archive_id).filter(|w| w.generation == generation);
+        match (warm, result) {
+            (Some(warm), Ok(sandbox)) => {
+                warm.preparing -= 1;
+                warm.idle.push(sandbox);
             }
-            return;
-        };
-        warm.preparing -= 1;
-        match result {
-            Ok(sandbox) => warm.idle.push(sandbox),
-            // Not retried here: the next acquire prepares one and reports the error.
-            Err(e) => tracing::warn!(%archive_id, error = %ErrorChain(&e), "preparing a sandbox ahead failed"),
+            (Some(warm), Err(e)) => {
+                warm.preparing -= 1;
+                // Not retried here: the next acquire prepares one and reports the error.
+                tracing::warn!(%archive_id, error = %ErrorChain(&e), "preparing a sandbox ahead failed");
+            }
+            // The toolchain went cold while this one was being prepared.
+            (None, Ok(sandbox)) => self.cleaner.do_send(CleanLeftovers(sandbox.discard())),
+            (None, Err(_)) => {}
         }
         self.enforce_idle_cap();
     }
 
-    /// Discards idle sandboxes of the least recently used toolchains over the cap.
+    /// Forgets toolchains with nothing prepared or preparing (so their roots are no
+    /// longer pinned), then discards idle sandboxes of the least recently used
+    /// toolchains over the cap.
     fn enforce_idle_cap(&mut self) {
+        self.toolchains.retain(|_, w| !w.idle.is_empty() || w.preparing > 0);
         let mut idle: usize = self.toolchains.values().map(|w| w.idle.len()).sum();
         while idle > self.max_idle {
             let coldest = self
@@ -113,7 +123,9 @@ impl Handler<AcquireSandbox> for SandboxPool {
     fn handle(&mut self, msg: AcquireSandbox, ctx: &mut Context<Self>) -> Self::Result {
         let archive_id = msg.toolchain.archive_id.clone();
         self.clock += 1;
+        let generation = self.clock;
         let warm = self.toolchains.entry(archive_id.clone()).or_insert_with(|| Warm {
+            generation,
             root: msg.toolchain.clone(),
             idle: Vec::new(),
             preparing: 0,
@@ -122,6 +134,7 @@ impl Handler<AcquireSandbox> for SandboxPool {
         warm.last_acquired = self.clock;
         let ready = warm.idle.pop();
         self.refill(&archive_id, ctx);
+        self.enforce_idle_cap();
         match ready {
             Some(sandbox) => {
                 Stats::bump(&self.stats.sandboxes_warm_hits);

@@ -155,3 +155,25 @@ impl Handler<CheckoutToolchain> for ToolchainCache {
         Some(ArchiveLease { path: self.path_of(&msg.archive_id), archive_id: msg.archive_id, _lease: lease })
     }
 }
+
+/// Forgets an archive that turned out to be unusable (it does not unpack), so the
+/// next job's assign_job asks for it again instead of failing on it forever.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DiscardToolchain {
+    pub archive_id: String,
+}
+
+impl Handler<DiscardToolchain> for ToolchainCache {
+    type Result = ();
+
+    fn handle(&mut self, msg: DiscardToolchain, _: &mut Context<Self>) {
+        if self.index.remove(&msg.archive_id) {
+            tracing::warn!(archive_id = %msg.archive_id, "discarding a toolchain archive that does not unpack");
+            let path = self.path_of(&msg.archive_id);
+            actix_rt::spawn(async move {
+                let _ = tokio::fs::remove_file(path).await;
+            });
+        }
+    }
+}

@@ -44,7 +44,15 @@ const HEADER_ALLOWANCE: u64 = 2048;
 /// inside `dest`) and hard links (to a path inside `dest`) are created; devices and
 /// fifos are refused; setuid, setgid and sticky bits are dropped.
 pub fn extract_tar(reader: impl Read, dest: &Path, limits: &ExtractLimits) -> Result<ExtractStats, ArchiveError> {
-    let root = RootedDir::open(dest)?;
+    extract_tar_into(reader, &RootedDir::open(dest)?, limits)
+}
+
+/// [`extract_tar`] into a root that is already open.
+pub fn extract_tar_into(
+    reader: impl Read,
+    root: &RootedDir,
+    limits: &ExtractLimits,
+) -> Result<ExtractStats, ArchiveError> {
     let stream_limit = limits.max_bytes.saturating_add(limits.max_entries.saturating_mul(HEADER_ALLOWANCE));
     let mut archive = tar::Archive::new(LimitedReader { inner: reader, remaining: stream_limit });
     let mut stats = ExtractStats::default();
@@ -73,7 +81,7 @@ pub fn extract_tar(reader: impl Read, dest: &Path, limits: &ExtractLimits) -> Re
                 if stats.bytes.saturating_add(size) > limits.max_bytes {
                     return Err(ArchiveError::TooLarge { limit: limits.max_bytes });
                 }
-                write_file(&root, &path, mode, &mut entry)?;
+                write_file(root, &path, mode, &mut entry)?;
                 stats.bytes += size;
             }
             EntryType::Symlink => {
@@ -81,7 +89,7 @@ pub fn extract_tar(reader: impl Read, dest: &Path, limits: &ExtractLimits) -> Re
                 if target.is_empty() || target.contains(&0) {
                     return Err(bad(&path, "symlink target is empty or has a NUL byte"));
                 }
-                let (parent, name) = parent_of(&root, &path)?;
+                let (parent, name) = parent_of(root, &path)?;
                 replace_existing(&parent, name, &path)?;
                 symlinkat(std::ffi::OsStr::from_bytes(&target), parent.as_fd(), name)
                     .map_err(|source| io_err("create symlink", &path, source))?;
@@ -89,8 +97,8 @@ pub fn extract_tar(reader: impl Read, dest: &Path, limits: &ExtractLimits) -> Re
             EntryType::Link => {
                 let target = entry.link_name_bytes().ok_or_else(|| bad(&path, "hard link without a target"))?;
                 let target = SandboxPath::parse(&target)?;
-                let (target_parent, target_name) = existing_parent_of(&root, &target)?;
-                let (parent, name) = parent_of(&root, &path)?;
+                let (target_parent, target_name) = existing_parent_of(root, &target)?;
+                let (parent, name) = parent_of(root, &path)?;
                 replace_existing(&parent, name, &path)?;
                 // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself.
                 linkat(target_parent.as_fd(), target_name, parent.as_fd(), name, AtFlags::empty())

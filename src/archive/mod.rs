@@ -11,5 +11,5 @@ mod extract;
 mod rooted;
 
 pub use error::ArchiveError;
-pub use extract::{extract_tar, ExtractLimits, ExtractStats};
+pub use extract::{extract_tar, extract_tar_into, ExtractLimits, ExtractStats};
 pub use rooted::{RootedDir, SandboxPath};

@@ -120,9 +120,11 @@ impl RootedDir {
         openat2(self.fd.as_fd(), &path.relative(), how)
     }
 
-    /// Opens a regular file for reading; `Ok(None)` if it does not exist.
+    /// Opens a file for reading, never through a final symlink; `Ok(None)` if it does
+    /// not exist. `O_NONBLOCK` so a fifo planted by a job cannot block the open; the
+    /// caller checks that what it got is a regular file.
     pub fn open_file(&self, path: &SandboxPath) -> Result<Option<File>, ArchiveError> {
-        match self.open_in(path, OFlag::O_RDONLY | OFlag::O_NOFOLLOW, Mode::empty()) {
+        match self.open_in(path, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK, Mode::empty()) {
             Ok(fd) => Ok(Some(File::from(fd))),
             Err(Errno::ENOENT) => Ok(None),
             Err(source) => Err(ArchiveError::Io { op: "open", path: path.display(), source }),

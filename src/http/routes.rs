@@ -28,7 +28,10 @@ use crate::stats::Stats;
 pub struct HttpLimits {
     pub max_archive_bytes: u64,
     pub max_request_bytes: u64,
+    /// Deadline for assign_job and run_job bodies.
     pub body_timeout: Duration,
+    /// Deadline for a toolchain upload (much larger bodies).
+    pub upload_timeout: Duration,
 }
 
 /// What every handler shares.
@@ -90,10 +93,10 @@ async fn assign_job(
             .send(HasToolchain { archive_id: toolchain.archive_id.clone() })
             .await
             .map_err(|_| ApiError::Unavailable("toolchain cache"))?;
-        let state_now = if has { JobState::Ready } else { JobState::Pending };
         tracing::info!(archive_id = %toolchain.archive_id, need_toolchain = !has, "job assigned");
-        state.jobs.assign(job_id, toolchain, state_now)?;
-        bincode_response(&AssignJobResult { state: state_now, need_toolchain: !has })
+        state.jobs.assign(job_id, toolchain)?;
+        let job_state = if has { JobState::Ready } else { JobState::Pending };
+        bincode_response(&AssignJobResult { state: job_state, need_toolchain: !has })
     }
     .instrument(span)
     .await
@@ -108,7 +111,7 @@ async fn submit_toolchain(
     let span = job_span(&path);
     async move {
         let job_id = authorize(&state, &req, &path)?;
-        let body = BoundedBody::new(&req, payload, state.limits.max_archive_bytes, state.limits.body_timeout)?;
+        let body = BoundedBody::new(&req, payload, state.limits.max_archive_bytes, state.limits.upload_timeout)?;
         let Some(toolchain) = state.jobs.toolchain_of(job_id) else {
             tracing::warn!("submit_toolchain for a job this server does not know");
             body.discard().await?;
@@ -139,7 +142,6 @@ async fn submit_toolchain(
                 Err(_) => return Err(ApiError::Unavailable("toolchain cache")),
             }
         }
-        state.jobs.set_state(job_id, JobState::Ready);
         bincode_response(&SubmitToolchainResult::Success)
     }
     .instrument(span)
@@ -165,7 +167,9 @@ async fn receive_archive(mut body: BoundedBody, staged: &std::path::Path, archiv
         size += chunk.len() as u64;
         file.write_all(&chunk).await.map_err(internal)?;
     }
-    file.flush().await.map_err(internal)?;
+    // Durable before the cache adopts it: after a crash the cache trusts archives
+    // on disk by name, so a truncated one must never get there.
+    file.sync_all().await.map_err(internal)?;
     if head != GZIP_MAGIC {
         return Err(ApiError::BadToolchain("the archive is not a gzip stream".into()));
     }

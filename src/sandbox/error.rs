@@ -39,12 +39,12 @@ pub enum SandboxError {
     },
     #[error("waiting for the sandbox failed")]
     Wait(#[source] nix::Error),
-    #[error("bubblewrap could not set up the sandbox: {0}")]
-    Setup(String),
     #[error("the sandbox process was killed by signal {signal} from outside kiln")]
     HelperKilled { signal: i32 },
     #[error("the job ran longer than {0:?} and was killed")]
     TimedOut(Duration),
+    #[error("the client went away; the job was killed")]
+    Cancelled,
     #[error("reading output {path} failed")]
     Output {
         path: String,
@@ -77,6 +77,6 @@ impl SandboxError {
 
     /// The machinery failed (not the job): counts against the builder's health.
     pub fn is_infrastructure_failure(&self) -> bool {
-        !self.is_client_error() && !matches!(self, SandboxError::TimedOut(_))
+        !self.is_client_error() && !matches!(self, SandboxError::TimedOut(_) | SandboxError::Cancelled)
     }
 }

@@ -33,10 +33,12 @@ pub struct ToolchainRoot {
 /// What a used or discarded sandbox leaves behind, for the cleaner to remove.
 #[derive(Debug)]
 pub enum Leftovers {
-    Nothing,
     /// A sandbox directory; nothing of it is mounted in the host's namespace.
     Dir(PathBuf),
 }
+
+/// Sending `()` asks a running job to stop.
+pub type Cancellation = tokio::sync::oneshot::Receiver<()>;
 
 /// A kind of sandbox (overlay + bubblewrap, ...).
 pub trait SandboxBackend: Send + Sync + 'static {
@@ -50,8 +52,14 @@ pub trait SandboxBackend: Send + Sync + 'static {
 pub trait Sandbox: Send + 'static {
     fn toolchain_id(&self) -> &str;
 
-    /// Runs `job`. Dropping the returned future kills whatever the job started.
-    fn run(self: Box<Self>, job: SandboxJob) -> BoxFuture<'static, (Result<JobComplete, SandboxError>, Leftovers)>;
+    /// Runs `job`. A message on `cancel` (the client went away) stops it; so does
+    /// dropping the returned future, though then the leftovers are lost until the
+    /// next start's sweep.
+    fn run(
+        self: Box<Self>,
+        job: SandboxJob,
+        cancel: Cancellation,
+    ) -> BoxFuture<'static, (Result<JobComplete, SandboxError>, Leftovers)>;
 
     /// Gives the sandbox up unused.
     fn discard(self: Box<Self>) -> Leftovers;

@@ -42,9 +42,12 @@ pub struct PackedToolchain {
 }
 
 fn pack(name: &str, extra: &[&str]) -> PackedToolchain {
-    let dir = std::env::temp_dir().join(format!("kiln-test-toolchains-{}", std::process::id()));
+    // Cargo's scratch dir for integration tests: reused across runs, never in /tmp.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("toolchains");
     std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(format!("{name}.tar.gz"));
+    // One file per test binary: binaries run one after another, but stay apart.
+    let binary = std::env::current_exe().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+    let out = dir.join(format!("{name}-{binary}.tar.gz"));
     let opts = PackageOptions { compiler: "/usr/bin/gcc".into(), extra: extra.iter().map(PathBuf::from).collect() };
     let packed = package_toolchain(&opts, &out).expect("packaging the system gcc");
     let bytes = std::fs::read(&out).unwrap();
@@ -54,10 +57,10 @@ fn pack(name: &str, extra: &[&str]) -> PackedToolchain {
     PackedToolchain { archive_id, bytes: bytes.into() }
 }
 
-/// gcc with `sh`, `sleep` and `id`, for jobs that are not compiles.
+/// gcc with `sh`, `sleep`, `id`, `cat`, `ls` and `mkfifo`, for jobs that are not compiles.
 pub fn gcc_toolchain() -> &'static PackedToolchain {
     static TC: OnceLock<PackedToolchain> = OnceLock::new();
-    TC.get_or_init(|| pack("gcc", &["/bin/sh", "/bin/sleep", "/usr/bin/id", "/bin/cat", "/bin/ls"]))
+    TC.get_or_init(|| pack("gcc", &["/bin/sh", "/bin/sleep", "/usr/bin/id", "/bin/cat", "/bin/ls", "/usr/bin/mkfifo"]))
 }
 
 /// A second, different toolchain (same gcc, one more file).
@@ -245,19 +248,24 @@ pub async fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> O
     None
 }
 
-/// Pids of bubblewrap processes whose command line mentions `needle`.
-pub fn bwrap_pids(needle: &str) -> Vec<i32> {
+/// Pids of processes named `program` whose command line mentions `needle`.
+pub fn pids_of(program: &str, needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let program = cmdline.split(' ').next().unwrap_or_default();
-        if program.rsplit('/').next() == Some("bwrap") && cmdline.contains(needle) {
+        let first = cmdline.split(' ').next().unwrap_or_default();
+        if first.rsplit('/').next() == Some(program) && cmdline.contains(needle) {
             pids.push(pid);
         }
     }
     pids
+}
+
+/// Pids of bubblewrap processes whose command line mentions `needle`.
+pub fn bwrap_pids(needle: &str) -> Vec<i32> {
+    pids_of("bwrap", needle)
 }
 
 /// Mount points at or below `dir` in this process's mount table.
@@ -278,4 +286,12 @@ pub async fn assert_compiles(kiln: &Kiln) {
     .await;
     assert_eq!(done.output.code, 0, "{}", String::from_utf8_lossy(&done.output.stderr));
     assert_eq!(done.outputs.len(), 1);
+}
+
+/// Whether `pid` has a child process whose name is `name`.
+pub fn children_named(pid: i32, name: &str) -> bool {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children
+        .split_whitespace()
+        .any(|child| std::fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|comm| comm.trim() == name))
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -13,7 +14,9 @@ use super::namespace::{enter_overlay_namespace, OverlayDirs};
 use crate::protocol::JobComplete;
 use crate::report::ErrorChain;
 use crate::sandbox::kill::{KillHandle, KillOnDrop};
-use crate::sandbox::{Leftovers, Sandbox, SandboxBackend, SandboxError, SandboxJob, SandboxLimits, ToolchainRoot};
+use crate::sandbox::{
+    Cancellation, Leftovers, Sandbox, SandboxBackend, SandboxError, SandboxJob, SandboxLimits, ToolchainRoot,
+};
 
 /// Prepares overlay sandboxes under `<data_dir>/sandboxes/<n>/{upper,work,merged}`.
 pub struct OverlayBackend {
@@ -120,31 +123,28 @@ impl Sandbox for OverlaySandbox {
         &self.toolchain.archive_id
     }
 
-    fn run(self: Box<Self>, job: SandboxJob) -> BoxFuture<'static, (Result<JobComplete, SandboxError>, Leftovers)> {
+    fn run(
+        self: Box<Self>,
+        job: SandboxJob,
+        cancel: Cancellation,
+    ) -> BoxFuture<'static, (Result<JobComplete, SandboxError>, Leftovers)> {
         let OverlaySandbox { dir, toolchain, jobs } = *self;
         async move {
             // Keep the toolchain root leased until the job is over.
             let _toolchain = toolchain;
             let timeout = job.timeout;
             let kill = KillHandle::default();
-            let (reply, answer) = oneshot::channel();
-            let result = match jobs.try_send(RunRequest { job, kill: kill.clone(), reply }) {
-                Err(_) => Err(SandboxError::ThreadGone),
-                Ok(()) => {
-                    let mut guard = KillOnDrop(Some(kill.clone()));
-                    let mut answer = answer;
-                    let result = match tokio::time::timeout(timeout, &mut answer).await {
-                        Ok(answer) => answer.unwrap_or(Err(SandboxError::ThreadGone)),
-                        Err(_elapsed) => {
-                            kill.kill();
-                            let _ = answer.await;
-                            Err(SandboxError::TimedOut(timeout))
-                        }
-                    };
-                    guard.0 = None;
-                    result
-                }
+            let (reply, mut answer) = oneshot::channel();
+            if jobs.try_send(RunRequest { job, kill: kill.clone(), reply }).is_err() {
+                return (Err(SandboxError::ThreadGone), Leftovers::Dir(dir));
+            }
+            let mut guard = KillOnDrop(Some(kill.clone()));
+            let result = tokio::select! {
+                answer = &mut answer => answer.unwrap_or(Err(SandboxError::ThreadGone)),
+                () = tokio::time::sleep(timeout) => stop(&kill, answer, SandboxError::TimedOut(timeout)).await,
+                () = cancelled(cancel) => stop(&kill, answer, SandboxError::Cancelled).await,
             };
+            guard.0 = None;
             (result, Leftovers::Dir(dir))
         }
         .boxed()
@@ -153,5 +153,29 @@ impl Sandbox for OverlaySandbox {
     fn discard(self: Box<Self>) -> Leftovers {
         // Dropping the sender ends the parked thread, which frees its namespace.
         Leftovers::Dir(self.dir)
+    }
+}
+
+/// How long a sandbox thread gets to finish after its job was killed. Past it the
+/// thread is abandoned (and logged) rather than letting the job's answer wait.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// Kills the job and waits (boundedly) for its thread, then answers `why`.
+async fn stop(
+    kill: &KillHandle,
+    answer: oneshot::Receiver<Result<JobComplete, SandboxError>>,
+    why: SandboxError,
+) -> Result<JobComplete, SandboxError> {
+    kill.kill();
+    if tokio::time::timeout(KILL_GRACE, answer).await.is_err() {
+        tracing::error!(grace = ?KILL_GRACE, "sandbox thread did not finish after its job was killed; abandoning it");
+    }
+    Err(why)
+}
+
+/// Resolves when the job is cancelled; never if the sender is dropped unused.
+async fn cancelled(cancel: Cancellation) {
+    if cancel.await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

@@ -1,16 +1,18 @@
 //! Running one job under bubblewrap and collecting what it produced.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use flate2::read::ZlibDecoder;
+use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
-use crate::archive::{extract_tar, ArchiveError, RootedDir, SandboxPath};
+use crate::archive::{extract_tar_into, ArchiveError, RootedDir, SandboxPath};
 use crate::protocol::{JobComplete, OutputData, ProcessOutput};
 use crate::report::ErrorChain;
 use crate::sandbox::job::validate_env;
@@ -26,7 +28,8 @@ const MIN_BWRAP: (u32, u32, u32) = (0, 3, 0);
 /// The path must be absolute because jobs run with their own environment, whose
 /// `PATH` (if any) is not kiln's.
 pub fn check_bwrap(bwrap: &Path) -> Result<(PathBuf, String), String> {
-    let path = resolve_in_path(bwrap).ok_or_else(|| format!("bubblewrap ({}) was not found", bwrap.display()))?;
+    let path =
+        crate::program::find_program(bwrap).ok_or_else(|| format!("bubblewrap ({}) was not found", bwrap.display()))?;
     let out = Command::new(&path)
         .arg("--version")
         .stdin(Stdio::null())
@@ -45,14 +48,6 @@ pub fn check_bwrap(bwrap: &Path) -> Result<(PathBuf, String), String> {
     Ok((path, text))
 }
 
-fn resolve_in_path(program: &Path) -> Option<PathBuf> {
-    if program.components().count() > 1 {
-        return program.is_file().then(|| program.to_owned());
-    }
-    let search = std::env::var_os("PATH")?;
-    std::env::split_paths(&search).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
-}
-
 /// Runs `job` with `merged` (the overlay, visible in this thread's namespace) as `/`.
 pub(super) fn run_job(
     bwrap: &Path,
@@ -61,9 +56,6 @@ pub(super) fn run_job(
     limits: &SandboxLimits,
     kill: &KillHandle,
 ) -> Result<JobComplete, SandboxError> {
-    let root = RootedDir::open(merged).map_err(SandboxError::Layout)?;
-    extract_tar(ZlibDecoder::new(&job.inputs_zlib[..]), merged, &limits.inputs).map_err(SandboxError::Inputs)?;
-
     let command = &job.command;
     validate_env(&command.env_vars).map_err(SandboxError::BadCommand)?;
     if command.executable.is_empty()
@@ -73,6 +65,9 @@ pub(super) fn run_job(
         return Err(SandboxError::BadCommand("executable is empty, or it or an argument has a NUL byte".into()));
     }
     let cwd = SandboxPath::parse(command.cwd.as_bytes()).map_err(bad_path)?;
+
+    let root = RootedDir::open(merged).map_err(SandboxError::Layout)?;
+    extract_tar_into(ZlibDecoder::new(&job.inputs_zlib[..]), &root, &limits.inputs).map_err(SandboxError::Inputs)?;
     let dir_mode = Mode::from_bits_truncate(0o755);
     root.create_dir_all(&cwd, dir_mode).map_err(SandboxError::Layout)?;
     // gcc needs a writable /tmp; the toolchain may not have brought one.
@@ -134,10 +129,31 @@ fn bwrap_command(bwrap: &Path, merged: &Path, job: &SandboxJob, cwd: &SandboxPat
     ]);
     cmd.arg("--bind").arg(merged).arg("/");
     cmd.args(["--proc", "/proc", "--dev", "/dev", "--chdir"]).arg(cwd.display());
+    // The job's environment is set inside the sandbox only. bubblewrap itself runs
+    // on the host as root with an empty environment: a job's LD_PRELOAD or
+    // LD_LIBRARY_PATH must never reach the host's dynamic loader.
+    for (key, value) in &job.command.env_vars {
+        cmd.arg("--setenv").arg(key).arg(value);
+    }
+    cmd.env_clear();
     cmd.arg("--").arg(&job.command.executable).args(&job.command.arguments);
-    // The job's environment only; bubblewrap passes its own environment on.
-    cmd.env_clear().envs(job.command.env_vars.iter().map(|(k, v)| (k, v)));
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let kiln = nix::unistd::getpid();
+    // SAFETY: runs in the forked child before exec; it only makes two syscalls
+    // (prctl, getppid) and allocates nothing, so it is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // bubblewrap sets this itself, but only after it has cloned the sandbox;
+            // a kiln killed in that window would leave it running. SIGKILL when the
+            // thread that started it (the sandbox thread) ends, from the first
+            // instruction on; and if kiln already died before this, give up now.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != kiln {
+                return Err(std::io::Error::other("kiln exited while starting the sandbox"));
+            }
+            Ok(())
+        });
+    }
     cmd
 }
 
@@ -181,9 +197,12 @@ fn run_bwrap(
         });
     }
     let code = status.code().unwrap_or(-1);
-    // bubblewrap reports its own failures with exit 1 and a "bwrap: " line.
+    // bubblewrap reports its own failures (most often: the executable does not
+    // exist in the toolchain) with exit 1 and a "bwrap: " line. The job cannot
+    // be told apart from one that prints the same, so like upstream this is the
+    // job's result, which the client shows; the log line is for operators.
     if code == 1 && stderr.starts_with(b"bwrap: ") {
-        return Err(SandboxError::Setup(String::from_utf8_lossy(&stderr).trim().to_owned()));
+        tracing::warn!(stderr = %String::from_utf8_lossy(&stderr).trim(), "bubblewrap failed to start the job");
     }
     Ok(ProcessOutput { code, stdout, stderr })
 }
