@@ -77,6 +77,9 @@ pub struct JobConfig {
     pub timeout_secs: u64,
     /// Largest run_job request body (header plus compressed inputs).
     pub max_request_bytes: u64,
+    /// run_job bodies stay in memory until their job ends: their sum is bounded by
+    /// this, beyond which kiln answers 503 at once.
+    pub max_buffered_request_bytes: u64,
     /// Largest unpacked inputs and entry count of one job.
     pub max_input_bytes: u64,
     pub max_input_entries: u64,
@@ -141,6 +144,7 @@ impl Default for JobConfig {
         JobConfig {
             timeout_secs: 600,
             max_request_bytes: 512 * MIB,
+            max_buffered_request_bytes: 2 * GIB,
             max_input_bytes: GIB,
             max_input_entries: 100_000,
             max_output_bytes: 512 * MIB,
@@ -190,6 +194,12 @@ impl Config {
         }
         if self.jobs.timeout_secs == 0 || self.jobs.body_timeout_secs == 0 || self.toolchains.upload_timeout_secs == 0 {
             return invalid("jobs.timeout_secs", "timeouts must be at least one second");
+        }
+        if self.jobs.max_buffered_request_bytes < self.jobs.max_request_bytes {
+            return invalid("jobs.max_buffered_request_bytes", "must be at least jobs.max_request_bytes");
+        }
+        if self.jobs.max_buffered_request_bytes > u64::from(u32::MAX) * 1024 {
+            return invalid("jobs.max_buffered_request_bytes", "must be below 4 TiB");
         }
         if self.jobs.queue_len == 0 {
             return invalid("jobs.queue_len", "must be at least 1");

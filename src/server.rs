@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
+use tokio::sync::Semaphore;
 
 use crate::actors::builder::BuilderDeps;
 use crate::actors::{Builder, Cleaner, JobQueue, SandboxPool, SweepStale, ToolchainCache, Unpacker};
 use crate::config::Config;
-use crate::http::{configure, AppState, HttpLimits};
+use crate::http::{body_memory_permits, configure, AppState, HttpLimits};
 use crate::jobs::JobTable;
 use crate::protocol::JobKey;
 use crate::sandbox::overlay::OverlayBackend;
@@ -128,11 +129,13 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
         limits: HttpLimits {
             max_archive_bytes: config.toolchains.max_archive_bytes,
             max_request_bytes: config.jobs.max_request_bytes,
+            max_buffered_request_bytes: config.jobs.max_buffered_request_bytes,
             body_timeout: config.jobs.body_timeout(),
             upload_timeout: Duration::from_secs(config.toolchains.upload_timeout_secs),
         },
         incoming_dir: config.incoming_dir(),
         next_upload: AtomicU64::new(0),
+        body_memory: Arc::new(Semaphore::new(body_memory_permits(config.jobs.max_buffered_request_bytes) as usize)),
     });
     spawn_job_expiry(state.clone(), Duration::from_secs(config.jobs.assigned_ttl_secs));
 

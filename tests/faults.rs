@@ -157,3 +157,52 @@ async fn kill_9_mid_job_then_restart_leaves_no_mounts_and_a_clean_build_dir() {
     assert_compiles(&restarted).await;
     drop(kiln);
 }
+
+/// `size` bytes that zlib cannot shrink (xorshift), so the request body is as big.
+fn incompressible(size: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn request_bodies_beyond_the_memory_budget_get_503_until_memory_is_free() {
+    let kiln = Kiln::start("[jobs]\nmax_request_bytes = 409600\nmax_buffered_request_bytes = 409600\n");
+    let mut inputs = InputsBuilder::new();
+    inputs.add_file("/work/blob", &incompressible(300 << 10)).unwrap();
+    let inputs = inputs.finish().unwrap();
+
+    // The first job's body (~300 KiB) is held while it runs.
+    let client = kiln.client();
+    let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+    let request = RunJobHttpRequest { command: command("/bin/sleep", &["600"], "/work"), outputs: vec![] };
+    let first_inputs = inputs.clone();
+    let first = actix_rt::spawn(async move { client.run_job(job_id, &token(job_id), &request, &first_inputs).await });
+    wait_for(Duration::from_secs(60), || Some(()).filter(|_| !sandbox_pids(&kiln).is_empty()))
+        .await
+        .expect("the first job never started");
+
+    // A second body of the same size does not fit: 503 at once, not a queue of bodies.
+    let true_job = RunJobHttpRequest { command: command("/bin/sh", &["-c", "true"], "/work"), outputs: vec![] };
+    let client = kiln.client();
+    let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+    let err = client.run_job(job_id, &token(job_id), &true_job, &inputs).await.expect_err("over the memory budget");
+    assert!(err.to_string().contains("503") && err.to_string().contains("in memory"), "{err}");
+
+    // Once the first job is gone its memory is free again.
+    first.abort();
+    wait_for(Duration::from_secs(30), || Some(()).filter(|_| sandbox_pids(&kiln).is_empty()))
+        .await
+        .expect("the abandoned job kept running");
+    let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+    match client.run_job(job_id, &token(job_id), &true_job, &inputs).await.unwrap() {
+        RunJobResult::Complete(done) => assert_eq!(done.output.code, 0),
+        RunJobResult::JobNotFound => panic!("job {job_id} not found"),
+    }
+}

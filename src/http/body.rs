@@ -15,6 +15,7 @@ use super::ApiError;
 /// Reads a body chunk by chunk, failing past `limit` bytes or after `deadline`.
 pub struct BoundedBody {
     payload: web::Payload,
+    declared: Option<u64>,
     limit: u64,
     read: u64,
     deadline: Instant,
@@ -32,7 +33,13 @@ impl BoundedBody {
         if declared.is_some_and(|len| len > limit) {
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        Ok(BoundedBody { payload, limit, read: 0, deadline: Instant::now() + timeout, timeout })
+        Ok(BoundedBody { payload, declared, limit, read: 0, deadline: Instant::now() + timeout, timeout })
+    }
+
+    /// The body's size as far as it is known before reading: its Content-Length,
+    /// else the limit.
+    pub fn expected_len(&self) -> u64 {
+        self.declared.unwrap_or(self.limit)
     }
 
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {

@@ -33,6 +33,8 @@ pub enum ApiError {
     Job(#[from] JobError),
     #[error("kiln's {0} is not running")]
     Unavailable(&'static str),
+    #[error("kiln already holds {limit} bytes of request bodies in memory; retry later")]
+    TooManyBodies { limit: u64 },
     #[error("internal error: {0}")]
     Internal(String),
     #[error("no such endpoint")]
@@ -52,7 +54,9 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::DuplicateJob(_) => StatusCode::CONFLICT,
-            ApiError::QueueFull(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QueueFull(_) | ApiError::Unavailable(_) | ApiError::TooManyBodies { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Job(e) => StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -72,7 +76,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(e) => {
                 response.insert_header((header::WWW_AUTHENTICATE, e.www_authenticate()));
             }
-            ApiError::QueueFull(_) | ApiError::Unavailable(_) => {
+            ApiError::QueueFull(_) | ApiError::Unavailable(_) | ApiError::TooManyBodies { .. } => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));
             }
             _ => {}

@@ -7,4 +7,4 @@ mod error;
 mod routes;
 
 pub use error::ApiError;
-pub use routes::{configure, AppState, HttpLimits};
+pub use routes::{body_memory_permits, configure, AppState, HttpLimits};

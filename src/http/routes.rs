@@ -9,6 +9,7 @@ use actix::Addr;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::body::BoundedBody;
@@ -28,6 +29,7 @@ use crate::stats::Stats;
 pub struct HttpLimits {
     pub max_archive_bytes: u64,
     pub max_request_bytes: u64,
+    pub max_buffered_request_bytes: u64,
     /// Deadline for assign_job and run_job bodies.
     pub body_timeout: Duration,
     /// Deadline for a toolchain upload (much larger bodies).
@@ -45,6 +47,13 @@ pub struct AppState {
     /// Where toolchain uploads are staged (same file system as the cache).
     pub incoming_dir: PathBuf,
     pub next_upload: AtomicU64,
+    /// KiB of run_job bodies that may be held in memory at once.
+    pub body_memory: Arc<Semaphore>,
+}
+
+/// Semaphore permits are KiB of request body (a u32 count of bytes would cap at 4 GiB).
+pub fn body_memory_permits(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -198,6 +207,12 @@ async fn run_job(
             body.discard().await?;
             return bincode_response(&RunJobResult::JobNotFound);
         }
+        // Held until the answer is sent: the body lives that long, in the job.
+        let _memory = state
+            .body_memory
+            .clone()
+            .try_acquire_many_owned(body_memory_permits(body.expected_len()))
+            .map_err(|_| ApiError::TooManyBodies { limit: state.limits.max_buffered_request_bytes })?;
         let body = body.read_all().await?;
         let (request, inputs) = protocol::split_run_job_body(&body)?;
         let inputs_zlib = body.slice(body.len() - inputs.len()..);

@@ -29,7 +29,7 @@ impl KillHandle {
         let mut state = self.state();
         state.cancelled = true;
         if let Some(pid) = state.pid {
-            let _ = kill(pid, Signal::SIGKILL);
+            kill_with_children(pid);
         }
     }
 
@@ -42,7 +42,7 @@ impl KillHandle {
         let mut state = self.state();
         state.pid = Some(pid);
         if state.cancelled {
-            let _ = kill(pid, Signal::SIGKILL);
+            kill_with_children(pid);
         }
     }
 
@@ -61,4 +61,20 @@ impl Drop for KillOnDrop {
             handle.kill();
         }
     }
+}
+
+/// SIGKILLs `pid` and its children.
+///
+/// bubblewrap's sandboxed child (pid 1 of the job's pid namespace: killing it ends
+/// every process of the job) only arms its own parent-death signal some time after
+/// it is cloned; a job cancelled right after it started would outlive a kill of
+/// bubblewrap alone. `pid` is stopped first so it cannot clone while its children
+/// are listed. Reading `/proc/<pid>/task/<pid>/children` is an in-memory procfs read.
+fn kill_with_children(pid: Pid) {
+    let _ = kill(pid, Signal::SIGSTOP);
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+    }
+    let _ = kill(pid, Signal::SIGKILL);
 }
