@@ -208,11 +208,11 @@ async fn run_job(
             return bincode_response(&RunJobResult::JobNotFound);
         }
         // Held until the answer is sent: the body lives that long, in the job.
-        let _memory = state
-            .body_memory
-            .clone()
-            .try_acquire_many_owned(body_memory_permits(body.expected_len()))
-            .map_err(|_| ApiError::TooManyBodies { limit: state.limits.max_buffered_request_bytes })?;
+        let permits = body_memory_permits(body.expected_len());
+        let Ok(_memory) = state.body_memory.clone().try_acquire_many_owned(permits) else {
+            body.discard().await?; // read and dropped chunk by chunk: no memory kept
+            return Err(ApiError::TooManyBodies { limit: state.limits.max_buffered_request_bytes });
+        };
         let body = body.read_all().await?;
         let (request, inputs) = protocol::split_run_job_body(&body)?;
         let inputs_zlib = body.slice(body.len() - inputs.len()..);
