@@ -38,7 +38,7 @@ pub enum SandboxError {
         source: std::io::Error,
     },
     #[error("waiting for the sandbox failed")]
-    Wait(#[source] nix::Error),
+    Wait(#[source] std::io::Error),
     #[error("the sandbox process was killed by signal {signal} from outside kiln")]
     HelperKilled { signal: i32 },
     #[error("the job ran longer than {0:?} and was killed")]

@@ -50,8 +50,6 @@ pub trait SandboxBackend: Send + Sync + 'static {
 
 /// A prepared sandbox. It runs one job; afterwards only its leftovers remain.
 pub trait Sandbox: Send + 'static {
-    fn toolchain_id(&self) -> &str;
-
     /// Runs `job`. A message on `cancel` (the client went away) stops it; so does
     /// dropping the returned future, though then the leftovers are lost until the
     /// next start's sweep.

@@ -119,10 +119,6 @@ struct OverlaySandbox {
 }
 
 impl Sandbox for OverlaySandbox {
-    fn toolchain_id(&self) -> &str {
-        &self.toolchain.archive_id
-    }
-
     fn run(
         self: Box<Self>,
         job: SandboxJob,

@@ -186,8 +186,8 @@ fn run_bwrap(
     let waited = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
     kill.exited();
     let status = child.wait();
-    waited.map_err(SandboxError::Wait)?;
-    let status = status.map_err(|e| SandboxError::Wait(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+    waited.map_err(|errno| SandboxError::Wait(errno.into()))?;
+    let status = status.map_err(SandboxError::Wait)?;
 
     if let Some(signal) = status.signal() {
         return Err(if kill.is_cancelled() {
