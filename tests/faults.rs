@@ -24,6 +24,16 @@ fn sandbox_pids(kiln: &Kiln) -> Vec<i32> {
     bwrap_pids(kiln.data_dir.to_str().unwrap())
 }
 
+/// Waits (up to a minute) until `kiln` runs a sandbox.
+async fn sandbox_started(kiln: &Kiln) -> bool {
+    wait_for(Duration::from_secs(60), || Some(()).filter(|_| !sandbox_pids(kiln).is_empty())).await.is_some()
+}
+
+/// Waits up to `secs` until `kiln` runs no sandbox.
+async fn sandboxes_gone(kiln: &Kiln, secs: u64) -> bool {
+    wait_for(Duration::from_secs(secs), || Some(()).filter(|_| sandbox_pids(kiln).is_empty())).await.is_some()
+}
+
 #[actix_rt::test]
 async fn a_sandbox_killed_mid_job_fails_that_job_and_its_builder_restarts() {
     let kiln = Kiln::start("builders = 1\n");
@@ -72,12 +82,9 @@ async fn a_job_over_its_timeout_is_killed_with_its_whole_tree() {
 async fn a_client_that_hangs_up_frees_its_builder() {
     let kiln = Kiln::start("builders = 1\n");
     let answer = start_sleeping_job(&kiln).await;
-    wait_for(Duration::from_secs(60), || Some(()).filter(|_| !sandbox_pids(&kiln).is_empty()))
-        .await
-        .expect("the job's sandbox never started");
+    assert!(sandbox_started(&kiln).await, "the job's sandbox never started");
     answer.abort(); // drops the request: the connection closes
-    let gone = wait_for(Duration::from_secs(30), || Some(()).filter(|_| sandbox_pids(&kiln).is_empty()));
-    assert!(gone.await.is_some(), "the abandoned job kept running");
+    assert!(sandboxes_gone(&kiln, 30).await, "the abandoned job kept running");
     // The only builder is free again long before the job's 600 s timeout.
     assert_compiles(&kiln).await;
     let status = kiln.status().await;
@@ -88,9 +95,7 @@ async fn a_client_that_hangs_up_frees_its_builder() {
 async fn a_full_queue_answers_503_and_keeps_serving() {
     let kiln = Kiln::start("builders = 1\n[jobs]\nqueue_len = 1\ntimeout_secs = 5\n");
     let busy = start_sleeping_job(&kiln).await;
-    wait_for(Duration::from_secs(60), || Some(()).filter(|_| !sandbox_pids(&kiln).is_empty()))
-        .await
-        .expect("the job's sandbox never started");
+    assert!(sandbox_started(&kiln).await, "the job's sandbox never started");
     let waiting = start_sleeping_job(&kiln).await;
     // run_job takes the job out of the assigned table right before queueing it.
     for _ in 0..500 {
@@ -184,9 +189,7 @@ async fn request_bodies_beyond_the_memory_budget_get_503_until_memory_is_free() 
     let request = RunJobHttpRequest { command: command("/bin/sleep", &["600"], "/work"), outputs: vec![] };
     let first_inputs = inputs.clone();
     let first = actix_rt::spawn(async move { client.run_job(job_id, &token(job_id), &request, &first_inputs).await });
-    wait_for(Duration::from_secs(60), || Some(()).filter(|_| !sandbox_pids(&kiln).is_empty()))
-        .await
-        .expect("the first job never started");
+    assert!(sandbox_started(&kiln).await, "the first job never started");
 
     // A second body of the same size does not fit: 503 at once, not a queue of bodies.
     let true_job = RunJobHttpRequest { command: command("/bin/sh", &["-c", "true"], "/work"), outputs: vec![] };
@@ -197,9 +200,7 @@ async fn request_bodies_beyond_the_memory_budget_get_503_until_memory_is_free() 
 
     // Once the first job is gone its memory is free again.
     first.abort();
-    wait_for(Duration::from_secs(30), || Some(()).filter(|_| sandbox_pids(&kiln).is_empty()))
-        .await
-        .expect("the abandoned job kept running");
+    assert!(sandboxes_gone(&kiln, 30).await, "the abandoned job kept running");
     let job_id = assign_and_submit(&client, gcc_toolchain()).await;
     match client.run_job(job_id, &token(job_id), &true_job, &inputs).await.unwrap() {
         RunJobResult::Complete(done) => assert_eq!(done.output.code, 0),
