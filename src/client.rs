@@ -1,5 +1,5 @@
-//! A Rust client of the build-server protocol over plain HTTP, for kiln's
-//! tests, benches and load generator.
+//! A Rust client of the build-server protocol (HTTPS, or plain HTTP), for
+//! kiln's tests, benches and load generator.
 //!
 //! It sends what the sccache 0.19 client sends: bincode bodies with
 //! `Content-Type: application/octet-stream` and a `Content-Length` for
@@ -22,8 +22,9 @@ use flate2::Compression;
 use futures_util::stream;
 
 use crate::protocol::{
-    self, AssignJobResult, Endpoint, ErrorBody, JobId, ProtocolError, RunJobHttpRequest, RunJobResult,
-    SubmitToolchainResult, Toolchain, BINCODE_CONTENT_TYPE,
+    self, AllocJobHttpResponse, AssignJobResult, Endpoint, ErrorBody, JobId, ProtocolError, RunJobHttpRequest,
+    RunJobResult, SchedulerStatusResult, ServerCertificateHttpResponse, ServerId, SubmitToolchainResult, Toolchain,
+    BINCODE_CONTENT_TYPE,
 };
 
 /// Whole-request timeout, upstream's `REQUEST_TIMEOUT_SECS`: a compile may be slow.
@@ -43,10 +44,10 @@ const UPLOAD_CHUNK: usize = 64 * 1024;
 pub enum ClientError {
     /// Connecting, sending or waiting for the answer's head failed
     /// (awc's error is not `Send`, so it is kept as text).
-    #[error("POST {url} failed: {message}")]
+    #[error("request to {url} failed: {message}")]
     Send { url: String, message: String },
 
-    #[error("failed to read the answer to POST {url}: {message}")]
+    #[error("failed to read the answer from {url}: {message}")]
     ReadBody { url: String, message: String },
 
     /// A non-2xx answer; `description` comes from the JSON error body when
@@ -61,7 +62,7 @@ pub enum ClientError {
         source: ProtocolError,
     },
 
-    #[error("failed to decode the answer to POST {url}")]
+    #[error("failed to decode the answer from {url}")]
     Decode {
         url: String,
         #[source]
@@ -89,15 +90,26 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of a plain-HTTP server (`http://...`).
     pub fn new(base_url: impl Into<String>) -> Self {
+        let connector = awc::Connector::new().timeout(CONNECT_TIMEOUT);
+        Self::from_parts(base_url, awc::Client::builder().connector(connector).timeout(REQUEST_TIMEOUT).finish())
+    }
+
+    /// A client of an HTTPS server that trusts exactly the certificate(s) in
+    /// `cert_pem`, as an sccache client trusts the server certificate its
+    /// scheduler hands out.
+    pub fn trusting(base_url: impl Into<String>, cert_pem: &[u8]) -> Result<Self, crate::tls::TlsError> {
+        let tls = crate::tls::client_config_trusting(cert_pem)?;
+        let connector = awc::Connector::new().rustls_0_23(tls).timeout(CONNECT_TIMEOUT);
+        Ok(Self::from_parts(base_url, awc::Client::builder().connector(connector).timeout(REQUEST_TIMEOUT).finish()))
+    }
+
+    fn from_parts(base_url: impl Into<String>, http: awc::Client) -> Self {
         let mut base_url = base_url.into();
         while base_url.ends_with('/') {
             base_url.pop();
         }
-        let http = awc::Client::builder()
-            .connector(awc::Connector::new().timeout(CONNECT_TIMEOUT))
-            .timeout(REQUEST_TIMEOUT)
-            .finish();
         Client { base_url, http }
     }
 
@@ -146,6 +158,26 @@ impl Client {
         self.call(&Endpoint::RunJob.path(job_id), Some(token), Bytes::from(body)).await
     }
 
+    /// Asks a scheduler (upstream's, or kiln's own) for a job, as the sccache
+    /// client does; `client_token` is its `[dist] auth` token.
+    pub async fn alloc_job(
+        &self,
+        client_token: &str,
+        toolchain: &Toolchain,
+    ) -> Result<AllocJobHttpResponse, ClientError> {
+        let body = protocol::encode(toolchain).map_err(|source| ClientError::Encode { what: "alloc_job", source })?;
+        self.call("/api/v1/scheduler/alloc_job", Some(client_token), Bytes::from(body)).await
+    }
+
+    /// Fetches a server's certificate from a scheduler.
+    pub async fn server_certificate(&self, server_id: ServerId) -> Result<ServerCertificateHttpResponse, ClientError> {
+        self.get(&format!("/api/v1/scheduler/server_certificate/{}", server_id.addr())).await
+    }
+
+    pub async fn scheduler_status(&self) -> Result<SchedulerStatusResult, ClientError> {
+        self.get("/api/v1/scheduler/status").await
+    }
+
     /// POSTs `body` as a bincode request would be sent (content type and
     /// length set) and returns the status and body whatever they are.
     pub async fn post_raw(&self, path: &str, token: Option<&str>, body: Bytes) -> Result<(u16, Bytes), ClientError> {
@@ -160,6 +192,12 @@ impl Client {
         let url = self.url(path);
         let response = self.http.get(&url).send().await;
         Self::raw_answer(url, response).await
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let response = self.http.get(&url).force_close().send().await;
+        Self::answer(url, response).await
     }
 
     async fn raw_answer(

@@ -1,7 +1,11 @@
 //! kiln's configuration: one typed struct, defaults built in, validated once at startup.
 //!
-//! `kiln serve` with no `--config` runs on [`Config::default`]. A config file only
-//! needs the keys it changes; an unknown key is an error naming it.
+//! A config file is upstream's `sccache-dist server` config, unchanged: the
+//! top-level keys (`public_addr`, `bind_address`, `scheduler_url`, `cache_dir`,
+//! `toolchain_cache_size`, `[builder]`, `[scheduler_auth]`) mean what they mean
+//! there. kiln's own settings live in the `[kiln]` table, which upstream's file
+//! never has. Every key is optional (`kiln serve` with no `--config` runs on
+//! [`Config::default`]); an unknown key is an error naming it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,12 @@ const GIB: u64 = 1024 * MIB;
 /// Deepest path (in components) accepted in a toolchain or inputs archive; real
 /// trees stay far below, hostile ones are cut off before they cost anything.
 const MAX_PATH_DEPTH: usize = 128;
+
+/// The bearer token upstream's server sends with `scheduler_auth = DANGEROUSLY_INSECURE`.
+pub const INSECURE_SERVER_TOKEN: &str = "dangerously_insecure_server";
+/// The token upstream's client sends when its config names no `auth`, which a
+/// scheduler with `client_auth = DANGEROUSLY_INSECURE` accepts.
+pub const INSECURE_CLIENT_TOKEN: &str = "dangerously_insecure_client";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -40,25 +50,105 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address the build-server API listens on.
-    pub listen: SocketAddr,
-    /// Root of everything kiln writes: toolchain archives, unpacked roots, sandboxes.
+    /// Where clients and the scheduler reach this server (upstream's server id).
+    /// Its IP goes into the TLS certificate.
+    pub public_addr: SocketAddr,
+    /// Where to listen, if not `public_addr` (e.g. `0.0.0.0:10501` behind NAT).
+    pub bind_address: Option<SocketAddr>,
+    /// Upstream's scheduler. Unset: kiln answers the scheduler API itself
+    /// (`[kiln.scheduler]`), for a farm of one.
+    pub scheduler_url: Option<String>,
+    /// How this server proves itself to `scheduler_url`; required with it.
+    pub scheduler_auth: Option<SchedulerAuth>,
+    /// Where toolchain archives are kept (default: `kiln.data_dir`).
+    pub cache_dir: Option<PathBuf>,
+    /// Bytes of compressed toolchain archives kept on disk (LRU beyond that).
+    pub toolchain_cache_size: u64,
+    /// The sandbox backend, as upstream names it.
+    pub builder: BuilderConfig,
+    pub kiln: KilnConfig,
+}
+
+/// Upstream's `[builder]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum BuilderConfig {
+    /// overlayfs over the unpacked toolchain + bubblewrap.
+    #[serde(rename = "overlay")]
+    Overlay {
+        /// Unpacked toolchains and sandboxes go here (default: `kiln.data_dir`).
+        #[serde(default)]
+        build_dir: Option<PathBuf>,
+        /// bubblewrap binary; a bare name is looked up in PATH.
+        #[serde(default = "default_bwrap_path")]
+        bwrap_path: PathBuf,
+    },
+    /// A warm pool of Docker containers per toolchain.
+    #[serde(rename = "docker")]
+    Docker,
+}
+
+fn default_bwrap_path() -> PathBuf {
+    PathBuf::from("bwrap")
+}
+
+impl Default for BuilderConfig {
+    fn default() -> Self {
+        BuilderConfig::Overlay { build_dir: None, bwrap_path: default_bwrap_path() }
+    }
+}
+
+/// Upstream's `[scheduler_auth]` table: how the server authenticates to the scheduler.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum SchedulerAuth {
+    #[serde(rename = "DANGEROUSLY_INSECURE")]
+    Insecure,
+    /// A shared token; sent as `"<public_addr> <token>"`.
+    #[serde(rename = "token")]
+    Token { token: String },
+    /// A JWT made by `sccache-dist auth generate-jwt-hs256-server-token`; its
+    /// `server_id` must be `public_addr`.
+    #[serde(rename = "jwt_token")]
+    JwtToken { token: String },
+}
+
+/// How clients authenticate to kiln's own scheduler API (upstream's scheduler
+/// `client_auth`, the two kinds a farm of one needs).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum ClientAuth {
+    /// Accepts the token an sccache client sends when its config names no `auth`.
+    #[serde(rename = "DANGEROUSLY_INSECURE")]
+    Insecure,
+    #[serde(rename = "token")]
+    Token { token: String },
+}
+
+/// kiln's own settings: the `[kiln]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KilnConfig {
+    /// Root of everything kiln writes unless `cache_dir` / `builder.build_dir` say otherwise.
     pub data_dir: PathBuf,
-    /// Jobs run at once; 0 means one per CPU.
+    /// Jobs run at once; 0 means one per CPU. Reported to the scheduler as the CPU count.
     pub builders: usize,
     /// Hex of the 32-byte HS256 key that signs job tokens. Unset: a random key per
     /// start (what upstream does; the scheduler learns it from the heartbeat).
     pub job_token_key: Option<String>,
+    /// Serve HTTPS with a self-signed certificate made at startup, as upstream does.
+    /// The sccache client only speaks HTTPS to build servers: turn this off only
+    /// behind a TLS-terminating proxy.
+    pub tls: bool,
     pub toolchains: ToolchainConfig,
     pub jobs: JobConfig,
     pub sandbox: SandboxConfig,
+    pub scheduler: LocalSchedulerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ToolchainConfig {
-    /// Bytes of compressed archives kept on disk (LRU beyond that).
-    pub cache_bytes: u64,
     /// Bytes of unpacked toolchain roots kept on disk (LRU beyond that).
     pub unpacked_bytes: u64,
     /// Largest archive accepted in one upload.
@@ -98,30 +188,52 @@ pub struct JobConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
-    /// Only `overlay` exists for now.
-    pub backend: Backend,
-    /// bubblewrap binary (a bare name is looked up in PATH).
-    pub bwrap_path: PathBuf,
     /// Sandboxes kept prepared per toolchain, so a job does not wait for setup.
     pub warm_per_toolchain: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// kiln's own scheduler API, served only when `scheduler_url` is unset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalSchedulerConfig {
+    /// Plain HTTP, like upstream's scheduler; loopback unless you mean otherwise.
+    pub listen: SocketAddr,
+    pub client_auth: ClientAuth,
+}
+
+/// The sandbox backend with its settings resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
-    Overlay,
+    Overlay { bwrap_path: PathBuf },
+    Docker,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 10501)),
+            public_addr: SocketAddr::from(([127, 0, 0, 1], 10501)),
+            bind_address: None,
+            scheduler_url: None,
+            scheduler_auth: None,
+            cache_dir: None,
+            toolchain_cache_size: 10 * GIB,
+            builder: BuilderConfig::default(),
+            kiln: KilnConfig::default(),
+        }
+    }
+}
+
+impl Default for KilnConfig {
+    fn default() -> Self {
+        KilnConfig {
             data_dir: PathBuf::from("/var/lib/kiln"),
             builders: 0,
             job_token_key: None,
+            tls: true,
             toolchains: ToolchainConfig::default(),
             jobs: JobConfig::default(),
             sandbox: SandboxConfig::default(),
+            scheduler: LocalSchedulerConfig::default(),
         }
     }
 }
@@ -129,7 +241,6 @@ impl Default for Config {
 impl Default for ToolchainConfig {
     fn default() -> Self {
         ToolchainConfig {
-            cache_bytes: 10 * GIB,
             unpacked_bytes: 20 * GIB,
             max_archive_bytes: 4 * GIB,
             max_unpacked_bytes: 8 * GIB,
@@ -158,7 +269,13 @@ impl Default for JobConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        SandboxConfig { backend: Backend::Overlay, bwrap_path: PathBuf::from("bwrap"), warm_per_toolchain: 2 }
+        SandboxConfig { warm_per_toolchain: 2 }
+    }
+}
+
+impl Default for LocalSchedulerConfig {
+    fn default() -> Self {
+        LocalSchedulerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 10600)), client_auth: ClientAuth::Insecure }
     }
 }
 
@@ -176,65 +293,141 @@ impl Config {
     /// Checks what serde cannot; called once at startup.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_owned() });
-        let data_dir = self.data_dir.to_string_lossy();
-        if !self.data_dir.is_absolute() {
-            return invalid("data_dir", "must be an absolute path");
-        }
-        // The path goes into overlayfs mount options, where these characters are separators.
-        if data_dir.contains([',', ':', '\\']) {
-            return invalid("data_dir", "must not contain ',', ':' or '\\' (overlayfs option separators)");
-        }
-        if let Some(key) = &self.job_token_key {
-            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return invalid("job_token_key", "must be 64 hex characters (32 bytes)");
+        let kiln = &self.kiln;
+        for (key, dir) in [("kiln.data_dir", &kiln.data_dir), ("builder.build_dir", &self.build_dir())] {
+            if !dir.is_absolute() {
+                return invalid(key, "must be an absolute path");
+            }
+            // The path goes into overlayfs mount options, where these characters are separators.
+            if dir.to_string_lossy().contains([',', ':', '\\']) {
+                return invalid(key, "must not contain ',', ':' or '\\' (overlayfs option separators)");
             }
         }
-        if self.toolchains.max_archive_bytes > self.toolchains.cache_bytes {
-            return invalid("toolchains.max_archive_bytes", "must not exceed toolchains.cache_bytes");
+        if self.cache_dir.as_ref().is_some_and(|dir| !dir.is_absolute()) {
+            return invalid("cache_dir", "must be an absolute path");
         }
-        if self.jobs.timeout_secs == 0 || self.jobs.body_timeout_secs == 0 || self.toolchains.upload_timeout_secs == 0 {
-            return invalid("jobs.timeout_secs", "timeouts must be at least one second");
+        if let Some(url) = &self.scheduler_url {
+            parse_scheduler_url(url).map_err(|reason| ConfigError::Invalid { key: "scheduler_url", reason })?;
+            match &self.scheduler_auth {
+                None => return invalid("scheduler_auth", "is required with scheduler_url, as upstream requires it"),
+                Some(SchedulerAuth::JwtToken { token }) => {
+                    let server_id = crate::protocol::server_id_of_jwt(token).map_err(|e| ConfigError::Invalid {
+                        key: "scheduler_auth.token",
+                        reason: format!("is not a server JWT: {e}"),
+                    })?;
+                    if server_id != self.public_addr {
+                        return invalid(
+                            "scheduler_auth.token",
+                            &format!("is for server {server_id}, not public_addr {}", self.public_addr),
+                        );
+                    }
+                }
+                Some(_) => {}
+            }
         }
-        if self.jobs.max_buffered_request_bytes < self.jobs.max_request_bytes {
-            return invalid("jobs.max_buffered_request_bytes", "must be at least jobs.max_request_bytes");
+        if self.public_addr.ip().is_unspecified() {
+            return invalid("public_addr", "must be an address clients can reach (use bind_address for 0.0.0.0)");
         }
-        if self.jobs.max_buffered_request_bytes > u64::from(u32::MAX) * 1024 {
-            return invalid("jobs.max_buffered_request_bytes", "must be below 4 TiB");
+        if let Some(key) = &kiln.job_token_key {
+            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return invalid("kiln.job_token_key", "must be 64 hex characters (32 bytes)");
+            }
         }
-        if self.jobs.queue_len == 0 {
-            return invalid("jobs.queue_len", "must be at least 1");
+        if kiln.toolchains.max_archive_bytes > self.toolchain_cache_size {
+            return invalid("kiln.toolchains.max_archive_bytes", "must not exceed toolchain_cache_size");
+        }
+        let jobs = &kiln.jobs;
+        if jobs.timeout_secs == 0 || jobs.body_timeout_secs == 0 || kiln.toolchains.upload_timeout_secs == 0 {
+            return invalid("kiln.jobs.timeout_secs", "timeouts must be at least one second");
+        }
+        if jobs.max_buffered_request_bytes < jobs.max_request_bytes {
+            return invalid("kiln.jobs.max_buffered_request_bytes", "must be at least kiln.jobs.max_request_bytes");
+        }
+        if jobs.max_buffered_request_bytes > u64::from(u32::MAX) * 1024 {
+            return invalid("kiln.jobs.max_buffered_request_bytes", "must be below 4 TiB");
+        }
+        if jobs.queue_len == 0 {
+            return invalid("kiln.jobs.queue_len", "must be at least 1");
         }
         Ok(())
     }
 
     /// The configured job token key, if any (its form was checked by `validate`).
     pub fn job_token_key_bytes(&self) -> Option<Vec<u8>> {
-        let hex = self.job_token_key.as_ref()?;
+        let hex = self.kiln.job_token_key.as_ref()?;
         (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
     }
 
     pub fn builder_count(&self) -> usize {
-        match self.builders {
+        match self.kiln.builders {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
     }
 
+    /// Where the build-server API listens.
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.bind_address.unwrap_or(self.public_addr)
+    }
+
+    pub fn backend(&self) -> Backend {
+        match &self.builder {
+            BuilderConfig::Overlay { bwrap_path, .. } => Backend::Overlay { bwrap_path: bwrap_path.clone() },
+            BuilderConfig::Docker => Backend::Docker,
+        }
+    }
+
+    /// Points the overlay backend at a resolved bubblewrap (the host check's answer).
+    pub fn set_bwrap_path(&mut self, path: PathBuf) {
+        if let BuilderConfig::Overlay { bwrap_path, .. } = &mut self.builder {
+            *bwrap_path = path;
+        }
+    }
+
+    /// Unpacked toolchains and sandboxes live under this.
+    pub fn build_dir(&self) -> PathBuf {
+        match &self.builder {
+            BuilderConfig::Overlay { build_dir: Some(dir), .. } => dir.clone(),
+            _ => self.kiln.data_dir.clone(),
+        }
+    }
+
+    fn cache_base(&self) -> &Path {
+        self.cache_dir.as_deref().unwrap_or(&self.kiln.data_dir)
+    }
+
     pub fn archives_dir(&self) -> PathBuf {
-        self.data_dir.join("toolchains")
+        self.cache_base().join("toolchains")
+    }
+
+    /// Uploads are staged here: beside the archives, so adopting one is a rename.
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.cache_base().join("incoming")
     }
 
     pub fn roots_dir(&self) -> PathBuf {
-        self.data_dir.join("roots")
+        self.build_dir().join("roots")
     }
 
     pub fn sandboxes_dir(&self) -> PathBuf {
-        self.data_dir.join("sandboxes")
+        self.build_dir().join("sandboxes")
     }
+}
 
-    pub fn incoming_dir(&self) -> PathBuf {
-        self.data_dir.join("incoming")
+/// Checks a `scheduler_url`: plain `http://host:port`, as upstream's scheduler serves.
+pub fn parse_scheduler_url(url: &str) -> Result<String, String> {
+    let rest = match url.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some(("https", _)) => {
+            return Err("https is not supported: upstream's scheduler serves plain HTTP; use http://".into())
+        }
+        _ => return Err(format!("{url:?} is not an http:// URL")),
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(format!("{url:?} must be http://host:port with no path"));
     }
+    Ok(format!("http://{authority}"))
 }
 
 impl ToolchainConfig {
@@ -265,25 +458,86 @@ impl JobConfig {
 mod tests {
     use super::*;
 
+    /// An upstream sccache-dist server config, as its docs write one.
+    const UPSTREAM_SERVER_TOML: &str = r#"
+public_addr = "192.168.1.10:10501"
+bind_address = "0.0.0.0:10501"
+scheduler_url = "http://192.168.1.1:10600"
+cache_dir = "/tmp/toolchains"
+toolchain_cache_size = 10737418240
+
+[builder]
+type = "overlay"
+build_dir = "/tmp/build"
+bwrap_path = "/usr/bin/bwrap"
+
+[scheduler_auth]
+type = "token"
+token = "my server's token"
+"#;
+
+    #[test]
+    fn upstream_server_config_is_accepted_unchanged() {
+        let c: Config = toml::from_str(UPSTREAM_SERVER_TOML).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.bind_addr(), "0.0.0.0:10501".parse().unwrap());
+        assert_eq!(c.backend(), Backend::Overlay { bwrap_path: "/usr/bin/bwrap".into() });
+        assert_eq!(c.roots_dir(), Path::new("/tmp/build/roots"));
+        assert_eq!(c.archives_dir(), Path::new("/tmp/toolchains/toolchains"));
+        assert_eq!(c.scheduler_auth, Some(SchedulerAuth::Token { token: "my server's token".into() }));
+        let docker: Config = toml::from_str(&UPSTREAM_SERVER_TOML.replace(
+            "type = \"overlay\"\nbuild_dir = \"/tmp/build\"\nbwrap_path = \"/usr/bin/bwrap\"",
+            "type = \"docker\"",
+        ))
+        .unwrap();
+        assert_eq!(docker.backend(), Backend::Docker);
+        let insecure: Config = toml::from_str(
+            &UPSTREAM_SERVER_TOML
+                .replace("type = \"token\"\ntoken = \"my server's token\"", "type = \"DANGEROUSLY_INSECURE\""),
+        )
+        .unwrap();
+        assert_eq!(insecure.scheduler_auth, Some(SchedulerAuth::Insecure));
+    }
+
     #[test]
     fn unknown_keys_are_named() {
-        let err = toml::from_str::<Config>("listen = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
+        let err = toml::from_str::<Config>("public_addr = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
-        let err = toml::from_str::<Config>("[jobs]\ntimeout = 3\n").unwrap_err();
+        let err = toml::from_str::<Config>("[kiln.jobs]\ntimeout = 3\n").unwrap_err();
         assert!(err.to_string().contains("timeout"), "{err}");
+        let err = toml::from_str::<Config>("[builder]\ntype = \"overlay\"\nbuild_dri = \"/x\"\n").unwrap_err();
+        assert!(err.to_string().contains("build_dri"), "{err}");
+        let err = toml::from_str::<Config>("[builder]\ntype = \"pot\"\n").unwrap_err();
+        assert!(err.to_string().contains("pot"), "{err}");
     }
 
     #[test]
     fn partial_files_keep_defaults_and_validate() {
-        let c: Config = toml::from_str("builders = 3\n[jobs]\ntimeout_secs = 5\n").unwrap();
+        let c: Config = toml::from_str("[kiln]\nbuilders = 3\n[kiln.jobs]\ntimeout_secs = 5\n").unwrap();
         assert_eq!(c.builder_count(), 3);
-        assert_eq!(c.jobs.timeout(), Duration::from_secs(5));
-        assert_eq!(c.toolchains.cache_bytes, 10 * GIB);
+        assert_eq!(c.kiln.jobs.timeout(), Duration::from_secs(5));
+        assert_eq!(c.toolchain_cache_size, 10 * GIB);
+        assert_eq!(c.archives_dir(), Path::new("/var/lib/kiln/toolchains"));
+        assert_eq!(c.sandboxes_dir(), Path::new("/var/lib/kiln/sandboxes"));
+        assert!(c.kiln.tls);
         c.validate().unwrap();
-        let keyed: Config = toml::from_str(&format!("job_token_key = \"{}\"", "0f".repeat(32))).unwrap();
+        let keyed: Config = toml::from_str(&format!("[kiln]\njob_token_key = \"{}\"", "0f".repeat(32))).unwrap();
         keyed.validate().unwrap();
         assert_eq!(keyed.job_token_key_bytes(), Some(vec![0x0f; 32]));
-        let bad: Config = toml::from_str("data_dir = \"/a,b\"").unwrap();
+        let bad: Config = toml::from_str("[kiln]\ndata_dir = \"/a,b\"").unwrap();
         assert!(bad.validate().is_err());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn scheduler_link_settings_are_checked() {
+        let no_auth: Config = toml::from_str("scheduler_url = \"http://10.0.0.1:10600\"").unwrap();
+        assert!(no_auth.validate().unwrap_err().to_string().contains("scheduler_auth"));
+        assert_eq!(parse_scheduler_url("http://10.0.0.1:10600/").unwrap(), "http://10.0.0.1:10600");
+        assert!(parse_scheduler_url("https://10.0.0.1:10600").unwrap_err().contains("https"));
+        assert!(parse_scheduler_url("http://10.0.0.1:10600/api").is_err());
+        assert!(parse_scheduler_url("10.0.0.1:10600").is_err());
+        let unspecified: Config = toml::from_str("public_addr = \"0.0.0.0:10501\"").unwrap();
+        assert!(unspecified.validate().is_err());
     }
 }

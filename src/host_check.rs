@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::sandbox::overlay::check_bwrap;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +17,7 @@ pub enum HostCheckError {
     #[error("the kernel has no overlayfs: load it with `modprobe overlay` (or build a kernel with CONFIG_OVERLAY_FS)")]
     NoOverlayfs,
     #[error(
-        "{0}: install it with `apt-get install bubblewrap` (or `dnf install bubblewrap`), or set sandbox.bwrap_path"
+        "{0}: install it with `apt-get install bubblewrap` (or `dnf install bubblewrap`), or set bwrap_path in [builder]"
     )]
     Bubblewrap(String),
 }
@@ -41,7 +41,11 @@ pub fn check_host(config: &Config) -> Result<HostFacts, HostCheckError> {
     if !overlayfs_available() {
         return Err(HostCheckError::NoOverlayfs);
     }
-    let (bwrap_path, bwrap_version) = check_bwrap(&config.sandbox.bwrap_path).map_err(HostCheckError::Bubblewrap)?;
+    let configured = match config.backend() {
+        Backend::Overlay { bwrap_path } => bwrap_path,
+        Backend::Docker => PathBuf::from("bwrap"),
+    };
+    let (bwrap_path, bwrap_version) = check_bwrap(&configured).map_err(HostCheckError::Bubblewrap)?;
     Ok(HostFacts { bwrap_path, bwrap_version })
 }
 

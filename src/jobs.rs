@@ -14,6 +14,9 @@ use crate::protocol::{JobId, Toolchain};
 #[derive(Debug, Clone)]
 pub struct AssignedJob {
     pub toolchain: Toolchain,
+    /// Whether the scheduler knows the job as `Ready` (else `Pending`: it still
+    /// waits for its toolchain).
+    pub ready: bool,
     assigned_at: Instant,
 }
 
@@ -27,14 +30,20 @@ pub struct JobTable {
 }
 
 impl JobTable {
-    pub fn assign(&self, job_id: JobId, toolchain: Toolchain) -> Result<(), DuplicateJob> {
+    /// Records a job; `ready` as told to the scheduler in the assign_job answer.
+    pub fn assign(&self, job_id: JobId, toolchain: Toolchain, ready: bool) -> Result<(), DuplicateJob> {
         match self.jobs.entry(job_id) {
             Entry::Occupied(_) => Err(DuplicateJob(job_id)),
             Entry::Vacant(slot) => {
-                slot.insert(AssignedJob { toolchain, assigned_at: Instant::now() });
+                slot.insert(AssignedJob { toolchain, ready, assigned_at: Instant::now() });
                 Ok(())
             }
         }
+    }
+
+    /// Marks the job `Ready`; true if it was `Pending` (the scheduler must hear of it).
+    pub fn mark_ready(&self, job_id: JobId) -> bool {
+        self.jobs.get_mut(&job_id).is_some_and(|mut job| !std::mem::replace(&mut job.ready, true))
     }
 
     pub fn toolchain_of(&self, job_id: JobId) -> Option<Toolchain> {

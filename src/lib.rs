@@ -29,5 +29,7 @@ pub mod program;
 pub mod protocol;
 pub mod report;
 pub mod sandbox;
+pub mod scheduler;
 pub mod server;
 pub mod stats;
+pub mod tls;

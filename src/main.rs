@@ -62,10 +62,13 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let host = kiln::host_check::check_host(&config).map_err(|e| anyhow::anyhow!("kiln cannot start: {e}"))?;
     tracing::info!(bwrap = ?host.bwrap_path, version = %host.bwrap_version, config = ?config_path, "host checks passed");
-    config.sandbox.bwrap_path = host.bwrap_path;
-    actix_rt::System::new().block_on(kiln::server::serve(config, |addr| {
-        // One machine-readable line on stdout, for scripts and tests.
-        println!("kiln listening on http://{addr}");
+    config.set_bwrap_path(host.bwrap_path);
+    actix_rt::System::new().block_on(kiln::server::serve(config, |listening| {
+        // Machine-readable lines on stdout, for scripts and tests.
+        println!("kiln listening on {}", listening.server_url());
+        if let Some(addr) = listening.scheduler {
+            println!("kiln scheduler listening on http://{addr}");
+        }
     }))?;
     Ok(())
 }

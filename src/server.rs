@@ -1,4 +1,5 @@
-//! Assembles kiln: sweeps what a previous run left, starts the actors, serves HTTP.
+//! Assembles kiln: sweeps what a previous run left, starts the actors, serves the
+//! build-server API (HTTPS) and, without an upstream scheduler, its own scheduler API.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -10,14 +11,17 @@ use actix_web::{web, App, HttpServer};
 use tokio::sync::Semaphore;
 
 use crate::actors::builder::BuilderDeps;
-use crate::actors::{Builder, Cleaner, JobQueue, SandboxPool, SweepStale, ToolchainCache, Unpacker};
-use crate::config::Config;
-use crate::http::{body_memory_permits, configure, AppState, HttpLimits};
+use crate::actors::upstream_scheduler::SharedLinkHealth;
+use crate::actors::{Builder, Cleaner, JobQueue, SandboxPool, SweepStale, ToolchainCache, Unpacker, UpstreamScheduler};
+use crate::config::{parse_scheduler_url, Backend, Config, SchedulerAuth, INSECURE_SERVER_TOKEN};
+use crate::http::{body_memory_permits, configure, configure_scheduler, AppState, HttpLimits};
 use crate::jobs::JobTable;
-use crate::protocol::JobKey;
+use crate::protocol::{HeartbeatServerHttpRequest, JobKey, ServerCertificateHttpResponse, ServerId, ServerNonce};
 use crate::sandbox::overlay::OverlayBackend;
 use crate::sandbox::{SandboxLimits, SharedBackend};
+use crate::scheduler::{LocalScheduler, Scheduler};
 use crate::stats::Stats;
+use crate::tls::ServerCert;
 
 /// How often assigned-but-never-run jobs are forgotten.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);
@@ -44,11 +48,32 @@ pub enum ServerError {
     },
     #[error("the HTTP server failed")]
     Http(#[source] std::io::Error),
+    #[error("setting up TLS failed")]
+    Tls(#[source] crate::tls::TlsError),
+    #[error("invalid scheduler_url: {0}")]
+    SchedulerUrl(String),
+    #[error("{0} is not available yet")]
+    Unsupported(&'static str),
 }
 
-/// Runs kiln until SIGINT/SIGTERM. `on_listening` gets the bound address (the
-/// configured port may be 0).
-pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Result<(), ServerError> {
+/// Where the servers ended up listening (configured ports may be 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    /// The build-server API.
+    pub server: SocketAddr,
+    pub tls: bool,
+    /// kiln's own scheduler API, when no `scheduler_url` is configured.
+    pub scheduler: Option<SocketAddr>,
+}
+
+impl Listening {
+    pub fn server_url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.server)
+    }
+}
+
+/// Runs kiln until SIGINT/SIGTERM. `on_listening` learns the bound addresses.
+pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Result<(), ServerError> {
     let stats = Arc::new(Stats::default());
     let data_err = |path: &std::path::Path| {
         let path = path.to_owned();
@@ -57,11 +82,11 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
 
     let cleaner = Cleaner::new(stats.clone()).start();
     let sweep = SweepStale {
-        data_dir: config.data_dir.clone(),
+        data_dir: config.build_dir(),
         sandboxes_dir: config.sandboxes_dir(),
         per_run_dirs: vec![config.roots_dir(), config.sandboxes_dir(), config.incoming_dir()],
     };
-    let report = cleaner.send(sweep).await.map_err(|_| ServerError::Startup)?.map_err(data_err(&config.data_dir))?;
+    let report = cleaner.send(sweep).await.map_err(|_| ServerError::Startup)?.map_err(data_err(&config.build_dir()))?;
     tracing::info!(
         killed = report.killed,
         unmounted = report.unmounted,
@@ -70,34 +95,37 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
     );
 
     let archives = config.archives_dir();
-    let (budget, cache_stats) = (config.toolchains.cache_bytes, stats.clone());
+    let (budget, cache_stats) = (config.toolchain_cache_size, stats.clone());
     let cache_dir = archives.clone();
     let cache = tokio::task::spawn_blocking(move || ToolchainCache::load(&cache_dir, budget, cache_stats))
         .await
         .map_err(|_| ServerError::Startup)?
         .map_err(data_err(&archives))?
         .start();
+    let kiln = &config.kiln;
     let unpacker = Unpacker::new(
         config.roots_dir(),
-        config.toolchains.unpacked_bytes,
-        config.toolchains.extract_limits(),
+        kiln.toolchains.unpacked_bytes,
+        kiln.toolchains.extract_limits(),
         stats.clone(),
     )
     .start();
 
     let builders = config.builder_count();
     let limits = SandboxLimits {
-        inputs: config.jobs.extract_limits(),
-        max_output_bytes: config.jobs.max_output_bytes,
-        max_stdio_bytes: config.jobs.max_stdio_bytes,
+        inputs: kiln.jobs.extract_limits(),
+        max_output_bytes: kiln.jobs.max_output_bytes,
+        max_stdio_bytes: kiln.jobs.max_stdio_bytes,
     };
-    let backend: SharedBackend =
-        Arc::new(OverlayBackend::new(config.sandboxes_dir(), config.sandbox.bwrap_path.clone(), limits));
-    let warm = config.sandbox.warm_per_toolchain;
+    let backend: SharedBackend = match config.backend() {
+        Backend::Overlay { bwrap_path } => Arc::new(OverlayBackend::new(config.sandboxes_dir(), bwrap_path, limits)),
+        Backend::Docker => return Err(ServerError::Unsupported("the docker builder")),
+    };
+    let warm = kiln.sandbox.warm_per_toolchain;
     let max_idle = (builders * 2).max(warm);
     let backend_name = backend.name();
     let pool = SandboxPool::new(backend, warm, max_idle, cleaner.clone(), stats.clone()).start();
-    let queue = JobQueue::new(config.jobs.queue_len, stats.clone()).start();
+    let queue = JobQueue::new(kiln.jobs.queue_len, stats.clone()).start();
     let deps = BuilderDeps {
         queue: queue.clone(),
         cache: cache.clone(),
@@ -105,7 +133,7 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
         pool,
         cleaner,
         stats: stats.clone(),
-        job_timeout: config.jobs.timeout(),
+        job_timeout: kiln.jobs.timeout(),
     };
     // Held until shutdown: a supervisor restarts its actor only while some address
     // of it is alive, and an idle builder's address is otherwise only in the queue.
@@ -120,6 +148,51 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
         Some(bytes) => JobKey::from_bytes(&bytes).map_err(ServerError::Key)?,
         None => JobKey::generate().map_err(ServerError::Key)?,
     };
+    let cert = ServerCert::generate(config.public_addr).map_err(ServerError::Tls)?;
+
+    // Bound before anything names this server: with port 0 (tests), the server id
+    // the scheduler hands out must carry the real port.
+    let bind = config.bind_addr();
+    let listener = std::net::TcpListener::bind(bind).map_err(|source| ServerError::Bind { addr: bind, source })?;
+    let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr: bind, source })?;
+    let server_id = match config.public_addr.port() {
+        0 => ServerId(SocketAddr::new(config.public_addr.ip(), bound.port())),
+        _ => ServerId(config.public_addr),
+    };
+
+    let (scheduler, link_health, local) = match &config.scheduler_url {
+        Some(url) => {
+            let url = parse_scheduler_url(url).map_err(ServerError::SchedulerUrl)?;
+            let heartbeat = HeartbeatServerHttpRequest {
+                jwt_key: key.as_bytes().to_vec(),
+                num_cpus: builders as u64,
+                server_nonce: ServerNonce::generate().map_err(ServerError::Key)?,
+                cert_digest: cert.cert_digest.clone(),
+                cert_pem: cert.cert_pem.clone(),
+            };
+            let bearer = scheduler_bearer(config.scheduler_auth.as_ref(), server_id);
+            let health = SharedLinkHealth::default();
+            let link = UpstreamScheduler::new(url, bearer, &heartbeat, health.clone()).map_err(ServerError::Key)?;
+            (Scheduler::Upstream(link.start()), Some(health), None)
+        }
+        None => {
+            let certificate = ServerCertificateHttpResponse {
+                cert_digest: cert.cert_digest.clone(),
+                cert_pem: cert.cert_pem.clone(),
+            };
+            let job_id_base = ServerNonce::generate().map_err(ServerError::Key)?.0 >> 1;
+            let local = Arc::new(LocalScheduler::new(
+                server_id,
+                certificate,
+                builders,
+                &kiln.scheduler.client_auth,
+                key.clone(),
+                job_id_base,
+            ));
+            (Scheduler::Local(local.clone()), None, Some(local))
+        }
+    };
+
     let state = web::Data::new(AppState {
         key,
         jobs: JobTable::default(),
@@ -127,17 +200,19 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
         queue,
         stats,
         limits: HttpLimits {
-            max_archive_bytes: config.toolchains.max_archive_bytes,
-            max_request_bytes: config.jobs.max_request_bytes,
-            max_buffered_request_bytes: config.jobs.max_buffered_request_bytes,
-            body_timeout: config.jobs.body_timeout(),
-            upload_timeout: Duration::from_secs(config.toolchains.upload_timeout_secs),
+            max_archive_bytes: kiln.toolchains.max_archive_bytes,
+            max_request_bytes: kiln.jobs.max_request_bytes,
+            max_buffered_request_bytes: kiln.jobs.max_buffered_request_bytes,
+            body_timeout: kiln.jobs.body_timeout(),
+            upload_timeout: Duration::from_secs(kiln.toolchains.upload_timeout_secs),
         },
         incoming_dir: config.incoming_dir(),
         next_upload: AtomicU64::new(0),
-        body_memory: Arc::new(Semaphore::new(body_memory_permits(config.jobs.max_buffered_request_bytes) as usize)),
+        body_memory: Arc::new(Semaphore::new(body_memory_permits(kiln.jobs.max_buffered_request_bytes) as usize)),
+        scheduler,
+        link_health,
     });
-    spawn_job_expiry(state.clone(), Duration::from_secs(config.jobs.assigned_ttl_secs));
+    spawn_job_expiry(state.clone(), Duration::from_secs(kiln.jobs.assigned_ttl_secs));
 
     let app_state = state.clone();
     let server = HttpServer::new(move || App::new().app_data(app_state.clone()).configure(configure))
@@ -146,13 +221,62 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
         // Drop a request's handler as soon as its client hangs up, so a running job
         // is cancelled instead of holding a builder until its timeout. Build clients
         // never half-close while they wait for an answer.
-        .h1_allow_half_closed(false)
-        .bind(config.listen)
-        .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-    let bound = server.addrs().first().copied().unwrap_or(config.listen);
-    tracing::info!(addr = %bound, builders, backend = backend_name, data_dir = ?config.data_dir, "kiln is serving");
-    on_listening(bound);
-    server.run().await.map_err(ServerError::Http)
+        .h1_allow_half_closed(false);
+    let server = match kiln.tls {
+        true => server.listen_rustls_0_23(listener, cert.server_config().map_err(ServerError::Tls)?),
+        false => server.listen(listener),
+    }
+    .map_err(|source| ServerError::Bind { addr: bind, source })?
+    .run();
+
+    let mut listening = Listening { server: bound, tls: kiln.tls, scheduler: None };
+    let scheduler_server = match local {
+        Some(local) => {
+            let addr = kiln.scheduler.listen;
+            let (app_state, local) = (state.clone(), web::Data::new(local));
+            let server = HttpServer::new(move || {
+                App::new().app_data(app_state.clone()).app_data(local.clone()).configure(configure_scheduler)
+            })
+            .workers(1)
+            .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+            .bind(addr)
+            .map_err(|source| ServerError::Bind { addr, source })?;
+            listening.scheduler = server.addrs().first().copied();
+            Some(server.run())
+        }
+        None => None,
+    };
+    tracing::info!(
+        addr = %bound,
+        server_id = %server_id.addr(),
+        tls = kiln.tls,
+        builders,
+        backend = backend_name,
+        scheduler = %match (&config.scheduler_url, listening.scheduler) {
+            (Some(url), _) => url.clone(),
+            (None, Some(addr)) => format!("built in, http://{addr}"),
+            (None, None) => "none".into(),
+        },
+        "kiln is serving"
+    );
+    on_listening(listening);
+    match scheduler_server {
+        Some(scheduler_server) => {
+            futures_util::future::try_join(server, scheduler_server).await.map_err(ServerError::Http)?;
+        }
+        None => server.await.map_err(ServerError::Http)?,
+    }
+    Ok(())
+}
+
+/// The bearer token this server shows upstream's scheduler, formatted as
+/// upstream's server formats it.
+fn scheduler_bearer(auth: Option<&SchedulerAuth>, server_id: ServerId) -> String {
+    match auth {
+        None | Some(SchedulerAuth::Insecure) => format!("{} {INSECURE_SERVER_TOKEN}", server_id.addr()),
+        Some(SchedulerAuth::Token { token }) => format!("{} {token}", server_id.addr()),
+        Some(SchedulerAuth::JwtToken { token }) => token.clone(),
+    }
 }
 
 fn spawn_job_expiry(state: web::Data<AppState>, ttl: Duration) {

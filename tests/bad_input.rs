@@ -48,7 +48,7 @@ fn concat(tars: &[Vec<u8>]) -> Vec<u8> {
 
 #[actix_rt::test]
 async fn malformed_bodies_are_refused_with_400_or_413() {
-    let kiln = Kiln::start("[jobs]\nmax_request_bytes = 1048576\n");
+    let kiln = Kiln::start("[kiln.jobs]\nmax_request_bytes = 1048576\n");
     let client = kiln.client();
 
     // Garbage bincode for assign_job.
@@ -144,7 +144,7 @@ async fn wrong_or_missing_tokens_get_401() {
         ("other job", Some(format!("Bearer {}", token(JobId(job_id.0 + 1000))))),
     ];
     for (case, header) in cases {
-        let request = awc::Client::default().post(format!("{}{path}", kiln.addr));
+        let request = kiln.http().post(format!("{}{path}", kiln.addr));
         let request = match &header {
             Some(h) => request.insert_header(("Authorization", h.as_str())),
             None => request,
@@ -245,7 +245,7 @@ async fn hostile_inputs_are_refused_and_nothing_lands_outside_the_sandbox() {
 
 #[actix_rt::test]
 async fn hostile_jobs_fail_cleanly() {
-    let kiln = Kiln::start("[jobs]\nmax_output_bytes = 1000\n");
+    let kiln = Kiln::start("[kiln.jobs]\nmax_output_bytes = 1000\n");
     let client = kiln.client();
     let tc = gcc_toolchain();
 

@@ -57,7 +57,7 @@ async fn a_sandbox_killed_mid_job_fails_that_job_and_its_builder_restarts() {
 
 #[actix_rt::test]
 async fn a_job_over_its_timeout_is_killed_with_its_whole_tree() {
-    let kiln = Kiln::start("[jobs]\ntimeout_secs = 2\n");
+    let kiln = Kiln::start("[kiln.jobs]\ntimeout_secs = 2\n");
     let client = kiln.client();
     let job_id = assign_and_submit(&client, gcc_toolchain()).await;
     // A child in the background and a sleeping parent: both must die.
@@ -93,7 +93,7 @@ async fn a_client_that_hangs_up_frees_its_builder() {
 
 #[actix_rt::test]
 async fn a_full_queue_answers_503_and_keeps_serving() {
-    let kiln = Kiln::start("builders = 1\n[jobs]\nqueue_len = 1\ntimeout_secs = 5\n");
+    let kiln = Kiln::start("builders = 1\n[kiln.jobs]\nqueue_len = 1\ntimeout_secs = 5\n");
     let busy = start_sleeping_job(&kiln).await;
     assert!(sandbox_started(&kiln).await, "the job's sandbox never started");
     let waiting = start_sleeping_job(&kiln).await;
@@ -178,7 +178,7 @@ fn incompressible(size: usize) -> Vec<u8> {
 
 #[actix_rt::test]
 async fn request_bodies_beyond_the_memory_budget_get_503_until_memory_is_free() {
-    let kiln = Kiln::start("[jobs]\nmax_request_bytes = 409600\nmax_buffered_request_bytes = 409600\n");
+    let kiln = Kiln::start("[kiln.jobs]\nmax_request_bytes = 409600\nmax_buffered_request_bytes = 409600\n");
     let mut inputs = InputsBuilder::new();
     inputs.add_file("/work/blob", &incompressible(300 << 10)).unwrap();
     let inputs = inputs.finish().unwrap();

@@ -10,6 +10,7 @@ pub mod job_queue;
 pub mod sandbox_pool;
 pub mod toolchain_cache;
 pub mod unpacker;
+pub mod upstream_scheduler;
 
 pub use builder::{Builder, JobError, JobRequest};
 pub use cleaner::{CleanLeftovers, Cleaner, SweepStale};
@@ -19,3 +20,4 @@ pub use toolchain_cache::{
     ArchiveLease, CacheError, CheckoutToolchain, DiscardToolchain, HasToolchain, StoreToolchain, ToolchainCache,
 };
 pub use unpacker::{UnpackFailed, UnpackToolchain, Unpacker};
+pub use upstream_scheduler::{ReportJobState, UpstreamScheduler};

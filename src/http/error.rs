@@ -39,6 +39,12 @@ pub enum ApiError {
     Internal(String),
     #[error("no such endpoint")]
     NotFound,
+    #[error("cannot answer in any type the request accepts ({0}); this server speaks application/octet-stream (bincode) and application/json")]
+    NotAcceptable(String),
+    #[error("no certificate for server {0:?}: this scheduler knows only the server it runs in")]
+    UnknownServer(String),
+    #[error("client authentication failed: {0}")]
+    ClientUnauthorized(#[from] crate::scheduler::ClientAuthError),
 }
 
 /// Seconds a client is told to wait before retrying a refused job.
@@ -47,7 +53,8 @@ const RETRY_AFTER_SECS: &str = "5";
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::ClientUnauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::BadJobId(_) | ApiError::Protocol(_) | ApiError::BadToolchain(_) | ApiError::BodyRead(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -59,7 +66,7 @@ impl ResponseError for ApiError {
             }
             ApiError::Job(e) => StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::UnknownServer(_) => StatusCode::NOT_FOUND,
         }
     }
 
@@ -75,6 +82,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized(e) => {
                 response.insert_header((header::WWW_AUTHENTICATE, e.www_authenticate()));
+            }
+            ApiError::ClientUnauthorized(e) => {
+                response.insert_header((header::WWW_AUTHENTICATE, format!("Bearer error=\"{}\"", e.code())));
             }
             ApiError::QueueFull(_) | ApiError::Unavailable(_) | ApiError::TooManyBodies { .. } => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));

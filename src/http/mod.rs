@@ -5,6 +5,8 @@
 mod body;
 mod error;
 mod routes;
+mod scheduler_api;
 
 pub use error::ApiError;
 pub use routes::{body_memory_permits, configure, AppState, HttpLimits};
+pub use scheduler_api::configure_scheduler;

@@ -22,6 +22,7 @@ use crate::protocol::{
     self, ArchiveHasher, AssignJobResult, JobId, JobKey, JobState, RunJobResult, SubmitToolchainResult, Toolchain,
     BINCODE_CONTENT_TYPE, MAX_SMALL_MESSAGE,
 };
+use crate::scheduler::{CompleteOnDrop, Scheduler};
 use crate::stats::Stats;
 
 /// Request size and time bounds, from the config.
@@ -49,6 +50,10 @@ pub struct AppState {
     pub next_upload: AtomicU64,
     /// KiB of run_job bodies that may be held in memory at once.
     pub body_memory: Arc<Semaphore>,
+    /// Where job state transitions go.
+    pub scheduler: Scheduler,
+    /// What the status endpoint says about the scheduler link, if there is one.
+    pub link_health: Option<crate::actors::upstream_scheduler::SharedLinkHealth>,
 }
 
 /// Semaphore permits are KiB of request body (a u32 count of bytes would cap at 4 GiB).
@@ -77,9 +82,36 @@ fn authorize(state: &AppState, req: &HttpRequest, raw_id: &str) -> Result<JobId,
     Ok(job_id)
 }
 
-fn bincode_response<T: serde::Serialize>(value: &T) -> Result<HttpResponse, ApiError> {
-    let bytes = protocol::encode(value)?;
-    Ok(HttpResponse::Ok().content_type(BINCODE_CONTENT_TYPE).body(bytes))
+/// Answers in the encoding the request accepts, as upstream's servers do:
+/// bincode when `Accept` is absent or allows `application/octet-stream`, JSON
+/// when it asks for `application/json`, 406 otherwise.
+pub(super) fn encoded_response<T: serde::Serialize>(req: &HttpRequest, value: &T) -> Result<HttpResponse, ApiError> {
+    match preferred_encoding(req)? {
+        Encoding::Bincode => {
+            let bytes = protocol::encode(value)?;
+            Ok(HttpResponse::Ok().content_type(BINCODE_CONTENT_TYPE).body(bytes))
+        }
+        Encoding::Json => Ok(HttpResponse::Ok().json(value)),
+    }
+}
+
+enum Encoding {
+    Bincode,
+    Json,
+}
+
+fn preferred_encoding(req: &HttpRequest) -> Result<Encoding, ApiError> {
+    let Some(accept) = req.headers().get(header::ACCEPT) else { return Ok(Encoding::Bincode) };
+    let accept = accept.to_str().map_err(|_| ApiError::NotAcceptable("<not text>".into()))?;
+    // In the client's order; q-values are not weighed (no sccache peer sends them).
+    for range in accept.split(',').map(|r| r.split(';').next().unwrap_or("").trim()) {
+        match range {
+            "application/octet-stream" | "application/*" | "*/*" => return Ok(Encoding::Bincode),
+            "application/json" => return Ok(Encoding::Json),
+            _ => {}
+        }
+    }
+    Err(ApiError::NotAcceptable(accept.to_owned()))
 }
 
 fn job_span(job_id: &str) -> tracing::Span {
@@ -97,18 +129,25 @@ async fn assign_job(
         let job_id = authorize(&state, &req, &path)?;
         let body = BoundedBody::new(&req, payload, MAX_SMALL_MESSAGE, state.limits.body_timeout)?.read_all().await?;
         let toolchain: Toolchain = protocol::decode(&body, MAX_SMALL_MESSAGE)?;
-        let has = state
-            .cache
-            .send(HasToolchain { archive_id: toolchain.archive_id.clone() })
-            .await
-            .map_err(|_| ApiError::Unavailable("toolchain cache"))?;
-        tracing::info!(archive_id = %toolchain.archive_id, need_toolchain = !has, "job assigned");
-        state.jobs.assign(job_id, toolchain)?;
-        let job_state = if has { JobState::Ready } else { JobState::Pending };
-        bincode_response(&AssignJobResult { state: job_state, need_toolchain: !has })
+        let answer = assign(&state, job_id, toolchain).await?;
+        encoded_response(&req, &answer)
     }
     .instrument(span)
     .await
+}
+
+/// Records a job placed on this server (by a scheduler's assign_job, or kiln's
+/// own scheduler) and says whether its toolchain must be sent.
+pub(super) async fn assign(state: &AppState, job_id: JobId, toolchain: Toolchain) -> Result<AssignJobResult, ApiError> {
+    let has = state
+        .cache
+        .send(HasToolchain { archive_id: toolchain.archive_id.clone() })
+        .await
+        .map_err(|_| ApiError::Unavailable("toolchain cache"))?;
+    tracing::info!(archive_id = %toolchain.archive_id, need_toolchain = !has, "job assigned");
+    state.jobs.assign(job_id, toolchain, has)?;
+    let job_state = if has { JobState::Ready } else { JobState::Pending };
+    Ok(AssignJobResult { state: job_state, need_toolchain: !has })
 }
 
 async fn submit_toolchain(
@@ -124,7 +163,7 @@ async fn submit_toolchain(
         let Some(toolchain) = state.jobs.toolchain_of(job_id) else {
             tracing::warn!("submit_toolchain for a job this server does not know");
             body.discard().await?;
-            return bincode_response(&SubmitToolchainResult::JobNotFound);
+            return encoded_response(&req, &SubmitToolchainResult::JobNotFound);
         };
         let archive_id = toolchain.archive_id;
         let has = state.cache.send(HasToolchain { archive_id: archive_id.clone() }).await;
@@ -145,13 +184,16 @@ async fn submit_toolchain(
                 Ok(Ok(())) => {}
                 Ok(Err(e @ CacheError::NoRoom { .. })) => {
                     tracing::warn!(%archive_id, error = %e, "toolchain cannot be cached");
-                    return bincode_response(&SubmitToolchainResult::CannotCache);
+                    return encoded_response(&req, &SubmitToolchainResult::CannotCache);
                 }
                 Ok(Err(e)) => return Err(ApiError::Internal(e.to_string())),
                 Err(_) => return Err(ApiError::Unavailable("toolchain cache")),
             }
         }
-        bincode_response(&SubmitToolchainResult::Success)
+        if state.jobs.mark_ready(job_id) {
+            state.scheduler.report(job_id, JobState::Ready).await;
+        }
+        encoded_response(&req, &SubmitToolchainResult::Success)
     }
     .instrument(span)
     .await
@@ -205,7 +247,7 @@ async fn run_job(
         if state.jobs.toolchain_of(job_id).is_none() {
             tracing::warn!("run_job for a job this server does not know");
             body.discard().await?;
-            return bincode_response(&RunJobResult::JobNotFound);
+            return encoded_response(&req, &RunJobResult::JobNotFound);
         }
         // Held until the answer is sent: the body lives that long, in the job.
         let permits = body_memory_permits(body.expected_len());
@@ -218,9 +260,15 @@ async fn run_job(
         let inputs_zlib = body.slice(body.len() - inputs.len()..);
         // A job runs once: the second run_job of the same id finds nothing.
         let Some(job) = state.jobs.take(job_id) else {
-            return bincode_response(&RunJobResult::JobNotFound);
+            return encoded_response(&req, &RunJobResult::JobNotFound);
         };
         tracing::info!(executable = %request.command.executable, inputs_bytes = inputs_zlib.len(), "job accepted");
+        // The scheduler only takes Pending → Ready → Started → Complete.
+        if !job.ready {
+            state.scheduler.report(job_id, JobState::Ready).await;
+        }
+        state.scheduler.report(job_id, JobState::Started).await;
+        let started = CompleteOnDrop::new(state.scheduler.clone(), job_id);
         let request = JobRequest {
             job_id,
             archive_id: job.toolchain.archive_id,
@@ -229,10 +277,15 @@ async fn run_job(
             inputs_zlib,
             span: job_span,
         };
-        let answer = state.queue.send(SubmitJob(request)).await.map_err(|_| ApiError::Unavailable("job queue"))??;
-        // A dropped sender means the builder died with the job.
-        let done = answer.await.map_err(|_| JobError::BuilderCrashed)??;
-        bincode_response(&RunJobResult::Complete(done))
+        let outcome = async {
+            let answer =
+                state.queue.send(SubmitJob(request)).await.map_err(|_| ApiError::Unavailable("job queue"))??;
+            // A dropped sender means the builder died with the job.
+            Ok::<_, ApiError>(answer.await.map_err(|_| JobError::BuilderCrashed)??)
+        }
+        .await;
+        started.complete().await;
+        encoded_response(&req, &RunJobResult::Complete(outcome?))
     }
     .instrument(span)
     .await
@@ -244,6 +297,13 @@ async fn status(state: State) -> HttpResponse {
         assigned_jobs: usize,
         #[serde(flatten)]
         counters: crate::stats::StatsSnapshot,
+        /// The link to upstream's scheduler; absent when kiln is its own scheduler.
+        scheduler_link: Option<crate::actors::upstream_scheduler::LinkHealth>,
     }
-    HttpResponse::Ok().json(Status { assigned_jobs: state.jobs.len(), counters: state.stats.snapshot() })
+    let scheduler_link = state.link_health.as_ref().map(|health| health.lock().expect("link health lock").clone());
+    HttpResponse::Ok().json(Status {
+        assigned_jobs: state.jobs.len(),
+        counters: state.stats.snapshot(),
+        scheduler_link,
+    })
 }

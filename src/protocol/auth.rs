@@ -10,12 +10,13 @@
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::sync::LazyLock;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::{JobId, ProtocolError};
+use super::{JobId, ProtocolError, ServerId, ServerNonce};
 
 /// Length of a [`JobKey`]; upstream uses 256 bits.
 pub const JOB_KEY_LEN: usize = 32;
@@ -54,9 +55,7 @@ impl JobKey {
     /// A fresh random key from the kernel's CSPRNG.
     pub fn generate() -> Result<Self, ProtocolError> {
         let mut key = [0; JOB_KEY_LEN];
-        File::open(RANDOM_SOURCE)
-            .and_then(|mut source| source.read_exact(&mut key))
-            .map_err(|source| ProtocolError::Random { path: RANDOM_SOURCE, source })?;
+        fill_random(&mut key)?;
         Ok(JobKey(key))
     }
 
@@ -97,6 +96,22 @@ impl JobKey {
             return Err(AuthError::UnexpectedExpiry { exp: claims.exp });
         }
         Ok(())
+    }
+}
+
+fn fill_random(bytes: &mut [u8]) -> Result<(), ProtocolError> {
+    File::open(RANDOM_SOURCE)
+        .and_then(|mut source| source.read_exact(bytes))
+        .map_err(|source| ProtocolError::Random { path: RANDOM_SOURCE, source })
+}
+
+impl ServerNonce {
+    /// A fresh nonce per process start: a new one tells the scheduler this
+    /// server restarted and the jobs it had assigned here are gone.
+    pub fn generate() -> Result<Self, ProtocolError> {
+        let mut bytes = [0; 8];
+        fill_random(&mut bytes)?;
+        Ok(ServerNonce(u64::from_le_bytes(bytes)))
     }
 }
 
@@ -143,9 +158,45 @@ impl AuthError {
     }
 }
 
+/// The claims of a server JWT (`scheduler_auth = { type = "jwt_token" }`), as
+/// `sccache-dist auth generate-jwt-hs256-server-token` makes them.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerClaims {
+    exp: u64,
+    server_id: ServerId,
+}
+
+/// Signs a server JWT for `server_id` with the scheduler's secret, as upstream does.
+pub fn jwt_server_token(secret: &[u8], server_id: ServerId) -> Result<String, ProtocolError> {
+    jsonwebtoken::encode(&HEADER, &ServerClaims { exp: 0, server_id }, &EncodingKey::from_secret(secret))
+        .map_err(|source| ProtocolError::SignToken { source })
+}
+
+/// The server address a server JWT claims, read without the scheduler's secret
+/// (which the server never has), so a config can be checked against `public_addr`
+/// as upstream checks it.
+pub fn server_id_of_jwt(token: &str) -> Result<SocketAddr, jsonwebtoken::errors::Error> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.required_spec_claims.clear();
+    validation.insecure_disable_signature_validation();
+    let claims = jsonwebtoken::decode::<ServerClaims>(token, &DecodingKey::from_secret(b"unused"), &validation)?.claims;
+    Ok(claims.server_id.addr())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_jwt_names_its_server() {
+        let addr: SocketAddr = "10.1.2.3:10501".parse().unwrap();
+        let token = jwt_server_token(b"scheduler secret", ServerId(addr)).unwrap();
+        assert_eq!(server_id_of_jwt(&token).unwrap(), addr);
+        assert!(server_id_of_jwt("not.a.jwt").is_err());
+    }
 
     fn key(byte: u8) -> JobKey {
         JobKey::from_bytes(&[byte; JOB_KEY_LEN]).unwrap()

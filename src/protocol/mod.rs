@@ -6,7 +6,7 @@
 //!
 //! - `types`: the serde types, in upstream's field and variant order.
 //! - `codec`: the only caller of bincode; limits; `run_job` body framing.
-//! - `auth`: the HS256 job tokens (`Authorization: Bearer`).
+//! - `auth`: the HS256 job tokens (`Authorization: Bearer`) and server JWTs.
 //! - `error`: [`ProtocolError`].
 
 mod auth;
@@ -14,14 +14,14 @@ mod codec;
 mod error;
 mod types;
 
-pub use auth::{AuthError, JobKey, BEARER_ERROR_INVALID_JWT, JOB_KEY_LEN};
+pub use auth::{jwt_server_token, server_id_of_jwt, AuthError, JobKey, BEARER_ERROR_INVALID_JWT, JOB_KEY_LEN};
 pub use codec::{
     decode, encode, frame_run_job_body, split_run_job_body, BINCODE_CONTENT_TYPE, MAX_RUN_JOB_HEADER, MAX_SMALL_MESSAGE,
 };
 pub use error::ProtocolError;
 pub use types::{
-    archive_id_of, is_valid_archive_id, ArchiveHasher, AssignJobResult, CompileCommand, Endpoint, ErrorBody,
-    HeartbeatServerHttpRequest, HeartbeatServerResult, JobComplete, JobId, JobState, OutputData, ProcessOutput,
-    RunJobHttpRequest, RunJobResult, ServerId, ServerNonce, SubmitToolchainResult, Toolchain, UpdateJobStateResult,
-    ARCHIVE_ID_LEN, DISTSERVER_PREFIX,
+    archive_id_of, is_valid_archive_id, AllocJobHttpResponse, ArchiveHasher, AssignJobResult, CompileCommand, Endpoint,
+    ErrorBody, HeartbeatServerHttpRequest, HeartbeatServerResult, JobAlloc, JobComplete, JobId, JobState, OutputData,
+    ProcessOutput, RunJobHttpRequest, RunJobResult, SchedulerStatusResult, ServerCertificateHttpResponse, ServerId,
+    ServerNonce, SubmitToolchainResult, Toolchain, UpdateJobStateResult, ARCHIVE_ID_LEN, DISTSERVER_PREFIX,
 };

@@ -340,8 +340,8 @@ impl ErrorBody {
     }
 }
 
-// Scheduler link (server → scheduler). Only the types; the link itself is
-// another module's job.
+// The scheduler's API (server → scheduler, client → scheduler). Only the
+// types; the link and kiln's own scheduler are other modules' job.
 
 /// A build server's identity toward the scheduler: its public address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -389,6 +389,50 @@ pub struct HeartbeatServerResult {
 pub enum UpdateJobStateResult {
     Success,
     Fail { msg: String },
+}
+
+impl ServerId {
+    pub fn addr(&self) -> SocketAddr {
+        self.0
+    }
+}
+
+/// A job the scheduler placed on a server: its id, the server, and the token
+/// the client presents there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobAlloc {
+    pub auth: String,
+    pub job_id: JobId,
+    pub server_id: ServerId,
+}
+
+/// Answer to `POST /api/v1/scheduler/alloc_job` (body: a bincode [`Toolchain`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum AllocJobHttpResponse {
+    /// `cert_digest` is the SHA-256 of the server's certificate; a client that
+    /// does not know it fetches the certificate from the scheduler.
+    Success { job_alloc: JobAlloc, need_toolchain: bool, cert_digest: Vec<u8> },
+    /// No capacity (the client compiles locally) or no server at all.
+    Fail { msg: String },
+}
+
+/// Answer to `GET /api/v1/scheduler/server_certificate/<ip:port>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerCertificateHttpResponse {
+    pub cert_digest: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+}
+
+/// Answer to `GET /api/v1/scheduler/status` (`usize` upstream: 8 bytes in bincode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerStatusResult {
+    pub num_servers: u64,
+    pub num_cpus: u64,
+    pub in_progress: u64,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::ops::Not;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use kiln::client::{Client, InputsBuilder};
 use kiln::package::{package_toolchain, PackageOptions};
 use kiln::protocol::{
-    AssignJobResult, CompileCommand, JobComplete, JobId, JobKey, RunJobHttpRequest, RunJobResult,
+    AssignJobResult, CompileCommand, JobComplete, JobId, JobKey, RunJobHttpRequest, RunJobResult, ServerId,
     SubmitToolchainResult, Toolchain,
 };
 
@@ -72,30 +73,42 @@ pub fn other_toolchain() -> &'static PackedToolchain {
 /// A kiln server process, killed when dropped.
 pub struct Kiln {
     pub child: Child,
+    /// `https://127.0.0.1:<port>`.
     pub addr: String,
+    /// kiln's own scheduler API, `http://127.0.0.1:<port>` (none with a `scheduler_url`).
+    pub scheduler: Option<String>,
+    /// The server's certificate, as its scheduler hands it to clients.
+    pub cert_pem: Vec<u8>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Kiln {
-    /// Starts kiln on a free port over a fresh data dir; `extra_config` is appended to
-    /// the TOML config.
-    pub fn start(extra_config: &str) -> Kiln {
+    /// Starts kiln on a free port over a fresh data dir; `kiln_config` is appended
+    /// to the config's `[kiln]` table (so `builders = 1` or `[kiln.jobs]` tables).
+    pub fn start(kiln_config: &str) -> Kiln {
         let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
         let data_dir = tmp.path().join("data");
-        let mut kiln = Kiln::start_on(&data_dir, extra_config);
+        let mut kiln = Kiln::start_on(&data_dir, kiln_config);
         kiln._tmp = Some(tmp);
         kiln
     }
 
     /// Starts kiln over an existing data dir (a restart).
-    pub fn start_on(data_dir: &Path, extra_config: &str) -> Kiln {
+    pub fn start_on(data_dir: &Path, kiln_config: &str) -> Kiln {
+        Kiln::start_with(data_dir, "", kiln_config)
+    }
+
+    /// Starts kiln with `top_config` before the `[kiln]` table (upstream's keys:
+    /// `scheduler_url`, `[scheduler_auth]` go after `top_config`'s own keys).
+    pub fn start_with(data_dir: &Path, top_config: &str, kiln_config: &str) -> Kiln {
         let config_path = data_dir.with_extension("toml");
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         std::fs::write(
             &config_path,
             format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\njob_token_key = \"{KEY_HEX}\"\n{extra_config}\n",
+                "public_addr = \"127.0.0.1:0\"\n{top_config}\n[kiln]\ndata_dir = \"{}\"\njob_token_key = \"{KEY_HEX}\"\n\
+                 {kiln_config}\n[kiln.scheduler]\nlisten = \"127.0.0.1:0\"\n",
                 data_dir.display()
             ),
         )
@@ -110,20 +123,36 @@ impl Kiln {
             .spawn()
             .expect("starting kiln");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("kiln listening on ")
-            .unwrap_or_else(|| panic!("kiln did not start: {line:?}"))
-            .to_owned();
+        let mut read_line = |prefix: &str| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            line.trim().strip_prefix(prefix).unwrap_or_else(|| panic!("kiln did not start: {line:?}")).to_owned()
+        };
+        let addr = read_line("kiln listening on ");
+        let scheduler = top_config.contains("scheduler_url").not().then(|| read_line("kiln scheduler listening on "));
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || for _ in stdout.lines() {});
-        Kiln { child, addr, data_dir: data_dir.to_owned(), _tmp: None }
+        let mut kiln = Kiln { child, addr, scheduler, cert_pem: Vec::new(), data_dir: data_dir.to_owned(), _tmp: None };
+        if let Some(scheduler) = &kiln.scheduler {
+            kiln.cert_pem = fetch_certificate(scheduler, &kiln.addr);
+        }
+        kiln
     }
 
+    /// A client of the build-server API that trusts this server's certificate.
     pub fn client(&self) -> Client {
-        Client::new(self.addr.clone())
+        Client::trusting(self.addr.clone(), &self.cert_pem).unwrap()
+    }
+
+    /// A raw HTTP client that trusts this server's certificate.
+    pub fn http(&self) -> awc::Client {
+        let tls = kiln::tls::client_config_trusting(&self.cert_pem).unwrap();
+        awc::Client::builder().connector(awc::Connector::new().rustls_0_23(tls)).finish()
+    }
+
+    /// A client of kiln's own scheduler API.
+    pub fn scheduler_client(&self) -> Client {
+        Client::new(self.scheduler.clone().expect("this kiln has an upstream scheduler"))
     }
 
     pub fn pid(&self) -> i32 {
@@ -146,6 +175,19 @@ impl Drop for Kiln {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Gets the server certificate the way an sccache client does: from the scheduler.
+fn fetch_certificate(scheduler: &str, server: &str) -> Vec<u8> {
+    let server_id = ServerId(server.trim_start_matches("https://").parse().unwrap());
+    let scheduler = scheduler.to_owned();
+    let cert = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move { Client::new(scheduler).server_certificate(server_id).await })
+    })
+    .join()
+    .unwrap()
+    .expect("fetching the server certificate from kiln's scheduler");
+    cert.cert_pem
 }
 
 /// Assigns a job for `tc` and submits the toolchain if kiln asks for it.

@@ -1,0 +1,238 @@
+//! UpstreamScheduler: kiln's link to upstream's `sccache-dist scheduler`.
+//!
+//! It heartbeats every 30 s (10 s after a failure), as upstream's server does, so
+//! the scheduler knows this server, its capacity, its job-token key and its TLS
+//! certificate; and it reports job state transitions (`Ready`, `Started`,
+//! `Complete`), which the scheduler's capacity accounting depends on.
+//!
+//! Unlike upstream, a failed report never fails the job: the compile the client
+//! waits for matters more than the scheduler's bookkeeping. A lost `Complete`
+//! would hold one of this server's slots at the scheduler forever, so it is
+//! retried a few times in the background.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use awc::http::header;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::protocol::{
+    self, HeartbeatServerHttpRequest, HeartbeatServerResult, JobId, JobState, UpdateJobStateResult,
+    BINCODE_CONTENT_TYPE, MAX_SMALL_MESSAGE,
+};
+
+/// Upstream's heartbeat period, and its shorter period after a failure.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+const HEARTBEAT_RETRY_INTERVAL: Duration = Duration::from_secs(10);
+/// One request to the scheduler; it answers from memory, so this is generous.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Delays before re-sending a `Complete` the scheduler did not take.
+const COMPLETE_RETRIES: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(15)];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("POST {url} failed: {message}")]
+    Send { url: String, message: String },
+    #[error("the scheduler answered {status}: {body}")]
+    Refused { status: u16, body: String },
+    #[error("the scheduler's answer to {url} does not decode")]
+    Decode {
+        url: String,
+        #[source]
+        source: protocol::ProtocolError,
+    },
+    #[error("the scheduler refused the job state: {0}")]
+    StateRefused(String),
+    #[error("the scheduler link is not running")]
+    Stopped,
+}
+
+/// What the status endpoint shows about the link; shared with the HTTP facade.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LinkHealth {
+    pub scheduler_url: String,
+    /// The last heartbeat was answered.
+    pub connected: bool,
+    /// Seconds since the epoch of the last answered heartbeat.
+    pub last_heartbeat_at: Option<u64>,
+    pub heartbeats_failed: u64,
+    pub last_error: Option<String>,
+    pub states_reported: u64,
+    pub states_failed: u64,
+}
+
+pub type SharedLinkHealth = Arc<Mutex<LinkHealth>>;
+
+pub struct UpstreamScheduler {
+    url: String,
+    /// `Authorization: Bearer <this>`, formatted from `scheduler_auth` as upstream does.
+    bearer: String,
+    heartbeat: Bytes,
+    http: awc::Client,
+    health: SharedLinkHealth,
+    /// Time of the last failed heartbeat, so repeated failures log once a minute.
+    last_failure_log: Option<Instant>,
+}
+
+impl UpstreamScheduler {
+    pub fn new(
+        url: String,
+        bearer: String,
+        heartbeat: &HeartbeatServerHttpRequest,
+        health: SharedLinkHealth,
+    ) -> Result<Self, protocol::ProtocolError> {
+        let http = awc::Client::builder().timeout(REQUEST_TIMEOUT).finish();
+        health.lock().expect("link health lock").scheduler_url = url.clone();
+        Ok(UpstreamScheduler {
+            url,
+            bearer,
+            heartbeat: Bytes::from(protocol::encode(heartbeat)?),
+            http,
+            health,
+            last_failure_log: None,
+        })
+    }
+
+    fn beat(&mut self, ctx: &mut Context<Self>) {
+        let url = format!("{}/api/v1/scheduler/heartbeat_server", self.url);
+        let call =
+            post_bincode::<HeartbeatServerResult>(self.http.clone(), url, self.bearer.clone(), self.heartbeat.clone());
+        ctx.spawn(call.into_actor(self).map(|result, act, ctx| {
+            let next = act.beaten(result);
+            ctx.run_later(next, Self::beat);
+        }));
+    }
+
+    /// Records a heartbeat's outcome; returns when to send the next one.
+    fn beaten(&mut self, result: Result<HeartbeatServerResult, LinkError>) -> Duration {
+        let mut health = self.health.lock().expect("link health lock");
+        match result {
+            Ok(HeartbeatServerResult { is_new }) => {
+                if is_new || !health.connected {
+                    tracing::info!(scheduler = %self.url, is_new, "registered with the scheduler");
+                }
+                health.connected = true;
+                health.last_error = None;
+                health.last_heartbeat_at =
+                    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
+                self.last_failure_log = None;
+                HEARTBEAT_INTERVAL
+            }
+            Err(e) => {
+                let quiet = self.last_failure_log.is_some_and(|at| at.elapsed() < Duration::from_secs(60));
+                if !quiet {
+                    tracing::warn!(scheduler = %self.url, error = %e, retry_in = ?HEARTBEAT_RETRY_INTERVAL,
+                        "heartbeat to the scheduler failed; it will not send jobs here until one succeeds");
+                    self.last_failure_log = Some(Instant::now());
+                }
+                health.connected = false;
+                health.heartbeats_failed += 1;
+                health.last_error = Some(e.to_string());
+                HEARTBEAT_RETRY_INTERVAL
+            }
+        }
+    }
+}
+
+impl Actor for UpstreamScheduler {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.beat(ctx);
+    }
+}
+
+/// Tells the scheduler a job moved to `state`. Answers once the scheduler took
+/// it (or refused); a refused `Complete` is also retried in the background.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Result<(), LinkError>")]
+pub struct ReportJobState {
+    pub job_id: JobId,
+    pub state: JobState,
+}
+
+impl Handler<ReportJobState> for UpstreamScheduler {
+    type Result = ResponseActFuture<Self, Result<(), LinkError>>;
+
+    fn handle(&mut self, msg: ReportJobState, _: &mut Context<Self>) -> Self::Result {
+        let report = self.report(msg);
+        Box::pin(report.into_actor(self).map(move |result, act, ctx| {
+            act.reported(msg, &result, 0, ctx);
+            result
+        }))
+    }
+}
+
+impl UpstreamScheduler {
+    fn report(&self, msg: ReportJobState) -> impl std::future::Future<Output = Result<(), LinkError>> + 'static {
+        let url = format!("{}/api/v1/scheduler/job_state/{}", self.url, msg.job_id);
+        let body = protocol::encode(&msg.state).map(Bytes::from);
+        let (http, bearer) = (self.http.clone(), self.bearer.clone());
+        async move {
+            let body = body.map_err(|source| LinkError::Decode { url: url.clone(), source })?;
+            match post_bincode::<UpdateJobStateResult>(http, url, bearer, body).await? {
+                UpdateJobStateResult::Success => Ok(()),
+                UpdateJobStateResult::Fail { msg } => Err(LinkError::StateRefused(msg)),
+            }
+        }
+    }
+
+    fn reported(
+        &mut self,
+        msg: ReportJobState,
+        result: &Result<(), LinkError>,
+        attempt: usize,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut health = self.health.lock().expect("link health lock");
+        let Err(e) = result else {
+            health.states_reported += 1;
+            return;
+        };
+        health.states_failed += 1;
+        drop(health);
+        // The scheduler refuses a state it cannot accept (unknown job, wrong
+        // transition) with a 500: retrying those cannot help. Only a `Complete`
+        // that did not get through is worth another try.
+        let retry = matches!(e, LinkError::Send { .. }) && msg.state == JobState::Complete;
+        match COMPLETE_RETRIES.get(attempt).filter(|_| retry) {
+            Some(&delay) => {
+                tracing::warn!(job_id = %msg.job_id, state = %msg.state, error = %e, retry_in = ?delay,
+                    "reporting a job state to the scheduler failed");
+                ctx.run_later(delay, move |act, ctx| {
+                    ctx.spawn(act.report(msg).into_actor(act).map(move |result, act, ctx| {
+                        act.reported(msg, &result, attempt + 1, ctx);
+                    }));
+                });
+            }
+            None => tracing::warn!(job_id = %msg.job_id, state = %msg.state, error = %e,
+                "reporting a job state to the scheduler failed; giving up"),
+        }
+    }
+}
+
+/// POSTs a bincode body with the server's bearer token and decodes the answer.
+async fn post_bincode<T: serde::de::DeserializeOwned>(
+    http: awc::Client,
+    url: String,
+    bearer: String,
+    body: Bytes,
+) -> Result<T, LinkError> {
+    let send = |message: String| LinkError::Send { url: url.clone(), message };
+    let mut response = http
+        .post(&url)
+        .bearer_auth(bearer)
+        .insert_header((header::CONTENT_TYPE, BINCODE_CONTENT_TYPE))
+        .insert_header((header::ACCEPT, BINCODE_CONTENT_TYPE))
+        .send_body(body)
+        .await
+        .map_err(|e| send(e.to_string()))?;
+    let body = response.body().limit(MAX_SMALL_MESSAGE as usize).await.map_err(|e| send(e.to_string()))?;
+    if !response.status().is_success() {
+        let body = String::from_utf8_lossy(&body).chars().take(500).collect();
+        return Err(LinkError::Refused { status: response.status().as_u16(), body });
+    }
+    protocol::decode(&body, MAX_SMALL_MESSAGE).map_err(|source| LinkError::Decode { url, source })
+}
