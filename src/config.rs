@@ -414,6 +414,29 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The scheduler clients should use: upstream's, or kiln's own.
+    pub fn client_scheduler_url(&self) -> String {
+        match &self.scheduler_url {
+            Some(url) => parse_scheduler_url(url).unwrap_or_else(|_| url.clone()),
+            None => format!("http://{}", self.kiln.scheduler.listen),
+        }
+    }
+
+    /// The sccache client's config file (`SCCACHE_CONF`) for this server.
+    pub fn client_config(&self) -> String {
+        let url = self.client_scheduler_url();
+        let auth = match (&self.scheduler_url, &self.kiln.scheduler.client_auth) {
+            (Some(_), _) => "# auth = { type = \"token\", token = \"<the scheduler's client_auth token>\" }\n".to_owned(),
+            (None, ClientAuth::Insecure) => {
+                "# No auth: kiln's scheduler accepts clients without a token (DANGEROUSLY_INSECURE).\n".to_owned()
+            }
+            (None, ClientAuth::Token { token }) => format!("auth = {{ type = \"token\", token = {token:?} }}\n"),
+        };
+        format!("# sccache client config for kiln; use it with SCCACHE_CONF=<this file>.\n[dist]\nscheduler_url = \"{url}\"\ntoolchains = []\n{auth}")
+    }
+}
+
 /// Checks a `scheduler_url`: plain `http://host:port`, as upstream's scheduler serves.
 pub fn parse_scheduler_url(url: &str) -> Result<String, String> {
     let rest = match url.split_once("://") {
@@ -527,6 +550,19 @@ token = "my server's token"
         let bad: Config = toml::from_str("[kiln]\ndata_dir = \"/a,b\"").unwrap();
         assert!(bad.validate().is_err());
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn client_config_points_at_the_scheduler() {
+        let local = Config::default().client_config();
+        let parsed: toml::Value = toml::from_str(&local).unwrap();
+        assert_eq!(parsed["dist"]["scheduler_url"].as_str(), Some("http://127.0.0.1:10600"));
+        assert!(parsed["dist"].get("auth").is_none());
+        let token: Config = toml::from_str("[kiln.scheduler.client_auth]\ntype = \"token\"\ntoken = \"s3\"").unwrap();
+        let parsed: toml::Value = toml::from_str(&token.client_config()).unwrap();
+        assert_eq!(parsed["dist"]["auth"]["token"].as_str(), Some("s3"));
+        let upstream: Config = toml::from_str(UPSTREAM_SERVER_TOML).unwrap();
+        assert!(upstream.client_config().contains("http://192.168.1.1:10600"));
     }
 
     #[test]

@@ -24,6 +24,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print the sccache client config (SCCACHE_CONF) that uses this kiln.
+    ClientConfig {
+        /// The config file `kiln serve` runs with, if any.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Pack a compiler and everything it needs into a toolchain archive.
     PackageToolchain {
         /// The compiler driver to pack.
@@ -45,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve { config } => serve(config),
+        Command::ClientConfig { config } => client_config(config),
         Command::PackageToolchain { compiler, extra, output } => {
             let packed = package_toolchain(&PackageOptions { compiler, extra }, &output)
                 .with_context(|| format!("packaging a toolchain into {}", output.display()))?;
@@ -55,11 +62,35 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut config = match &config_path {
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(match path {
         Some(path) => Config::load(path)?,
         None => Config::default(),
-    };
+    })
+}
+
+fn client_config(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load_config(config_path.as_ref())?;
+    print!("{}", config.client_config());
+    // Say whether the scheduler answers, so a user knows the config will work now.
+    let url = config.client_scheduler_url();
+    let probe = actix_rt::System::new().block_on(async {
+        let client = kiln::client::Client::new(url.clone());
+        tokio::time::timeout(std::time::Duration::from_secs(3), client.scheduler_status()).await
+    });
+    match probe {
+        Ok(Ok(status)) => eprintln!(
+            "the scheduler at {url} answers: {} server(s), {} CPUs, {} jobs in progress",
+            status.num_servers, status.num_cpus, status.in_progress
+        ),
+        Ok(Err(e)) => eprintln!("warning: the scheduler at {url} does not answer yet ({e}); is `kiln serve` running?"),
+        Err(_) => eprintln!("warning: the scheduler at {url} did not answer within 3 s; is `kiln serve` running?"),
+    }
+    Ok(())
+}
+
+fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = load_config(config_path.as_ref())?;
     let host = kiln::host_check::check_host(&config).map_err(|e| anyhow::anyhow!("kiln cannot start: {e}"))?;
     tracing::info!(bwrap = ?host.bwrap_path, version = %host.bwrap_version, config = ?config_path, "host checks passed");
     config.set_bwrap_path(host.bwrap_path);

@@ -1,0 +1,345 @@
+#!/usr/bin/env bash
+# Proves kiln is a drop-in for `sccache-dist server`, with programs nobody here
+# wrote: the sccache 0.19.0 client and `sccache-dist scheduler`.
+#
+#   scripts/interop.sh            # as root, on 127.0.0.1 only
+#
+# Cases (each: every compile distributed, objects byte-identical to local gcc):
+#   local      `kiln serve` with no config at all; the client names only
+#              scheduler_url (kiln answers the scheduler API itself)
+#   overflow   more concurrent compiles than capacity: the extra ones get
+#              `Fail` and compile locally; none errors
+#   badtoken   a wrong client token: 401 as upstream's scheduler answers (the
+#              0.19 client then fails the compile with that message, as it does
+#              with upstream's scheduler)
+#   upstream   upstream's scheduler with token auth + kiln on examples/sccache/server.toml
+#   docker     the same with kiln's docker builder (when a Docker daemon answers)
+#   two        two kiln servers behind one scheduler: both receive jobs
+#   baseline   upstream `sccache-dist server` on the same server.toml; prints
+#              both wall times
+# Pick some with INTEROP_CASES="local upstream" (default: all).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SCCACHE_VERSION=0.19.0
+CASES=${INTEROP_CASES:-"local overflow badtoken upstream docker two baseline"}
+FILES=${INTEROP_FILES:-24}
+WORK=$(mktemp -d /tmp/kiln-interop.XXXXXX)
+PIDS=()
+KILN_TIMES=""
+TIMES=""
+
+log() { printf '\n== %s\n' "$*" >&2; }
+die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+cleanup() {
+  local status=$?
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  sccache --stop-server >/dev/null 2>&1 || true
+  if [ "$status" -ne 0 ]; then
+    echo "logs kept in $WORK:" >&2
+    for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "--- $f (tail)" >&2; tail -n 30 "$f" >&2; }; done
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+
+# --- tools -------------------------------------------------------------------
+install_sccache() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if sccache --version 2>/dev/null | grep -q " $SCCACHE_VERSION" && command -v sccache-dist >/dev/null; then
+    return
+  fi
+  log "installing sccache $SCCACHE_VERSION with dist-client and dist-server (~15 minutes the first time)"
+  if ! dpkg -s libssl-dev pkg-config >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq libssl-dev pkg-config >/dev/null
+  fi
+  cargo install "sccache@$SCCACHE_VERSION" --locked --no-default-features --features "dist-client,dist-server"
+}
+
+# Release by default: the wall times below are compared with upstream's release build.
+build_kiln() {
+  local profile=${INTEROP_PROFILE:-release}
+  log "building kiln ($profile)"
+  (cd "$ROOT" && cargo build --locked --profile "$profile" --bin kiln)
+  KILN="$ROOT/target/$([ "$profile" = dev ] && echo debug || echo "$profile")/kiln"
+}
+
+# Waits (bounded) until `cmd...` succeeds.
+wait_for() {
+  local what=$1; shift
+  for _ in $(seq 1 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  die "timed out waiting for $what"
+}
+
+# --- the C project -----------------------------------------------------------
+make_project() {
+  local dir=$WORK/project
+  mkdir -p "$dir/src" "$dir/include" "$dir/local"
+  cat >"$dir/include/shapes.h" <<'EOF'
+#ifndef SHAPES_H
+#define SHAPES_H
+#include <stddef.h>
+struct shape { const char *name; double w, h; };
+double area(const struct shape *s);
+size_t describe(const struct shape *s, char *buf, size_t len);
+#endif
+EOF
+  for i in $(seq 1 "$FILES"); do
+    cat >"$dir/src/unit$i.c" <<EOF
+#include <stdio.h>
+#include <string.h>
+#include <math.h>
+#include "shapes.h"
+static const struct shape table$i[] = { {"box$i", $i.5, 2.0}, {"slab$i", 0.25, $i.0} };
+double unit${i}_total(void) {
+    double sum = 0;
+    for (size_t k = 0; k < sizeof table$i / sizeof table$i[0]; k++) sum += sqrt(table$i[k].w * table$i[k].h);
+    return sum;
+}
+int unit${i}_print(char *buf, size_t len) { return snprintf(buf, len, "%s=%.3f", table$i[0].name, unit${i}_total()); }
+EOF
+  done
+  PROJECT=$dir
+  # The reference objects: the same compiles, locally, no sccache.
+  for i in $(seq 1 "$FILES"); do
+    (cd "$dir" && gcc -O2 -Iinclude -c "src/unit$i.c" -o "local/unit$i.o")
+  done
+}
+
+# A compile slow enough that several overlap: thousands of functions.
+make_slow_unit() {
+  local file=$PROJECT/src/slow$1.c
+  {
+    echo "int slow$1_seed = $1;"
+    for k in $(seq 1 1500); do echo "int f${1}_$k(int x) { return (x * $k + slow$1_seed) ^ (x >> ($k % 7)); }"; done
+  } >"$file"
+  (cd "$PROJECT" && gcc -O2 -c "src/slow$1.c" -o "local/slow$1.o")
+}
+
+# --- the sccache client ------------------------------------------------------
+# start_client <client config>: a fresh sccache daemon with an empty local cache.
+start_client() {
+  sccache --stop-server >/dev/null 2>&1 || true
+  export SCCACHE_CONF=$1 SCCACHE_DIR=$WORK/sccache-cache.$RANDOM SCCACHE_ERROR_LOG=$WORK/sccache-client.log
+  export SCCACHE_LOG=${SCCACHE_LOG:-info} SCCACHE_SERVER_PORT=4226 SCCACHE_IDLE_TIMEOUT=0
+  sccache --start-server >/dev/null
+}
+
+# compile_all <outdir>: every unit through sccache, in parallel like make -jN, with
+# N = one server's capacity at the scheduler (cpus + 1 + cpus/8 >= nproc + 1):
+# beyond it, upstream's rules send the extra compiles back to local.
+compile_all() {
+  local out=$PROJECT/$1
+  mkdir -p "$out"
+  (cd "$PROJECT" && seq 1 "$FILES" | xargs -P "$(( $(nproc) + 1 ))" -I{} \
+    timeout 300 sccache gcc -O2 -Iinclude -c src/unit{}.c -o "$1/unit{}.o")
+}
+
+# same_objects <outdir> [names]: byte-identical to the local reference.
+same_objects() {
+  local names=${2:-$(seq -f 'unit%g' 1 "$FILES")}
+  for n in $names; do
+    cmp -s "$PROJECT/$1/$n.o" "$PROJECT/local/$n.o" || die "$1/$n.o differs from local gcc's object"
+  done
+}
+
+stats() { sccache --show-stats --stats-format=json; }
+# Sum of distributed compiles (all servers), dist errors, and per-server counts.
+dist_total() { stats | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print(sum(s["dist_compiles"].values()))'; }
+dist_errors() { stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["dist_errors"])'; }
+dist_servers() { stats | python3 -c 'import json,sys; print(" ".join(sorted(json.load(sys.stdin)["stats"]["dist_compiles"])))'; }
+
+expect_all_distributed() {
+  local total errors
+  total=$(dist_total); errors=$(dist_errors)
+  [ "$total" -eq "$FILES" ] || die "$total of $FILES compiles were distributed ($(stats | tr -d '\n' | head -c 600))"
+  [ "$errors" -eq 0 ] || die "$errors compiles fell back to local"
+}
+
+# --- servers -----------------------------------------------------------------
+start_kiln() { # start_kiln <name> [config]
+  local name=$1; shift
+  "$KILN" serve ${1:+--config "$1"} >"$WORK/$name.out" 2>"$WORK/$name.log" &
+  PIDS+=($!)
+  wait_for "$name to listen" grep -q "kiln listening on" "$WORK/$name.out"
+}
+
+start_scheduler() {
+  SCCACHE_NO_DAEMON=1 SCCACHE_LOG=info sccache-dist scheduler --config "$ROOT/examples/sccache/scheduler.toml" \
+    >"$WORK/scheduler.log" 2>&1 &
+  PIDS+=($!)
+  wait_for "the scheduler" curl -sf http://127.0.0.1:10600/api/v1/scheduler/status
+}
+
+# wait_servers <n>: the scheduler reports n servers.
+wait_servers() {
+  local n=$1
+  wait_for "$n server(s) at the scheduler" bash -c \
+    "curl -sf -H 'Accept: application/json' http://127.0.0.1:10600/api/v1/scheduler/status | grep -q '\"num_servers\":$n'"
+}
+
+stop_all() {
+  sccache --stop-server >/dev/null 2>&1 || true
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+
+now() { date +%s.%N; }
+elapsed() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
+
+# --- cases -------------------------------------------------------------------
+case_local() {
+  log "local: plain \`kiln serve\`, client config = scheduler_url only"
+  start_kiln kiln-local
+  "$KILN" client-config >"$WORK/client-local.toml"
+  diff <(grep -v '^#' "$WORK/client-local.toml") <(grep -v '^#' "$ROOT/examples/sccache/client-local.toml") \
+    || die "kiln client-config does not print examples/sccache/client-local.toml"
+  start_client "$WORK/client-local.toml"
+  local t0; t0=$(now)
+  compile_all out-local
+  echo "kiln (own scheduler): $FILES compiles in $(elapsed "$t0") s"
+  expect_all_distributed
+  same_objects out-local
+  stop_all
+}
+
+case_overflow() {
+  log "overflow: 8 slow compiles at once against capacity 3 (2 builders)"
+  local cfg=$WORK/kiln-small.toml
+  printf '[kiln]\ndata_dir = "%s/kiln-small"\nbuilders = 2\n' "$WORK" >"$cfg"
+  start_kiln kiln-small "$cfg"
+  for i in $(seq 1 8); do make_slow_unit "$i"; done
+  start_client "$ROOT/examples/sccache/client-local.toml"
+  mkdir -p "$PROJECT/out-overflow"
+  (cd "$PROJECT" && seq 1 8 | xargs -P 8 -I{} timeout 300 sccache gcc -O2 -c src/slow{}.c -o out-overflow/slow{}.o) \
+    || die "a compile failed when the server was full"
+  same_objects out-overflow "$(seq -f 'slow%g' 1 8)"
+  local total; total=$(dist_total)
+  grep -q "no free slot" "$WORK/kiln-small.log" || die "kiln never answered Fail for lack of capacity"
+  [ "$total" -ge 1 ] && [ "$total" -lt 8 ] || die "expected some but not all of 8 compiles distributed, got $total"
+  echo "overflow: $total of 8 distributed, the rest compiled locally after Fail"
+  stop_all
+}
+
+case_badtoken() {
+  log "badtoken: a client with the wrong token"
+  start_kiln kiln-badtoken
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer wrong' \
+    http://127.0.0.1:10600/api/v1/scheduler/alloc_job)
+  [ "$code" = 401 ] || die "alloc_job with a wrong token answered $code, not 401"
+  curl -s -D - -o /dev/null -X POST -H 'Authorization: Bearer wrong' http://127.0.0.1:10600/api/v1/scheduler/alloc_job \
+    | grep -qi 'www-authenticate: Bearer error="bearer_auth_failed"' || die "no WWW-Authenticate bearer_auth_failed"
+  # sccache 0.19 treats any 4xx from the farm as fatal (HttpClientError): the
+  # compile fails with the scheduler's message instead of silently going local,
+  # exactly as with upstream's scheduler.
+  sed 's/change-me-client-token/wrong/' "$ROOT/examples/sccache/client.toml" >"$WORK/client-wrong.toml"
+  start_client "$WORK/client-wrong.toml"
+  local err=$WORK/badtoken.stderr
+  if (cd "$PROJECT" && sccache gcc -O2 -Iinclude -c src/unit1.c -o /dev/null 2>"$err"); then
+    die "a client with a wrong token compiled without a word"
+  fi
+  grep -q "401" "$err" && grep -q "client token" "$err" || die "the client did not show kiln's 401: $(cat "$err")"
+  [ "$(dist_total)" -eq 0 ] || die "a client with a wrong token got jobs"
+  echo "badtoken: 401 + WWW-Authenticate; the client says: $(head -c 160 "$err")"
+  stop_all
+}
+
+# server_config <name> <port> <builder>: examples/sccache/server.toml moved to its own port and dirs.
+server_config() {
+  local cfg=$WORK/$1.toml
+  sed -e "s/127.0.0.1:10501/127.0.0.1:$2/" -e "s#/var/lib/kiln#$WORK/$1#" "$ROOT/examples/sccache/server.toml" >"$cfg"
+  if [ "$3" = docker ]; then
+    python3 - "$cfg" <<'EOF'
+import re, sys
+p = sys.argv[1]; s = open(p).read()
+s = re.sub(r'\[builder\]\n(.*\n)*?(?=\n)', '[builder]\ntype = "docker"\n', s)
+open(p, 'w').write(s)
+EOF
+  fi
+  echo "$cfg"
+}
+
+case_upstream() {
+  log "upstream: sccache-dist scheduler + kiln on examples/sccache/server.toml"
+  start_scheduler
+  start_kiln kiln-upstream "$ROOT/examples/sccache/server.toml"
+  wait_servers 1
+  timed_compiles upstream
+  KILN_TIMES=$TIMES
+  echo "kiln behind sccache-dist scheduler: $FILES compiles, $TIMES"
+  stop_all
+}
+
+# timed_compiles <name>: all units twice, each time with an empty local cache:
+# first with the toolchain new to the server, then with it already there.
+timed_compiles() {
+  local t0 cold warm
+  start_client "$ROOT/examples/sccache/client.toml"
+  t0=$(now); compile_all "out-$1"; cold=$(elapsed "$t0")
+  expect_all_distributed
+  same_objects "out-$1"
+  start_client "$ROOT/examples/sccache/client.toml"
+  t0=$(now); compile_all "out-$1-warm"; warm=$(elapsed "$t0")
+  expect_all_distributed
+  same_objects "out-$1-warm"
+  TIMES="cold toolchain $cold s, warm $warm s"
+}
+
+case_docker() {
+  if ! curl -sf --unix-socket /var/run/docker.sock http://localhost/_ping >/dev/null 2>&1; then
+    [ -n "${KILN_REQUIRE_DOCKER:-}" ] && die "no Docker daemon answers and KILN_REQUIRE_DOCKER is set"
+    log "docker: SKIPPED, no Docker daemon answers on /var/run/docker.sock"
+    return
+  fi
+  log "docker: sccache-dist scheduler + kiln's docker builder"
+  start_scheduler
+  start_kiln kiln-docker "$(server_config kiln-docker 10501 docker)"
+  wait_servers 1
+  start_client "$ROOT/examples/sccache/client.toml"
+  compile_all out-docker
+  expect_all_distributed
+  same_objects out-docker
+  stop_all
+}
+
+case_two() {
+  log "two: two kiln servers behind one scheduler"
+  start_scheduler
+  start_kiln kiln-a "$(server_config kiln-a 10501 overlay)"
+  start_kiln kiln-b "$(server_config kiln-b 10502 overlay)"
+  wait_servers 2
+  start_client "$ROOT/examples/sccache/client.toml"
+  compile_all out-two
+  expect_all_distributed
+  same_objects out-two
+  local servers; servers=$(dist_servers)
+  [ "$servers" = "127.0.0.1:10501 127.0.0.1:10502" ] || die "jobs went to [$servers], not to both servers"
+  echo "two: both servers received jobs ($(stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["dist_compiles"])'))"
+  stop_all
+}
+
+case_baseline() {
+  log "baseline: upstream sccache-dist server on the same server.toml"
+  start_scheduler
+  # Upstream's server has no [kiln] table and wipes its build_dir: its own dirs.
+  local cfg; cfg=$(server_config upstream-server 10501 overlay)
+  mkdir -p "$WORK/upstream-server"
+  SCCACHE_NO_DAEMON=1 sccache-dist server --config "$cfg" >"$WORK/upstream-server.log" 2>&1 &
+  PIDS+=($!)
+  wait_servers 1
+  timed_compiles baseline
+  echo "wall time for $FILES compiles (-j$(( $(nproc) + 1 ))):"
+  echo "  kiln                 ${KILN_TIMES:-not run (add the upstream case)}"
+  echo "  sccache-dist server  $TIMES"
+  stop_all
+}
+
+[ "$(id -u)" -eq 0 ] || die "run as root: both kiln and sccache-dist's overlay builder need it"
+install_sccache
+build_kiln
+make_project
+for c in $CASES; do "case_$c"; done
+log "interop: all cases passed ($CASES)"
