@@ -427,7 +427,9 @@ impl Config {
     pub fn client_config(&self) -> String {
         let url = self.client_scheduler_url();
         let auth = match (&self.scheduler_url, &self.kiln.scheduler.client_auth) {
-            (Some(_), _) => "# auth = { type = \"token\", token = \"<the scheduler's client_auth token>\" }\n".to_owned(),
+            (Some(_), _) => {
+                "# auth = { type = \"token\", token = \"<the scheduler's client_auth token>\" }\n".to_owned()
+            }
             (None, ClientAuth::Insecure) => {
                 "# No auth: kiln's scheduler accepts clients without a token (DANGEROUSLY_INSECURE).\n".to_owned()
             }
@@ -520,6 +522,9 @@ token = "my server's token"
         )
         .unwrap();
         assert_eq!(insecure.scheduler_auth, Some(SchedulerAuth::Insecure));
+        // The file the README and scripts/interop.sh hand to both servers.
+        let example: Config = toml::from_str(include_str!("../examples/sccache/server.toml")).unwrap();
+        example.validate().unwrap();
     }
 
     #[test]
@@ -550,6 +555,19 @@ token = "my server's token"
         let bad: Config = toml::from_str("[kiln]\ndata_dir = \"/a,b\"").unwrap();
         assert!(bad.validate().is_err());
         Config::default().validate().unwrap();
+    }
+
+    /// The README's configuration reference is a config file with the defaults.
+    #[test]
+    fn readme_reference_is_the_defaults() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("## Configuration").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let documented: Config = toml::from_str(block).unwrap();
+        documented.validate().unwrap();
+        let default = Config::default();
+        assert_eq!(format!("{documented:?}"), format!("{default:?}"));
     }
 
     #[test]
