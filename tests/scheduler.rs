@@ -1,0 +1,218 @@
+//! kiln and its schedulers: kiln's own scheduler API as the sccache client uses
+//! it, and kiln's link to an upstream scheduler, seen by a recording stand-in
+//! (scripts/interop.sh runs the real upstream scheduler and client; this test
+//! checks the same traffic field by field, in every `cargo test`).
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use common::*;
+use kiln::client::{Client, ClientError};
+use kiln::protocol::{
+    self, AllocJobHttpResponse, HeartbeatServerHttpRequest, HeartbeatServerResult, JobId, JobState, RunJobHttpRequest,
+    RunJobResult, Toolchain, UpdateJobStateResult,
+};
+
+fn gcc() -> Toolchain {
+    Toolchain { archive_id: gcc_toolchain().archive_id.clone() }
+}
+
+fn sha256(der: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, der).as_ref().to_vec()
+}
+
+fn der_of(pem: &[u8]) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem).unwrap().to_vec()
+}
+
+/// Compiles util.c in job `job_id` with the token the scheduler handed out.
+async fn compile_in(server: &Client, job_id: JobId, token: &str, need_toolchain: bool) -> RunJobResult {
+    if need_toolchain {
+        server.submit_toolchain(job_id, token, gcc_toolchain().bytes.clone()).await.unwrap();
+    }
+    let project = CProject::new();
+    let request = RunJobHttpRequest {
+        command: command("/usr/bin/gcc", &["-c", "util.c", "-o", "util.o"], project.cwd()),
+        outputs: vec!["util.o".into()],
+    };
+    server.run_job(job_id, token, &request, &project.inputs()).await.unwrap()
+}
+
+#[actix_rt::test]
+async fn own_scheduler_places_jobs_with_upstreams_capacity_and_auth() {
+    let kiln = Kiln::start("builders = 1\n");
+    let scheduler = kiln.scheduler_client();
+    let status = scheduler.scheduler_status().await.unwrap();
+    assert_eq!((status.num_servers, status.num_cpus, status.in_progress), (1, 1, 0));
+
+    // One builder: upstream's rule gives 1 + 1 + 1/8 = 2 slots.
+    let token = kiln::config::INSECURE_CLIENT_TOKEN;
+    let mut allocs = Vec::new();
+    for _ in 0..2 {
+        match scheduler.alloc_job(token, &gcc()).await.unwrap() {
+            AllocJobHttpResponse::Success { job_alloc, need_toolchain, cert_digest } => {
+                assert_eq!(cert_digest, sha256(&der_of(&kiln.cert_pem)), "the digest is of the served certificate");
+                assert_eq!(format!("https://{}", job_alloc.server_id.addr()), kiln.addr);
+                allocs.push((job_alloc, need_toolchain));
+            }
+            AllocJobHttpResponse::Fail { msg } => panic!("a free slot was refused: {msg}"),
+        }
+    }
+    match scheduler.alloc_job(token, &gcc()).await.unwrap() {
+        AllocJobHttpResponse::Fail { msg } => assert!(msg.contains("Insufficient capacity"), "{msg}"),
+        other => panic!("a third job fit in two slots: {other:?}"),
+    }
+    assert_eq!(scheduler.scheduler_status().await.unwrap().in_progress, 2);
+
+    // Running a job (Started → Complete) frees its slot for the next alloc.
+    let (first, need_toolchain) = allocs.remove(0);
+    let RunJobResult::Complete(done) = compile_in(&kiln.client(), first.job_id, &first.auth, need_toolchain).await
+    else {
+        panic!("job not found")
+    };
+    assert_eq!(done.output.code, 0, "{}", String::from_utf8_lossy(&done.output.stderr));
+    assert_eq!(scheduler.scheduler_status().await.unwrap().in_progress, 1);
+    let AllocJobHttpResponse::Success { need_toolchain, .. } = scheduler.alloc_job(token, &gcc()).await.unwrap() else {
+        panic!("the freed slot was not given out");
+    };
+    assert!(!need_toolchain, "the toolchain is cached now");
+
+    // A wrong client token: 401 and upstream's WWW-Authenticate code.
+    match scheduler.alloc_job("wrong", &gcc()).await {
+        Err(ClientError::Server { status: 401, description }) => {
+            assert!(description.contains("token"), "{description}")
+        }
+        other => panic!("a wrong client token got {other:?}"),
+    }
+    let url = format!("{}/api/v1/scheduler/alloc_job", kiln.scheduler.as_ref().unwrap());
+    let response = awc::Client::default().post(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(response.headers().get("WWW-Authenticate").unwrap(), "Bearer error=\"bearer_auth_failed\"");
+    let response = awc::Client::default().post(&url).send().await.unwrap();
+    assert_eq!(response.headers().get("WWW-Authenticate").unwrap(), "Bearer error=\"no_bearer_auth\"");
+
+    // Certificates of other servers are not this scheduler's to give; JSON on request.
+    let (status, _) = scheduler.get_raw("/api/v1/scheduler/server_certificate/10.0.0.1:1").await.unwrap();
+    assert_eq!(status, 404);
+    let status_url = format!("{}/api/v1/scheduler/status", kiln.scheduler.as_ref().unwrap());
+    let mut json =
+        awc::Client::default().get(&status_url).insert_header(("Accept", "application/json")).send().await.unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&json.body().await.unwrap()).unwrap();
+    assert_eq!(body["num_servers"], 1);
+    let refused = awc::Client::default().get(&status_url).insert_header(("Accept", "text/html")).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 406);
+}
+
+/// What a stand-in for upstream's scheduler received.
+#[derive(Default)]
+struct Recorded {
+    heartbeats: Vec<(String, HeartbeatServerHttpRequest)>,
+    states: Vec<(JobId, JobState)>,
+}
+
+type Shared = web::Data<Mutex<Recorded>>;
+
+fn bearer(req: &HttpRequest) -> String {
+    let header = req.headers().get("Authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    header.strip_prefix("Bearer ").unwrap_or(&header).to_owned()
+}
+
+async fn heartbeat(recorded: Shared, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let heartbeat: HeartbeatServerHttpRequest = protocol::decode(&body, 1 << 20).unwrap();
+    let mut recorded = recorded.lock().unwrap();
+    let is_new = recorded.heartbeats.is_empty();
+    recorded.heartbeats.push((bearer(&req), heartbeat));
+    HttpResponse::Ok().body(protocol::encode(&HeartbeatServerResult { is_new }).unwrap())
+}
+
+async fn job_state(recorded: Shared, path: web::Path<u64>, body: web::Bytes) -> HttpResponse {
+    let state: JobState = protocol::decode(&body, 64).unwrap();
+    recorded.lock().unwrap().states.push((JobId(path.into_inner()), state));
+    HttpResponse::Ok().body(protocol::encode(&UpdateJobStateResult::Success).unwrap())
+}
+
+fn states_of(recorded: &Mutex<Recorded>, job_id: JobId) -> Vec<JobState> {
+    recorded.lock().unwrap().states.iter().filter(|(id, _)| *id == job_id).map(|(_, s)| *s).collect()
+}
+
+#[actix_rt::test]
+async fn upstream_link_heartbeats_and_reports_every_job_state() {
+    let recorded = web::Data::new(Mutex::new(Recorded::default()));
+    let app_data = recorded.clone();
+    let stand_in = HttpServer::new(move || {
+        App::new()
+            .app_data(app_data.clone())
+            .route("/api/v1/scheduler/heartbeat_server", web::post().to(heartbeat))
+            .route("/api/v1/scheduler/job_state/{job_id}", web::post().to(job_state))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let scheduler_addr = stand_in.addrs()[0];
+    actix_rt::spawn(stand_in.run());
+
+    let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
+    let top = format!(
+        "scheduler_url = \"http://{scheduler_addr}\"\n[scheduler_auth]\ntype = \"token\"\ntoken = \"server-secret\"\n"
+    );
+    let mut kiln = Kiln::start_with(&tmp.path().join("data"), &top, "builders = 1\n");
+    assert!(kiln.scheduler.is_none(), "no scheduler API of its own behind upstream's");
+
+    let (bearer, beat) = wait_for(Duration::from_secs(10), || recorded.lock().unwrap().heartbeats.first().cloned())
+        .await
+        .expect("kiln sent no heartbeat");
+    let server_id = kiln.addr.trim_start_matches("https://").to_owned();
+    assert_eq!(bearer, format!("{server_id} server-secret"), "upstream's token format: \"<public_addr> <token>\"");
+    assert_eq!(beat.num_cpus, 1, "num_cpus is the builder count");
+    assert_eq!(beat.jwt_key, key().as_bytes(), "the key job tokens are checked with");
+    assert_eq!(beat.cert_digest, sha256(&der_of(&beat.cert_pem)));
+
+    // The scheduler trusts the certificate from the heartbeat; so do we.
+    kiln.cert_pem = beat.cert_pem.clone();
+    let server = kiln.client();
+
+    // A job whose toolchain is new: Pending → (submit) Ready → Started → Complete.
+    let first = next_job_id();
+    let assigned = server.assign_job(first, &token(first), &gcc()).await.unwrap();
+    assert_eq!((assigned.state, assigned.need_toolchain), (JobState::Pending, true));
+    assert!(matches!(compile_in(&server, first, &token(first), true).await, RunJobResult::Complete(_)));
+    assert_eq!(states_of(&recorded, first), [JobState::Ready, JobState::Started, JobState::Complete]);
+
+    // A job whose toolchain is cached starts Ready: only Started and Complete follow.
+    let second = next_job_id();
+    let assigned = server.assign_job(second, &token(second), &gcc()).await.unwrap();
+    assert_eq!(assigned.state, JobState::Ready);
+    assert!(matches!(compile_in(&server, second, &token(second), false).await, RunJobResult::Complete(_)));
+    assert_eq!(states_of(&recorded, second), [JobState::Started, JobState::Complete]);
+
+    // A client that hangs up mid-job: the scheduler still hears Complete.
+    let third = next_job_id();
+    server.assign_job(third, &token(third), &gcc()).await.unwrap();
+    let sleeper = RunJobHttpRequest { command: command("/bin/sleep", &["60"], "/"), outputs: vec![] };
+    let gone = tokio::time::timeout(Duration::from_secs(2), server.run_job(third, &token(third), &sleeper, &[])).await;
+    assert!(gone.is_err(), "the sleep job should still be running");
+    drop(server);
+    let complete =
+        wait_for(Duration::from_secs(20), || states_of(&recorded, third).contains(&JobState::Complete).then_some(()))
+            .await;
+    assert!(complete.is_some(), "no Complete after a hang-up: {:?}", states_of(&recorded, third));
+
+    let status = kiln.status().await;
+    assert_eq!(status["scheduler_link"]["connected"], true, "{status}");
+
+    // A restart is a new server to the scheduler: a fresh nonce.
+    let data_dir = kiln.data_dir.clone();
+    kiln.kill9();
+    let _restarted = Kiln::start_with(&data_dir, &top, "builders = 1\n");
+    let nonces = wait_for(Duration::from_secs(10), || {
+        let recorded = recorded.lock().unwrap();
+        let last = &recorded.heartbeats.last()?.1;
+        (last.server_nonce != beat.server_nonce).then_some(last.server_nonce)
+    })
+    .await;
+    assert!(nonces.is_some(), "the restarted kiln sent the old nonce");
+}
