@@ -17,7 +17,7 @@ use crate::config::{parse_scheduler_url, Backend, Config, SchedulerAuth, INSECUR
 use crate::http::{body_memory_permits, configure, configure_scheduler, AppState, HttpLimits};
 use crate::jobs::JobTable;
 use crate::protocol::{HeartbeatServerHttpRequest, JobKey, ServerCertificateHttpResponse, ServerId, ServerNonce};
-use crate::sandbox::overlay::OverlayBackend;
+use crate::sandbox::overlay::{install_exec_shim, OverlayBackend};
 use crate::sandbox::{SandboxLimits, SharedBackend};
 use crate::scheduler::{LocalScheduler, Scheduler};
 use crate::stats::Stats;
@@ -118,7 +118,11 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Resu
         max_stdio_bytes: kiln.jobs.max_stdio_bytes,
     };
     let backend: SharedBackend = match config.backend() {
-        Backend::Overlay { bwrap_path } => Arc::new(OverlayBackend::new(config.sandboxes_dir(), bwrap_path, limits)),
+        Backend::Overlay { bwrap_path } => {
+            let shim = config.build_dir().join("kiln-exec");
+            install_exec_shim(&shim).await.map_err(data_err(&shim))?;
+            Arc::new(OverlayBackend::new(config.sandboxes_dir(), bwrap_path, shim, limits))
+        }
         Backend::Docker => return Err(ServerError::Unsupported("the docker builder")),
     };
     let warm = kiln.sandbox.warm_per_toolchain;
@@ -155,6 +159,11 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Resu
     let bind = config.bind_addr();
     let listener = std::net::TcpListener::bind(bind).map_err(|source| ServerError::Bind { addr: bind, source })?;
     let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr: bind, source })?;
+    // Accepted sockets inherit TCP_NODELAY from the listener, so it covers the TLS
+    // handshake too (actix-web sets it only after the handshake): with Nagle on,
+    // the handshake's small writes wait for delayed ACKs, milliseconds per request.
+    nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true)
+        .map_err(|e| ServerError::Bind { addr: bind, source: e.into() })?;
     let server_id = match config.public_addr.port() {
         0 => ServerId(SocketAddr::new(config.public_addr.ip(), bound.port())),
         _ => ServerId(config.public_addr),
@@ -221,7 +230,8 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Resu
         // Drop a request's handler as soon as its client hangs up, so a running job
         // is cancelled instead of holding a builder until its timeout. Build clients
         // never half-close while they wait for an answer.
-        .h1_allow_half_closed(false);
+        .h1_allow_half_closed(false)
+        .tcp_nodelay(true);
     let server = match kiln.tls {
         true => server.listen_rustls_0_23(listener, cert.server_config().map_err(ServerError::Tls)?),
         false => server.listen(listener),

@@ -20,8 +20,9 @@ async fn start_sleeping_job(kiln: &Kiln) -> tokio::task::JoinHandle<Result<RunJo
     actix_rt::spawn(async move { client.run_job(job_id, &token(job_id), &request, &empty_inputs()).await })
 }
 
+/// The bubblewrap processes of sandboxes running a job (prepared ones wait idle).
 fn sandbox_pids(kiln: &Kiln) -> Vec<i32> {
-    bwrap_pids(kiln.data_dir.to_str().unwrap())
+    job_sandbox_pids(kiln.data_dir.to_str().unwrap())
 }
 
 /// Waits (up to a minute) until `kiln` runs a sandbox.

@@ -330,6 +330,36 @@ pub async fn assert_compiles(kiln: &Kiln) {
     assert_eq!(done.outputs.len(), 1);
 }
 
+/// Pids of the bubblewrap processes (outer and the sandbox's init) of sandboxes that
+/// run a job. Prepared sandboxes start bubblewrap ahead of their job and wait in
+/// the exec shim; those are not counted.
+pub fn job_sandbox_pids(needle: &str) -> Vec<i32> {
+    bwrap_pids(needle)
+        .into_iter()
+        .filter(|&pid| {
+            descendants(pid).iter().any(|&p| !matches!(comm(p).as_deref(), Some("bwrap" | ".kiln-exec") | None))
+        })
+        .collect()
+}
+
+fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim().to_owned())
+}
+
+/// Every process below `pid` (children, their children, ...).
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let children = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+            found.push(child);
+            todo.push(child);
+        }
+    }
+    found
+}
+
 /// Whether `pid` has a child process whose name is `name`.
 pub fn children_named(pid: i32, name: &str) -> bool {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();

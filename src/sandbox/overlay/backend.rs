@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
-use super::bwrap::run_job;
+use super::bwrap::{run_job, StartedSandbox};
 use super::namespace::{enter_overlay_namespace, OverlayDirs};
 use crate::protocol::JobComplete;
 use crate::report::ErrorChain;
@@ -22,14 +22,32 @@ use crate::sandbox::{
 pub struct OverlayBackend {
     sandboxes_dir: PathBuf,
     bwrap: PathBuf,
+    /// The exec shim on the host (see [`EXEC_SHIM`]), bound read-only into sandboxes.
+    shim: PathBuf,
     limits: SandboxLimits,
     next_id: AtomicU64,
 }
 
 impl OverlayBackend {
-    pub fn new(sandboxes_dir: PathBuf, bwrap: PathBuf, limits: SandboxLimits) -> Self {
-        OverlayBackend { sandboxes_dir, bwrap, limits, next_id: AtomicU64::new(0) }
+    /// `shim` must hold [`EXEC_SHIM`] (see [`install_exec_shim`]).
+    pub fn new(sandboxes_dir: PathBuf, bwrap: PathBuf, shim: PathBuf, limits: SandboxLimits) -> Self {
+        OverlayBackend { sandboxes_dir, bwrap, shim, limits, next_id: AtomicU64::new(0) }
     }
+}
+
+/// The static exec shim every prepared sandbox waits in (src/sandbox/overlay/exec_shim.c).
+pub const EXEC_SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-exec"));
+
+/// Writes the exec shim to `path` (mode 0555), replacing what was there.
+pub async fn install_exec_shim(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let staged = path.with_extension("new");
+    tokio::fs::write(&staged, EXEC_SHIM).await?;
+    tokio::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o555)).await?;
+    tokio::fs::rename(&staged, path).await
 }
 
 type JobReply = oneshot::Sender<Result<JobComplete, SandboxError>>;
@@ -55,7 +73,7 @@ impl SandboxBackend for OverlayBackend {
             work: dir.join("work"),
             merged: dir.join("merged"),
         };
-        let bwrap = self.bwrap.clone();
+        let (bwrap, shim) = (self.bwrap.clone(), self.shim.clone());
         let limits = self.limits;
         async move {
             for d in [&dirs.upper, &dirs.work, &dirs.merged] {
@@ -68,7 +86,7 @@ impl SandboxBackend for OverlayBackend {
             let thread_dirs = dirs.clone();
             std::thread::Builder::new()
                 .name(format!("kiln-sandbox-{id}"))
-                .spawn(move || sandbox_thread(thread_dirs, bwrap, limits, ready_tx, job_rx))
+                .spawn(move || sandbox_thread(thread_dirs, bwrap, shim, limits, ready_tx, job_rx))
                 .map_err(SandboxError::Thread)?;
             match ready_rx.await {
                 Ok(Ok(())) => Ok(Box::new(OverlaySandbox { dir, toolchain, jobs: job_tx }) as Box<dyn Sandbox>),
@@ -84,28 +102,40 @@ impl SandboxBackend for OverlayBackend {
     }
 }
 
-/// The body of a prepared sandbox's thread: mount, wait for one job, run it, exit.
+/// The body of a prepared sandbox's thread: mount, start bubblewrap, wait for one
+/// job, run it, exit.
 ///
+/// bubblewrap starts here, before any job exists, and waits in the exec shim: its
+/// namespaces and mounts (most of a sandbox's start-up cost) are off the job's path.
 /// Exiting drops the last reference to the private mount namespace, which unmounts
 /// the overlay; the directories stay for the cleaner.
 fn sandbox_thread(
     dirs: OverlayDirs,
     bwrap: PathBuf,
+    shim: PathBuf,
     limits: SandboxLimits,
     ready: oneshot::Sender<Result<(), SandboxError>>,
     jobs: mpsc::Receiver<RunRequest>,
 ) {
-    if let Err(e) = enter_overlay_namespace(&dirs) {
-        let _ = ready.send(Err(e));
-        return;
-    }
+    let started = enter_overlay_namespace(&dirs).and_then(|()| StartedSandbox::start(&bwrap, &shim, &dirs.merged));
+    let sandbox = match started {
+        Ok(sandbox) => sandbox,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     if ready.send(Ok(())).is_err() {
+        sandbox.discard();
         return;
     }
     // A closed channel means the sandbox was discarded unused.
-    let Ok(RunRequest { job, kill, reply }) = jobs.recv() else { return };
+    let Ok(RunRequest { job, kill, reply }) = jobs.recv() else {
+        sandbox.discard();
+        return;
+    };
     let job_id = job.job_id;
-    let result = run_job(&bwrap, &dirs.merged, job, &limits, &kill);
+    let result = run_job(sandbox, &dirs.merged, job, &limits, &kill);
     if let Err(e) = &result {
         tracing::debug!(%job_id, error = %ErrorChain(e), "sandbox job failed");
     }

@@ -1,12 +1,15 @@
 //! Running one job under bubblewrap and collecting what it produced.
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use flate2::read::ZlibDecoder;
+use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
@@ -48,14 +51,49 @@ pub fn check_bwrap(bwrap: &Path) -> Result<(PathBuf, String), String> {
     Ok((path, text))
 }
 
-/// Runs `job` with `merged` (the overlay, visible in this thread's namespace) as `/`.
+/// Where the exec shim appears inside every sandbox (read-only).
+const SHIM_IN_SANDBOX: &str = "/.kiln-exec";
+
+/// A bubblewrap started ahead of its job: namespaces made, `/` bound, `/proc` and
+/// `/dev` mounted, and the exec shim waiting on the `spec` pipe for the command.
+pub(super) struct StartedSandbox {
+    child: Child,
+    pid: Pid,
+    spec: Option<File>,
+}
+
+impl StartedSandbox {
+    /// Starts bubblewrap over `merged` (the overlay, visible in this thread's
+    /// namespace) with the shim at `shim` as its program.
+    pub fn start(bwrap: &Path, shim: &Path, merged: &Path) -> Result<Self, SandboxError> {
+        let spawn_error = |source| SandboxError::Spawn { path: PathBuf::from(bwrap), source };
+        // Both ends close on exec: no other sandbox's bubblewrap, started meanwhile
+        // from another thread, may hold the write end (the shim would never see EOF).
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| spawn_error(e.into()))?;
+        let mut cmd = bwrap_command(bwrap, merged, shim, read.as_raw_fd());
+        let child = cmd.spawn().map_err(spawn_error)?;
+        drop(read);
+        let pid = Pid::from_raw(child.id() as i32);
+        Ok(StartedSandbox { child, pid, spec: Some(File::from(write)) })
+    }
+
+    /// Gives the sandbox up unused: the shim reads EOF and exits; reap it.
+    pub fn discard(mut self) {
+        self.spec = None;
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `job` in `sandbox`, whose root is `merged` in this thread's namespace.
 pub(super) fn run_job(
-    bwrap: &Path,
+    sandbox: StartedSandbox,
     merged: &Path,
     job: SandboxJob,
     limits: &SandboxLimits,
     kill: &KillHandle,
 ) -> Result<JobComplete, SandboxError> {
+    // The sandbox's processes are the job's from here on: a kill takes them.
+    kill.started(sandbox.pid);
     let command = &job.command;
     validate_env(&command.env_vars).map_err(SandboxError::BadCommand)?;
     if command.executable.is_empty()
@@ -83,10 +121,11 @@ pub(super) fn run_job(
         outputs.push((name, path));
     }
     if kill.is_cancelled() {
+        sandbox.discard();
         return Err(SandboxError::TimedOut(job.timeout));
     }
 
-    let output = run_bwrap(bwrap, merged, &job, &cwd, limits, kill)?;
+    let output = run_in(sandbox, &job, &cwd, limits, kill)?;
 
     let mut collected = Vec::with_capacity(outputs.len());
     let mut total = 0u64;
@@ -111,7 +150,7 @@ fn bad_path(e: ArchiveError) -> SandboxError {
     SandboxError::BadCommand(e.to_string())
 }
 
-fn bwrap_command(bwrap: &Path, merged: &Path, job: &SandboxJob, cwd: &SandboxPath) -> Command {
+fn bwrap_command(bwrap: &Path, merged: &Path, shim: &Path, spec_fd: RawFd) -> Command {
     let mut cmd = Command::new(bwrap);
     cmd.args([
         // The job dies with its bubblewrap, which dies with the thread that started it.
@@ -128,19 +167,17 @@ fn bwrap_command(bwrap: &Path, merged: &Path, job: &SandboxJob, cwd: &SandboxPat
         "--unshare-uts",
     ]);
     cmd.arg("--bind").arg(merged).arg("/");
-    cmd.args(["--proc", "/proc", "--dev", "/dev", "--chdir"]).arg(cwd.display());
-    // The job's environment is set inside the sandbox only. bubblewrap itself runs
-    // on the host as root with an empty environment: a job's LD_PRELOAD or
-    // LD_LIBRARY_PATH must never reach the host's dynamic loader.
-    for (key, value) in &job.command.env_vars {
-        cmd.arg("--setenv").arg(key).arg(value);
-    }
+    cmd.args(["--proc", "/proc", "--dev", "/dev"]);
+    cmd.arg("--ro-bind").arg(shim).arg(SHIM_IN_SANDBOX);
+    // bubblewrap itself runs on the host as root with an empty environment: a job's
+    // LD_PRELOAD or LD_LIBRARY_PATH must never reach the host's dynamic loader. The
+    // job's environment reaches only the job, through the shim.
     cmd.env_clear();
-    cmd.arg("--").arg(&job.command.executable).args(&job.command.arguments);
+    cmd.arg("--").arg(SHIM_IN_SANDBOX);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let kiln = nix::unistd::getpid();
-    // SAFETY: runs in the forked child before exec; it only makes two syscalls
-    // (prctl, getppid) and allocates nothing, so it is async-signal-safe.
+    // SAFETY: runs in the forked child before exec; it only makes syscalls (prctl,
+    // getppid, dup2 or fcntl) and allocates nothing, so it is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
             // bubblewrap sets this itself, but only after it has cloned the sandbox;
@@ -151,25 +188,60 @@ fn bwrap_command(bwrap: &Path, merged: &Path, job: &SandboxJob, cwd: &SandboxPat
             if nix::unistd::getppid() != kiln {
                 return Err(std::io::Error::other("kiln exited while starting the sandbox"));
             }
+            // The shim reads its command on fd 3; bubblewrap passes fds through.
+            // dup2 onto another fd clears close-on-exec; onto itself it does not.
+            // (Both are fds this forked, single-threaded child owns.)
+            let result = if spec_fd == SPEC_FD {
+                nix::libc::fcntl(spec_fd, nix::libc::F_SETFD, 0)
+            } else {
+                nix::libc::dup2(spec_fd, SPEC_FD)
+            };
+            if result < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
     cmd
 }
 
-fn run_bwrap(
-    bwrap: &Path,
-    merged: &Path,
+/// The fd the shim reads the job's command from.
+const SPEC_FD: RawFd = 3;
+
+/// The job's command as the shim reads it: NUL-terminated fields (see exec_shim.c).
+fn encode_spec(job: &SandboxJob, cwd: &SandboxPath) -> Vec<u8> {
+    let command = &job.command;
+    let mut spec = Vec::new();
+    let mut field = |bytes: &[u8]| {
+        spec.extend_from_slice(bytes);
+        spec.push(0);
+    };
+    field(cwd.display().as_bytes());
+    field(command.executable.as_bytes());
+    field(command.arguments.len().to_string().as_bytes());
+    for argument in &command.arguments {
+        field(argument.as_bytes());
+    }
+    field(command.env_vars.len().to_string().as_bytes());
+    for (key, value) in &command.env_vars {
+        field(format!("{key}={value}").as_bytes());
+    }
+    spec
+}
+
+fn run_in(
+    mut sandbox: StartedSandbox,
     job: &SandboxJob,
     cwd: &SandboxPath,
     limits: &SandboxLimits,
     kill: &KillHandle,
 ) -> Result<ProcessOutput, SandboxError> {
-    let mut child = bwrap_command(bwrap, merged, job, cwd)
-        .spawn()
-        .map_err(|source| SandboxError::Spawn { path: PathBuf::from(bwrap), source })?;
-    let pid = Pid::from_raw(child.id() as i32);
-    kill.started(pid);
+    // Writing the command and closing the pipe starts the job. A shim that died
+    // early (killed) makes this fail with EPIPE; its status tells the rest below.
+    if let Some(mut spec) = sandbox.spec.take() {
+        let _ = spec.write_all(&encode_spec(job, cwd));
+    }
+    let StartedSandbox { mut child, pid, .. } = sandbox;
 
     let max = limits.max_stdio_bytes;
     let stderr = child.stderr.take();
@@ -197,12 +269,13 @@ fn run_bwrap(
         });
     }
     let code = status.code().unwrap_or(-1);
-    // bubblewrap reports its own failures (most often: the executable does not
-    // exist in the toolchain) with exit 1 and a "bwrap: " line. The job cannot
-    // be told apart from one that prints the same, so like upstream this is the
-    // job's result, which the client shows; the log line is for operators.
-    if code == 1 && stderr.starts_with(b"bwrap: ") {
-        tracing::warn!(stderr = %String::from_utf8_lossy(&stderr).trim(), "bubblewrap failed to start the job");
+    // The shim (or bubblewrap) reports a command that cannot start (most often:
+    // the executable does not exist in the toolchain) with exit 1 and a
+    // "kiln-exec: " line. The job cannot be told apart from one that prints the
+    // same, so like upstream this is the job's result, which the client shows;
+    // the log line is for operators.
+    if code == 1 && (stderr.starts_with(b"kiln-exec: ") || stderr.starts_with(b"bwrap: ")) {
+        tracing::warn!(stderr = %String::from_utf8_lossy(&stderr).trim(), "the job's command did not start");
     }
     Ok(ProcessOutput { code, stdout, stderr })
 }

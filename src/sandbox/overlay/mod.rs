@@ -6,11 +6,13 @@
 //! are gone, the kernel frees the namespace and the mount with it, even after a
 //! `kill -9` of kiln (the leaked-mount problem of upstream, sccache#1688, cannot occur).
 //! Children inherit the namespace of the thread that forks them, so bubblewrap
-//! started from that thread binds the overlay as the job's `/`.
+//! started from that thread binds the overlay as the job's `/`. It is started when
+//! the sandbox is prepared and waits in a static exec shim (`exec_shim.c`) until
+//! the job's command arrives on a pipe, so a job pays for none of its set-up.
 
 mod backend;
 mod bwrap;
 mod namespace;
 
-pub use backend::OverlayBackend;
+pub use backend::{install_exec_shim, OverlayBackend, EXEC_SHIM};
 pub use bwrap::check_bwrap;

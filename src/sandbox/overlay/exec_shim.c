@@ -1,0 +1,94 @@
+/*
+ * kiln-exec: the first program of every prepared overlay sandbox.
+ *
+ * kiln starts bubblewrap when it prepares a sandbox, long before a job exists,
+ * so that setting up namespaces and mounts is off the job's path. bubblewrap
+ * runs this program, which waits on fd 3 for the job: once kiln has unpacked
+ * the inputs it writes the job's command there and closes the pipe, and this
+ * program changes to its directory and execs it with its environment only.
+ * EOF before any byte means the sandbox was given up unused: exit quietly.
+ *
+ * The command on fd 3, every field NUL-terminated:
+ *   cwd, executable, argument count, arguments..., variable count, KEY=VALUE...
+ * argv[0] is the executable, as bubblewrap would pass it.
+ *
+ * Static (no loader or libc from the toolchain root), no allocation after the
+ * read, and exit code 1 with a one-line reason when the command cannot start.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define SPEC_FD 3
+/* A command line plus environment larger than this is refused by kiln first. */
+#define MAX_SPEC (64u << 20)
+
+extern char **environ;
+
+static void fail(const char *what, const char *detail) {
+    fprintf(stderr, "kiln-exec: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
+    _exit(1);
+}
+
+/* Next NUL-terminated field at *pos, or fail. */
+static char *field(char *buf, size_t len, size_t *pos) {
+    if (*pos >= len) fail("truncated command from kiln", NULL);
+    char *start = buf + *pos;
+    char *end = memchr(start, '\0', len - *pos);
+    if (!end) fail("unterminated field in the command from kiln", NULL);
+    *pos = (size_t)(end - buf) + 1;
+    return start;
+}
+
+static size_t count(char *buf, size_t len, size_t *pos) {
+    char *text = field(buf, len, pos);
+    char *end;
+    errno = 0;
+    unsigned long n = strtoul(text, &end, 10);
+    if (errno || *end || n > MAX_SPEC) fail("bad count in the command from kiln", text);
+    return (size_t)n;
+}
+
+int main(void) {
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    if (!buf) fail("out of memory", NULL);
+    for (;;) {
+        if (len == cap) {
+            if (cap >= MAX_SPEC) fail("command from kiln too large", NULL);
+            cap *= 2;
+            buf = realloc(buf, cap);
+            if (!buf) fail("out of memory", NULL);
+        }
+        ssize_t n = read(SPEC_FD, buf + len, cap - len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) fail("reading the command from kiln", strerror(errno));
+        if (n == 0) break;
+        len += (size_t)n;
+    }
+    if (len == 0) return 0; /* discarded unused */
+    close(SPEC_FD);
+
+    size_t pos = 0;
+    char *cwd = field(buf, len, &pos);
+    char *executable = field(buf, len, &pos);
+    size_t argc = count(buf, len, &pos);
+    char **argv = calloc(argc + 2, sizeof *argv);
+    if (!argv) fail("out of memory", NULL);
+    argv[0] = executable;
+    for (size_t i = 0; i < argc; i++) argv[i + 1] = field(buf, len, &pos);
+    size_t envc = count(buf, len, &pos);
+    char **envp = calloc(envc + 1, sizeof *envp);
+    if (!envp) fail("out of memory", NULL);
+    for (size_t i = 0; i < envc; i++) envp[i] = field(buf, len, &pos);
+
+    if (chdir(cwd) != 0) fail("cannot change to the job's directory", strerror(errno));
+    /* execvp looks in the job's PATH: the job's environment is the current one. */
+    environ = envp;
+    execvp(executable, argv);
+    fprintf(stderr, "kiln-exec: execvp %s: %s\n", executable, strerror(errno));
+    _exit(1);
+}
