@@ -98,18 +98,21 @@ pub struct JobConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
-    /// Only `overlay` exists for now.
+    /// `overlay` (overlayfs + bubblewrap) or `docker` (containers through the Engine API).
     pub backend: Backend,
     /// bubblewrap binary (a bare name is looked up in PATH).
     pub bwrap_path: PathBuf,
     /// Sandboxes kept prepared per toolchain, so a job does not wait for setup.
     pub warm_per_toolchain: usize,
+    /// `[sandbox.docker]`, used by the docker backend.
+    pub docker: crate::sandbox::docker::DockerConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     Overlay,
+    Docker,
 }
 
 impl Default for Config {
@@ -158,7 +161,12 @@ impl Default for JobConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        SandboxConfig { backend: Backend::Overlay, bwrap_path: PathBuf::from("bwrap"), warm_per_toolchain: 2 }
+        SandboxConfig {
+            backend: Backend::Overlay,
+            bwrap_path: PathBuf::from("bwrap"),
+            warm_per_toolchain: 2,
+            docker: Default::default(),
+        }
     }
 }
 
@@ -200,6 +208,9 @@ impl Config {
         }
         if self.jobs.max_buffered_request_bytes > u64::from(u32::MAX) * 1024 {
             return invalid("jobs.max_buffered_request_bytes", "must be below 4 TiB");
+        }
+        if let Err((key, reason)) = self.sandbox.docker.validate() {
+            return invalid(key, reason);
         }
         if self.jobs.queue_len == 0 {
             return invalid("jobs.queue_len", "must be at least 1");

@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
+use crate::sandbox::docker::check_daemon;
 use crate::sandbox::overlay::check_bwrap;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,20 +21,33 @@ pub enum HostCheckError {
         "{0}: install it with `apt-get install bubblewrap` (or `dnf install bubblewrap`), or set sandbox.bwrap_path"
     )]
     Bubblewrap(String),
+    #[error(
+        "the docker daemon does not answer ({0}): start it (`systemctl start docker`, or `dockerd &`), \
+         or set sandbox.docker.host"
+    )]
+    Docker(String),
 }
 
 /// What the checks found and the server needs.
 #[derive(Debug, Clone)]
 pub struct HostFacts {
-    /// bubblewrap's absolute path.
+    /// bubblewrap's absolute path (overlay backend).
     pub bwrap_path: PathBuf,
     pub bwrap_version: String,
 }
 
-/// Checks what the overlay backend needs.
+/// Checks what the configured backend needs: root, overlayfs and bubblewrap for
+/// `overlay`; a daemon that answers for `docker`.
 pub fn check_host(config: &Config) -> Result<HostFacts, HostCheckError> {
     if !cfg!(target_os = "linux") {
         return Err(HostCheckError::NotLinux);
+    }
+    if config.sandbox.backend == Backend::Docker {
+        let host = check_daemon(&config.sandbox.docker).map_err(HostCheckError::Docker)?;
+        return Ok(HostFacts {
+            bwrap_path: config.sandbox.bwrap_path.clone(),
+            bwrap_version: format!("(docker at {host})"),
+        });
     }
     if !nix::unistd::geteuid().is_root() {
         return Err(HostCheckError::NotRoot);

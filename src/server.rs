@@ -11,10 +11,11 @@ use tokio::sync::Semaphore;
 
 use crate::actors::builder::BuilderDeps;
 use crate::actors::{Builder, Cleaner, JobQueue, SandboxPool, SweepStale, ToolchainCache, Unpacker};
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::http::{body_memory_permits, configure, AppState, HttpLimits};
 use crate::jobs::JobTable;
 use crate::protocol::JobKey;
+use crate::sandbox::docker::start_docker_backend;
 use crate::sandbox::overlay::OverlayBackend;
 use crate::sandbox::{SandboxLimits, SharedBackend};
 use crate::stats::Stats;
@@ -91,9 +92,17 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(SocketAddr)) -> Res
         max_output_bytes: config.jobs.max_output_bytes,
         max_stdio_bytes: config.jobs.max_stdio_bytes,
     };
-    let backend: SharedBackend =
-        Arc::new(OverlayBackend::new(config.sandboxes_dir(), config.sandbox.bwrap_path.clone(), limits));
-    let warm = config.sandbox.warm_per_toolchain;
+    // The docker backend keeps its own warm pool (the ContainerPool): the SandboxPool
+    // then prepares nothing ahead, each acquire takes a warm container at once.
+    let (backend, warm): (SharedBackend, usize) = match config.sandbox.backend {
+        Backend::Overlay => (
+            Arc::new(OverlayBackend::new(config.sandboxes_dir(), config.sandbox.bwrap_path.clone(), limits)),
+            config.sandbox.warm_per_toolchain,
+        ),
+        Backend::Docker => {
+            (start_docker_backend(&config.sandbox.docker, &config.data_dir, limits, stats.clone()).await, 0)
+        }
+    };
     let max_idle = (builders * 2).max(warm);
     let backend_name = backend.name();
     let pool = SandboxPool::new(backend, warm, max_idle, cleaner.clone(), stats.clone()).start();
