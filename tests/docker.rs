@@ -8,6 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use kiln::protocol::RunJobHttpRequest;
+
 use common::*;
 use kiln::protocol::JobComplete;
 
@@ -43,6 +45,10 @@ fn stderr(done: &JobComplete) -> String {
 fn stdout(done: &JobComplete) -> String {
     String::from_utf8_lossy(&done.output.stdout).into_owned()
 }
+
+/// Prints how many processes the container has, with shell builtins only (the test
+/// toolchain has no grep or wc).
+const COUNT_PROCESSES: &str = "n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo $n";
 
 async fn sh(kiln: &Kiln, script: &str, project: &CProject) -> JobComplete {
     run(&kiln.client(), gcc_toolchain(), command("/bin/sh", &["-c", script], project.cwd()), &[], project.inputs())
@@ -105,4 +111,121 @@ async fn compiles_byte_identical_to_local_gcc() {
     assert_ne!(done.output.code, 0);
     assert!(stderr(&done).contains("undeclared_thing"), "{}", stderr(&done));
     assert!(done.outputs.is_empty());
+}
+
+#[actix_rt::test]
+async fn jobs_run_unprivileged_offline_bounded_and_leave_nothing_behind() {
+    if !docker_ready() {
+        return;
+    }
+    // One container only, so consecutive jobs share it; a short timeout for the bomb.
+    let kiln = Kiln::start(&format!(
+        "builders = 1\n[jobs]\ntimeout_secs = 8\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\npids_limit = 64\n"
+    ));
+    let project = CProject::new();
+
+    let done = sh(&kiln, "id -u; id -g; cat /etc/hostname", &project).await;
+    assert_eq!(done.output.code, 0, "{}", stderr(&done));
+    let out = stdout(&done);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("1000"), "the job runs as the configured uid: {out}");
+    assert_eq!(lines.next(), Some("1000"), "and gid: {out}");
+    let container = lines.next().unwrap().to_owned();
+
+    // No network: only the loopback device exists.
+    let done = sh(&kiln, "cat /proc/net/dev", &project).await;
+    let devices: Vec<String> =
+        stdout(&done).lines().filter_map(|l| l.split_once(':')).map(|(d, _)| d.trim().to_owned()).collect();
+    assert_eq!(devices, ["lo"], "{}", stdout(&done));
+
+    // The toolchain is not writable; /tmp and the job's own dirs are.
+    let done = sh(
+        &kiln,
+        "echo x > /usr/bin/gcc; echo x > /marker; echo left > /tmp/marker; echo left > mine; \
+                          (sleep 1000 &) ; echo ok",
+        &project,
+    )
+    .await;
+    assert!(stdout(&done).ends_with("ok\n"), "{}", stdout(&done));
+    assert!(stderr(&done).contains("Permission denied") || stderr(&done).contains("Read-only"), "{}", stderr(&done));
+
+    // The next job on the same container sees none of it, and no leftover process.
+    let done = sh(&kiln, &format!("cat /etc/hostname; ls /tmp/marker mine 2>&1; {COUNT_PROCESSES}"), &project).await;
+    let out = stdout(&done);
+    assert!(out.starts_with(&container), "same container expected: {out} vs {container}");
+    assert!(!out.contains("/tmp/marker\n") && out.contains("No such file"), "an earlier job's files survived: {out}");
+    // pid 1 (kiln-init) and this job's sh: nothing else.
+    let processes: u32 = out.lines().last().unwrap().trim().parse().unwrap();
+    assert_eq!(processes, 2, "leftover processes: {out}");
+
+    // A fork bomb hits the pids limit; the job ends (timeout or failure), kiln serves on.
+    let started = Instant::now();
+    let job_id = assign_and_submit(&kiln.client(), gcc_toolchain()).await;
+    let request = RunJobHttpRequest {
+        command: command("/bin/sh", &["-c", "b() { b | b & }; b; sleep 60"], project.cwd()),
+        outputs: vec![],
+    };
+    let result = kiln.client().run_job(job_id, &token(job_id), &request, &project.inputs()).await;
+    eprintln!("fork bomb job ended after {:?}: {result:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_compiles_docker(&kiln).await;
+    let done = sh(&kiln, COUNT_PROCESSES, &project).await;
+    assert_eq!(stdout(&done).trim(), "2", "bomb processes survived");
+    let status = kiln.status().await;
+    assert!(status["containers_reused"].as_u64().unwrap() >= 4, "{status}");
+}
+
+/// Like `assert_compiles`, with the output bytes checked.
+async fn assert_compiles_docker(kiln: &Kiln) {
+    let project = CProject::new();
+    let done = run(
+        &kiln.client(),
+        gcc_toolchain(),
+        command("/usr/bin/gcc", &["-c", "util.c", "-o", "util.o"], project.cwd()),
+        &["util.o"],
+        project.inputs(),
+    )
+    .await;
+    assert_eq!(done.output.code, 0, "{}", stderr(&done));
+    assert!(!output_bytes(&done, "util.o").is_empty());
+}
+
+#[actix_rt::test]
+async fn twenty_concurrent_jobs_over_two_toolchains_share_two_images_and_reuse_containers() {
+    if !docker_ready() {
+        return;
+    }
+    let kiln = Kiln::start(&format!("builders = 4\n{DOCKER_CONFIG}min_idle = 2\nmax_per_toolchain = 3\n"));
+    let project = CProject::new();
+    let toolchains = [gcc_toolchain(), other_toolchain()];
+    let started = Instant::now();
+    let jobs = (0..20).map(|i| {
+        let client = kiln.client();
+        let tc = toolchains[i % 2];
+        let inputs = project.inputs();
+        let cwd = project.cwd().to_owned();
+        async move {
+            let out = format!("obj/{i}/util.o");
+            let done =
+                run(&client, tc, command("/usr/bin/gcc", &["-c", "util.c", "-o", &out], &cwd), &[&out], inputs).await;
+            assert_eq!(done.output.code, 0, "{}", stderr(&done));
+            output_bytes(&done, &out)
+        }
+    });
+    let objects = futures_util::future::join_all(jobs).await;
+    eprintln!("20 jobs over 2 toolchains (2 imports included): {:?}", started.elapsed());
+    assert!(objects.windows(2).all(|w| w[0] == w[1]), "every job compiled the same object");
+
+    let status = kiln.status().await;
+    assert_eq!(status["images_created"], 2, "one image per toolchain: {status}");
+    assert_eq!(status["jobs_completed"], 20, "{status}");
+    assert!(status["containers_created"].as_u64().unwrap() <= 6, "at most max_per_toolchain each: {status}");
+    assert!(status["containers_reused"].as_u64().unwrap() >= 14, "containers are reused: {status}");
+
+    // Warm: one job's time on a warm container.
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_compiles_docker(&kiln).await;
+    }
+    eprintln!("warm docker job: {:?} each", started.elapsed() / 5);
 }
