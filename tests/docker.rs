@@ -229,3 +229,142 @@ async fn twenty_concurrent_jobs_over_two_toolchains_share_two_images_and_reuse_c
     }
     eprintln!("warm docker job: {:?} each", started.elapsed() / 5);
 }
+
+/// A dockerd of the test's own (its own socket, data and exec roots), so stopping it
+/// cannot disturb anything else on the machine.
+struct PrivateDockerd {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateDockerd {
+    fn socket(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.path().display())
+    }
+
+    fn start(&mut self) {
+        let d = self.dir.path();
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let child = std::process::Command::new("dockerd")
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .args(["-H", &self.socket(), "--bridge=none", "--iptables=false", "--ip-masq=false"])
+            .args(["--shutdown-timeout", "1"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting dockerd");
+        self.child = Some(child);
+        let config = kiln::sandbox::docker::DockerConfig { host: Some(self.socket()), ..Default::default() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while kiln::sandbox::docker::check_daemon(&config).is_err() {
+            assert!(Instant::now() < deadline, "the private dockerd did not come up; see {}/dockerd.log", d.display());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateDockerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn status_until(kiln: &Kiln, key: &str, value: u64, limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = kiln.status().await;
+        if status[key] == value {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{key} never became {value}: {status}");
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_daemon_restart_fails_jobs_clearly_then_kiln_recovers_and_removes_orphans() {
+    if !docker_ready() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() || kiln::program::find_program(std::path::Path::new("dockerd")).is_none() {
+        assert!(std::env::var_os("KILN_REQUIRE_DOCKER").is_none(), "this test needs root and dockerd");
+        eprintln!("\n!!!!! SKIPPING the daemon restart test: it needs root and dockerd !!!!!\n");
+        return;
+    }
+    let mut dockerd =
+        PrivateDockerd { dir: tempfile::Builder::new().prefix("kiln-dockerd-").tempdir().unwrap(), child: None };
+    dockerd.start();
+    let kiln = Kiln::start(&format!(
+        "builders = 1\n{DOCKER_CONFIG}host = \"{}\"\nmin_idle = 1\nmax_per_toolchain = 1\n",
+        dockerd.socket()
+    ));
+    assert_compiles_docker(&kiln).await;
+
+    dockerd.stop();
+    let project = CProject::new();
+    let started = Instant::now();
+    let job_id = assign_and_submit(&kiln.client(), gcc_toolchain()).await;
+    let request = RunJobHttpRequest {
+        command: command("/usr/bin/gcc", &["-c", "util.c", "-o", "util.o"], project.cwd()),
+        outputs: vec!["util.o".into()],
+    };
+    let result = kiln.client().run_job(job_id, &token(job_id), &request, &project.inputs()).await;
+    eprintln!("job during the outage, after {:?}: {result:?}", started.elapsed());
+    let error = format!("{result:?}");
+    assert!(error.contains("503") && error.contains("docker"), "a clear 503 about docker: {error}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the job did not hang");
+    status_until(&kiln, "docker_unreachable", 1, Duration::from_secs(10)).await;
+
+    dockerd.start();
+    let started = Instant::now();
+    status_until(&kiln, "docker_unreachable", 0, Duration::from_secs(20)).await;
+    assert_compiles_docker(&kiln).await;
+    eprintln!("recovered and compiled {:?} after the daemon returned", started.elapsed());
+
+    // The container of before the restart is an orphan: the GC removes it.
+    let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
+    let engine = kiln::sandbox::docker::Engine::connect(&dockerd.socket(), owner).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let containers = engine.list_containers().await.unwrap();
+        if containers.len() <= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "orphans stay: {containers:?}");
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_restart_after_kill_9_removes_the_old_runs_containers_and_images() {
+    if !docker_ready() {
+        return;
+    }
+    let mut kiln = Kiln::start(&format!("builders = 1\n{DOCKER_CONFIG}"));
+    assert_compiles_docker(&kiln).await;
+    let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
+    let engine = kiln::sandbox::docker::Engine::connect("unix:///var/run/docker.sock", owner).await.unwrap();
+    let old: Vec<String> = engine.list_containers().await.unwrap().into_iter().map(|c| c.id).collect();
+    assert!(!old.is_empty());
+    assert_eq!(engine.list_images().await.unwrap().len(), 1);
+
+    kiln.kill9();
+    let data_dir = kiln.data_dir.clone();
+    let restarted = Kiln::start_on(&data_dir, &format!("builders = 1\n{DOCKER_CONFIG}"));
+    let now: Vec<String> = engine.list_containers().await.unwrap().into_iter().map(|c| c.id).collect();
+    assert!(old.iter().all(|id| !now.contains(id)), "old containers survived: {old:?} {now:?}");
+    assert!(engine.list_images().await.unwrap().is_empty(), "the old run's image was removed");
+    assert_compiles_docker(&restarted).await;
+}

@@ -163,7 +163,7 @@ impl ContainerPool {
         for _ in 0..missing {
             let (engine, image, spec, id) = (engine.clone(), image.clone(), self.spec.clone(), archive_id.to_owned());
             let epoch = self.epoch;
-            let start = async move { engine.start_container(&image, &id, &spec).await };
+            let start = async move { engine.start_container(&image, &id, epoch, &spec).await };
             let archive_id = archive_id.to_owned();
             ctx.spawn(start.into_actor(self).map(move |result, act, ctx| act.started(archive_id, epoch, result, ctx)));
         }
@@ -379,11 +379,11 @@ impl ContainerPool {
         for tc in self.toolchains.values_mut() {
             tc.idle.clear();
         }
-        self.collect_garbage(ctx);
         let ids: Vec<String> = self.toolchains.keys().cloned().collect();
         for id in ids {
             self.refill(&id, ctx);
         }
+        self.collect_garbage(ctx);
     }
 
     /// Forgets toolchains cold for `TOOLCHAIN_TTL`, then removes containers and
@@ -408,6 +408,7 @@ impl ContainerPool {
         let mut known: HashSet<String> = self.busy.clone();
         known.extend(self.toolchains.values().flat_map(|tc| tc.idle.iter().map(|c| c.id.clone())));
         let starting = self.toolchains.values().any(|tc| tc.starting > 0);
+        let epoch = self.epoch;
         let images: HashSet<String> = self
             .toolchains
             .iter()
@@ -419,9 +420,10 @@ impl ContainerPool {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let mut removed = (0, 0);
             for c in engine.list_containers().await? {
-                // A container being created is not known yet: spare young ones then.
+                // A container being created is not known yet: spare young ones of
+                // this epoch while some are being started.
                 let young = now.saturating_sub(c.created.max(0) as u64) < GC_INTERVAL.as_secs();
-                if known.contains(&c.id) || (starting && young) {
+                if known.contains(&c.id) || (starting && young && c.epoch == Some(epoch)) {
                     continue;
                 }
                 if engine.remove_container(&c.id).await.is_ok() {

@@ -32,6 +32,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 pub const LABEL_OWNER: &str = "org.kiln.owner";
 /// Label naming the toolchain (archive id) an image or container was made from.
 pub const LABEL_TOOLCHAIN: &str = "org.kiln.toolchain";
+/// Label with the pool epoch a container was started in, so the garbage collector
+/// tells a container of a past epoch (lost with a daemon restart) from one being
+/// started right now, whose id the pool does not know yet.
+pub const LABEL_EPOCH: &str = "org.kiln.epoch";
 
 /// Where kiln-init lives in every image; its process is the container's pid 1.
 pub const HELPER_PATH: &str = "/kiln-init";
@@ -67,6 +71,8 @@ pub struct Labelled {
     /// Seconds since the epoch.
     pub created: i64,
     pub toolchain: Option<String>,
+    /// Containers only: the pool epoch it was started in.
+    pub epoch: Option<u64>,
 }
 
 async fn timed<T>(
@@ -142,11 +148,13 @@ impl Engine {
         &self,
         image: &str,
         archive_id: &str,
+        epoch: u64,
         spec: &ContainerSpec,
     ) -> Result<String, DockerError> {
         let labels = HashMap::from([
             (LABEL_OWNER.to_owned(), self.owner.clone()),
             (LABEL_TOOLCHAIN.to_owned(), archive_id.to_owned()),
+            (LABEL_EPOCH.to_owned(), epoch.to_string()),
         ]);
         let host_config = HostConfig {
             // No network at all: a compile needs none, and a job must not reach the
@@ -301,8 +309,9 @@ impl Engine {
         Ok(found
             .into_iter()
             .filter_map(|c| {
-                let toolchain = c.labels.as_ref().and_then(|l| l.get(LABEL_TOOLCHAIN).cloned());
-                Some(Labelled { id: c.id?, created: c.created.unwrap_or(0), toolchain })
+                let label = |key| c.labels.as_ref().and_then(|l| l.get(key).cloned());
+                let (toolchain, epoch) = (label(LABEL_TOOLCHAIN), label(LABEL_EPOCH).and_then(|e| e.parse().ok()));
+                Some(Labelled { id: c.id?, created: c.created.unwrap_or(0), toolchain, epoch })
             })
             .collect())
     }
@@ -314,7 +323,12 @@ impl Engine {
         let found = timed("list images", CALL_TIMEOUT, self.docker.list_images(Some(options))).await?;
         Ok(found
             .into_iter()
-            .map(|i| Labelled { toolchain: i.labels.get(LABEL_TOOLCHAIN).cloned(), id: i.id, created: i.created })
+            .map(|i| Labelled {
+                toolchain: i.labels.get(LABEL_TOOLCHAIN).cloned(),
+                id: i.id,
+                created: i.created,
+                epoch: None,
+            })
             .collect())
     }
 
