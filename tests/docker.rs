@@ -368,3 +368,41 @@ async fn a_restart_after_kill_9_removes_the_old_runs_containers_and_images() {
     assert!(engine.list_images().await.unwrap().is_empty(), "the old run's image was removed");
     assert_compiles_docker(&restarted).await;
 }
+
+#[actix_rt::test]
+async fn a_container_removed_mid_job_fails_that_job_and_is_replaced() {
+    if !docker_ready() {
+        return;
+    }
+    // One container at most: while the job runs it is the only one.
+    let kiln = Kiln::start(&format!("builders = 1\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\n"));
+    assert_compiles_docker(&kiln).await;
+    let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
+    let engine = kiln::sandbox::docker::Engine::connect("unix:///var/run/docker.sock", owner).await.unwrap();
+
+    let project = CProject::new();
+    let job = {
+        let client = kiln.client();
+        let inputs = project.inputs();
+        let cwd = project.cwd().to_owned();
+        actix_rt::spawn(async move {
+            let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+            let request = RunJobHttpRequest { command: command("/bin/sleep", &["30"], &cwd), outputs: vec![] };
+            client.run_job(job_id, &token(job_id), &request, &inputs).await
+        })
+    };
+    // Remove the job's container while the job sleeps in it.
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    for c in engine.list_containers().await.unwrap() {
+        engine.remove_container(&c.id).await.unwrap();
+    }
+    let started = Instant::now();
+    let result = job.await.unwrap();
+    eprintln!("job in a removed container: {result:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the job did not wait for its timeout");
+    let error = format!("{:?}", result.expect_err("the job fails"));
+    assert!(error.contains("removed while the job ran"), "{error}");
+    assert_compiles_docker(&kiln).await;
+    let status = kiln.status().await;
+    assert!(status["containers_destroyed"].as_u64().unwrap() >= 1, "{status}");
+}

@@ -24,6 +24,9 @@ use crate::sandbox::{
 const MAX_CONSECUTIVE_FAILURES: u32 = 3;
 /// The cleaner's reset exec may take this long (kill loop plus file removal).
 const RESET_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a job died of a signal: how often (every 100 ms) the container is checked
+/// for having been killed from outside.
+const CONTAINER_GONE_CHECKS: u32 = 5;
 /// Attempts at the reset exec: right after a fork bomb the container's pids may
 /// still be exhausted for a moment, so the exec cannot start.
 const RESET_ATTEMPTS: u32 = 3;
@@ -180,6 +183,17 @@ async fn run_job(
     let env = command.env_vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let exec = engine.exec(container, cmd, env, &settings.user(), &prepared.cwd, limits.max_stdio_bytes).await?;
     let code = i32::try_from(exec.code).unwrap_or(-1);
+    // Killed by a signal: by the job itself, or because the container went away
+    // (killed or removed from outside). The latter is the machinery's failure.
+    if code >= 128 {
+        // A forced removal ends the exec a moment before the state says so.
+        for _ in 0..CONTAINER_GONE_CHECKS {
+            if !engine.is_running(container).await? {
+                return Err(DockerError::ContainerGone { container: container.to_owned() }.into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     // Everything the job may have left in the downloaded directory is bounded too.
     let download_limit = limits.max_output_bytes.saturating_add(limits.inputs.max_bytes);

@@ -214,6 +214,19 @@ impl Engine {
         timed("remove container", CALL_TIMEOUT, self.docker.remove_container(id, Some(options))).await
     }
 
+    /// Whether the container exists and runs.
+    pub async fn is_running(&self, id: &str) -> Result<bool, DockerError> {
+        let inspect = self.docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>);
+        match tokio::time::timeout(CALL_TIMEOUT, inspect).await {
+            Ok(Ok(c)) => Ok(c.state.is_some_and(|s| {
+                s.running == Some(true) && s.status == Some(bollard::models::ContainerStateStatusEnum::RUNNING)
+            })),
+            Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => Ok(false),
+            Ok(Err(source)) => Err(DockerError::Engine { call: "inspect container", source }),
+            Err(_) => Err(DockerError::Timeout { call: "inspect container", timeout: CALL_TIMEOUT }),
+        }
+    }
+
     /// Sends `signal` to the container's pid 1 (kiln-init). Needs no new process.
     pub async fn signal(&self, id: &str, signal: &str) -> Result<(), DockerError> {
         let options = KillContainerOptions { signal: signal.to_owned() };

@@ -35,6 +35,8 @@ pub enum DockerError {
     NoExitCode { container: String },
     #[error("the download of {path} from the container exceeds {limit} bytes")]
     DownloadTooLarge { path: String, limit: u64 },
+    #[error("container {container} stopped or was removed while the job ran")]
+    ContainerGone { container: String },
     #[error("the container pool is not running")]
     PoolGone,
 }
