@@ -18,6 +18,52 @@ const OUTPUT_LIMIT: u64 = 64 << 20;
 /// The docker backend with a job user that is not root and a small pool.
 const DOCKER_CONFIG: &str = "[sandbox]\nbackend = \"docker\"\n[sandbox.docker]\njob_uid = 1000\njob_gid = 1000\n";
 
+/// A kiln on the docker backend that, when dropped, is killed and has its containers
+/// and images removed (a kill -9 leaves them for the next start over the same data
+/// dir, which a test never does).
+struct DockerKiln {
+    kiln: Kiln,
+    host: String,
+}
+
+impl DockerKiln {
+    fn start(config: &str) -> DockerKiln {
+        DockerKiln::wrap(Kiln::start(config), config)
+    }
+
+    fn start_on(data_dir: &std::path::Path, config: &str) -> DockerKiln {
+        DockerKiln::wrap(Kiln::start_on(data_dir, config), config)
+    }
+
+    fn wrap(kiln: Kiln, config: &str) -> DockerKiln {
+        let host = config
+            .lines()
+            .find_map(|l| l.strip_prefix("host = \"")?.strip_suffix('"').map(str::to_owned))
+            .unwrap_or_else(|| kiln::sandbox::docker::DockerConfig::default().host());
+        DockerKiln { kiln, host }
+    }
+}
+
+impl std::ops::Deref for DockerKiln {
+    type Target = Kiln;
+    fn deref(&self) -> &Kiln {
+        &self.kiln
+    }
+}
+
+impl std::ops::DerefMut for DockerKiln {
+    fn deref_mut(&mut self) -> &mut Kiln {
+        &mut self.kiln
+    }
+}
+
+impl Drop for DockerKiln {
+    fn drop(&mut self) {
+        self.kiln.kill9();
+        let _ = kiln::sandbox::docker::remove_objects_of(&self.host, &self.kiln.data_dir);
+    }
+}
+
 /// Whether a daemon answers; panics if none does and `KILN_REQUIRE_DOCKER` is set.
 fn docker_ready() -> bool {
     match kiln::sandbox::docker::check_daemon(&Default::default()) {
@@ -60,7 +106,7 @@ async fn compiles_byte_identical_to_local_gcc() {
     if !docker_ready() {
         return;
     }
-    let kiln = Kiln::start(DOCKER_CONFIG);
+    let kiln = DockerKiln::start(DOCKER_CONFIG);
     let client = kiln.client();
     let tc = gcc_toolchain();
     let project = CProject::new();
@@ -119,7 +165,7 @@ async fn jobs_run_unprivileged_offline_bounded_and_leave_nothing_behind() {
         return;
     }
     // One container only, so consecutive jobs share it; a short timeout for the bomb.
-    let kiln = Kiln::start(&format!(
+    let kiln = DockerKiln::start(&format!(
         "builders = 1\n[jobs]\ntimeout_secs = 8\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\npids_limit = 64\n"
     ));
     let project = CProject::new();
@@ -195,7 +241,7 @@ async fn twenty_concurrent_jobs_over_two_toolchains_share_two_images_and_reuse_c
     if !docker_ready() {
         return;
     }
-    let kiln = Kiln::start(&format!("builders = 4\n{DOCKER_CONFIG}min_idle = 2\nmax_per_toolchain = 3\n"));
+    let kiln = DockerKiln::start(&format!("builders = 4\n{DOCKER_CONFIG}min_idle = 2\nmax_per_toolchain = 3\n"));
     let project = CProject::new();
     let toolchains = [gcc_toolchain(), other_toolchain()];
     let started = Instant::now();
@@ -306,7 +352,7 @@ async fn a_daemon_restart_fails_jobs_clearly_then_kiln_recovers_and_removes_orph
     let mut dockerd =
         PrivateDockerd { dir: tempfile::Builder::new().prefix("kiln-dockerd-").tempdir().unwrap(), child: None };
     dockerd.start();
-    let kiln = Kiln::start(&format!(
+    let kiln = DockerKiln::start(&format!(
         "builders = 1\n{DOCKER_CONFIG}host = \"{}\"\nmin_idle = 1\nmax_per_toolchain = 1\n",
         dockerd.socket()
     ));
@@ -352,7 +398,7 @@ async fn a_restart_after_kill_9_removes_the_old_runs_containers_and_images() {
     if !docker_ready() {
         return;
     }
-    let mut kiln = Kiln::start(&format!("builders = 1\n{DOCKER_CONFIG}"));
+    let mut kiln = DockerKiln::start(&format!("builders = 1\n{DOCKER_CONFIG}"));
     assert_compiles_docker(&kiln).await;
     let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
     let engine = kiln::sandbox::docker::Engine::connect("unix:///var/run/docker.sock", owner).await.unwrap();
@@ -362,7 +408,7 @@ async fn a_restart_after_kill_9_removes_the_old_runs_containers_and_images() {
 
     kiln.kill9();
     let data_dir = kiln.data_dir.clone();
-    let restarted = Kiln::start_on(&data_dir, &format!("builders = 1\n{DOCKER_CONFIG}"));
+    let restarted = DockerKiln::start_on(&data_dir, &format!("builders = 1\n{DOCKER_CONFIG}"));
     let now: Vec<String> = engine.list_containers().await.unwrap().into_iter().map(|c| c.id).collect();
     assert!(old.iter().all(|id| !now.contains(id)), "old containers survived: {old:?} {now:?}");
     assert!(engine.list_images().await.unwrap().is_empty(), "the old run's image was removed");
@@ -375,7 +421,7 @@ async fn a_container_removed_mid_job_fails_that_job_and_is_replaced() {
         return;
     }
     // One container at most: while the job runs it is the only one.
-    let kiln = Kiln::start(&format!("builders = 1\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\n"));
+    let kiln = DockerKiln::start(&format!("builders = 1\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\n"));
     assert_compiles_docker(&kiln).await;
     let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
     let engine = kiln::sandbox::docker::Engine::connect("unix:///var/run/docker.sock", owner).await.unwrap();

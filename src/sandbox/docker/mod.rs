@@ -23,4 +23,4 @@ pub use config::DockerConfig;
 pub use engine::{ContainerSpec, Engine};
 pub use error::DockerError;
 pub use image::image_tar_stream;
-pub use start::{check_daemon, owner_label, start_docker_backend};
+pub use start::{check_daemon, owner_label, remove_objects_of, start_docker_backend};

@@ -74,6 +74,20 @@ pub fn check_daemon(config: &DockerConfig) -> Result<String, String> {
     Ok(host)
 }
 
+/// Removes every container and image of the kiln that used `data_dir` (blocking;
+/// for tests and tools: a running kiln does this itself at start).
+pub fn remove_objects_of(host: &str, data_dir: &Path) -> Result<(usize, usize), String> {
+    let (host, owner) = (host.to_owned(), owner_label(data_dir));
+    let remove = move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let engine = Engine::connect(&host, owner).await.map_err(|e| ErrorChain(&e).to_string())?;
+            engine.remove_everything().await.map_err(|e| ErrorChain(&e).to_string())
+        })
+    };
+    std::thread::spawn(remove).join().map_err(|_| "the removal panicked".to_owned())?
+}
+
 fn ping_daemon(host: &str) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
