@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// (source, output name in OUT_DIR)
-const HELPERS: &[(&str, &str)] = &[("src/sandbox/overlay/exec_shim.c", "kiln-exec")];
+const HELPERS: &[(&str, &str)] = &[
+    // The overlay sandbox's exec shim: waits for the job's command, then execs it.
+    ("src/sandbox/overlay/exec_shim.c", "kiln-exec"),
+    // pid 1 of every docker sandbox container, and its reset tool.
+    ("src/sandbox/docker/kiln_init.c", "kiln-init"),
+];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CC");

@@ -190,6 +190,8 @@ pub struct JobConfig {
 pub struct SandboxConfig {
     /// Sandboxes kept prepared per toolchain, so a job does not wait for setup.
     pub warm_per_toolchain: usize,
+    /// `[kiln.sandbox.docker]`, used by the docker backend (`[builder] type = "docker"`).
+    pub docker: crate::sandbox::docker::DockerConfig,
 }
 
 /// kiln's own scheduler API, served only when `scheduler_url` is unset.
@@ -269,7 +271,7 @@ impl Default for JobConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        SandboxConfig { warm_per_toolchain: 2 }
+        SandboxConfig { warm_per_toolchain: 2, docker: Default::default() }
     }
 }
 
@@ -345,6 +347,9 @@ impl Config {
         }
         if jobs.max_buffered_request_bytes > u64::from(u32::MAX) * 1024 {
             return invalid("kiln.jobs.max_buffered_request_bytes", "must be below 4 TiB");
+        }
+        if let Err((key, reason)) = kiln.sandbox.docker.validate() {
+            return invalid(key, reason);
         }
         if jobs.queue_len == 0 {
             return invalid("kiln.jobs.queue_len", "must be at least 1");

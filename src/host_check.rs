@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::config::{Backend, Config};
+use crate::sandbox::docker::check_daemon;
 use crate::sandbox::overlay::check_bwrap;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,33 +21,43 @@ pub enum HostCheckError {
         "{0}: install it with `apt-get install bubblewrap` (or `dnf install bubblewrap`), or set bwrap_path in [builder]"
     )]
     Bubblewrap(String),
+    #[error(
+        "the docker daemon does not answer ({0}): start it (`systemctl start docker`, or `dockerd &`), \
+         or set [kiln.sandbox.docker] host"
+    )]
+    Docker(String),
 }
 
 /// What the checks found and the server needs.
 #[derive(Debug, Clone)]
 pub struct HostFacts {
-    /// bubblewrap's absolute path.
-    pub bwrap_path: PathBuf,
-    pub bwrap_version: String,
+    /// bubblewrap's absolute path (overlay backend only).
+    pub bwrap_path: Option<PathBuf>,
+    /// bubblewrap's version line, or the docker daemon kiln talks to.
+    pub sandbox: String,
 }
 
-/// Checks what the overlay backend needs.
+/// Checks what the configured backend needs: root, overlayfs and bubblewrap for
+/// `overlay`; a daemon that answers for `docker`.
 pub fn check_host(config: &Config) -> Result<HostFacts, HostCheckError> {
     if !cfg!(target_os = "linux") {
         return Err(HostCheckError::NotLinux);
     }
+    let bwrap_path = match config.backend() {
+        Backend::Docker => {
+            let host = check_daemon(&config.kiln.sandbox.docker).map_err(HostCheckError::Docker)?;
+            return Ok(HostFacts { bwrap_path: None, sandbox: format!("docker at {host}") });
+        }
+        Backend::Overlay { bwrap_path } => bwrap_path,
+    };
     if !nix::unistd::geteuid().is_root() {
         return Err(HostCheckError::NotRoot);
     }
     if !overlayfs_available() {
         return Err(HostCheckError::NoOverlayfs);
     }
-    let configured = match config.backend() {
-        Backend::Overlay { bwrap_path } => bwrap_path,
-        Backend::Docker => PathBuf::from("bwrap"),
-    };
-    let (bwrap_path, bwrap_version) = check_bwrap(&configured).map_err(HostCheckError::Bubblewrap)?;
-    Ok(HostFacts { bwrap_path, bwrap_version })
+    let (bwrap_path, version) = check_bwrap(&bwrap_path).map_err(HostCheckError::Bubblewrap)?;
+    Ok(HostFacts { bwrap_path: Some(bwrap_path), sandbox: version })
 }
 
 fn overlayfs_available() -> bool {

@@ -9,8 +9,9 @@
 //!   job tokens. Knows nothing of sandboxes.
 //! - [`http`]: the actix-web facade; turns requests into messages.
 //! - [`actors`]: ToolchainCache, Unpacker, SandboxPool, JobQueue, Builder (supervised),
-//!   Cleaner. `actors.md` shows how they talk.
-//! - [`sandbox`]: the [`sandbox::SandboxBackend`] trait and the overlay backend.
+//!   Cleaner, and ContainerPool for the docker backend. `actors.md` shows how they talk.
+//! - [`sandbox`]: the [`sandbox::SandboxBackend`] trait, the overlay backend
+//!   (overlayfs + bubblewrap) and the docker backend (containers through bollard).
 //! - [`archive`]: hostile-input-safe tar extraction and in-root path resolution.
 //! - [`server`]: assembles everything; [`config`]: the typed configuration;
 //!   [`host_check`]: startup checks; [`package`]: `kiln package-toolchain`.

@@ -92,8 +92,10 @@ fn client_config(config_path: Option<PathBuf>) -> anyhow::Result<()> {
 fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut config = load_config(config_path.as_ref())?;
     let host = kiln::host_check::check_host(&config).map_err(|e| anyhow::anyhow!("kiln cannot start: {e}"))?;
-    tracing::info!(bwrap = ?host.bwrap_path, version = %host.bwrap_version, config = ?config_path, "host checks passed");
-    config.set_bwrap_path(host.bwrap_path);
+    tracing::info!(bwrap = ?host.bwrap_path, sandbox = %host.sandbox, config = ?config_path, "host checks passed");
+    if let Some(bwrap) = host.bwrap_path {
+        config.set_bwrap_path(bwrap);
+    }
     actix_rt::System::new().block_on(kiln::server::serve(config, |listening| {
         // Machine-readable lines on stdout, for scripts and tests.
         println!("kiln listening on {}", listening.server_url());

@@ -17,6 +17,7 @@ use crate::config::{parse_scheduler_url, Backend, Config, SchedulerAuth, INSECUR
 use crate::http::{body_memory_permits, configure, configure_scheduler, AppState, HttpLimits};
 use crate::jobs::JobTable;
 use crate::protocol::{HeartbeatServerHttpRequest, JobKey, ServerCertificateHttpResponse, ServerId, ServerNonce};
+use crate::sandbox::docker::start_docker_backend;
 use crate::sandbox::overlay::{install_exec_shim, OverlayBackend};
 use crate::sandbox::{SandboxLimits, SharedBackend};
 use crate::scheduler::{LocalScheduler, Scheduler};
@@ -52,8 +53,6 @@ pub enum ServerError {
     Tls(#[source] crate::tls::TlsError),
     #[error("invalid scheduler_url: {0}")]
     SchedulerUrl(String),
-    #[error("{0} is not available yet")]
-    Unsupported(&'static str),
 }
 
 /// Where the servers ended up listening (configured ports may be 0).
@@ -117,15 +116,17 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Resu
         max_output_bytes: kiln.jobs.max_output_bytes,
         max_stdio_bytes: kiln.jobs.max_stdio_bytes,
     };
-    let backend: SharedBackend = match config.backend() {
+    // The docker backend keeps its own warm pool (the ContainerPool): the SandboxPool
+    // then prepares nothing ahead, each acquire takes a warm container at once.
+    let (backend, warm): (SharedBackend, usize) = match config.backend() {
         Backend::Overlay { bwrap_path } => {
             let shim = config.build_dir().join("kiln-exec");
             install_exec_shim(&shim).await.map_err(data_err(&shim))?;
-            Arc::new(OverlayBackend::new(config.sandboxes_dir(), bwrap_path, shim, limits))
+            let overlay = OverlayBackend::new(config.sandboxes_dir(), bwrap_path, shim, limits);
+            (Arc::new(overlay), kiln.sandbox.warm_per_toolchain)
         }
-        Backend::Docker => return Err(ServerError::Unsupported("the docker builder")),
+        Backend::Docker => (start_docker_backend(&kiln.sandbox.docker, &kiln.data_dir, limits, stats.clone()).await, 0),
     };
-    let warm = kiln.sandbox.warm_per_toolchain;
     let max_idle = (builders * 2).max(warm);
     let backend_name = backend.name();
     let pool = SandboxPool::new(backend, warm, max_idle, cleaner.clone(), stats.clone()).start();

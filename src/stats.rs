@@ -47,6 +47,16 @@ counters! {
     cleanup_failures,
     /// Builders restarted by their supervisor.
     builder_restarts,
+    /// Docker backend: toolchain images imported, and removed (forgotten or orphaned).
+    images_created,
+    images_removed,
+    /// Docker backend: containers started, handed to a job after an earlier job
+    /// (reset in between), and removed.
+    containers_created,
+    containers_reused,
+    containers_destroyed,
+    /// Docker backend, a gauge: 1 while the daemon does not answer, else 0.
+    docker_unreachable,
 }
 
 impl Stats {

@@ -61,6 +61,7 @@ impl JobError {
             JobError::ToolchainMissing { .. } => 400,
             JobError::Unpack(e) if e.bad_archive => 400,
             JobError::Sandbox(e) if e.is_client_error() => 400,
+            JobError::Sandbox(e) if e.is_backend_unavailable() => 503,
             JobError::ActorGone(_) => 503,
             _ => 500,
         }

@@ -36,8 +36,23 @@ impl Handler<CleanLeftovers> for Cleaner {
     type Result = ();
 
     fn handle(&mut self, msg: CleanLeftovers, _: &mut Context<Self>) {
-        let Leftovers::Dir(dir) = msg.0;
         let stats = self.stats.clone();
+        let dir = match msg.0 {
+            Leftovers::Dir(dir) => dir,
+            Leftovers::Container(used) => {
+                // Async Engine API calls only: a task on this arbiter, no thread.
+                actix::spawn(async move {
+                    match used.recycle().await {
+                        Ok(_) => Stats::bump(&stats.sandboxes_cleaned),
+                        Err(e) => {
+                            Stats::bump(&stats.cleanup_failures);
+                            tracing::warn!(error = %crate::report::ErrorChain(&e), "resetting a container failed; it was removed");
+                        }
+                    }
+                });
+                return;
+            }
+        };
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
             Ok(()) => Stats::bump(&stats.sandboxes_cleaned),
             Err(e) => {

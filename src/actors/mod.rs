@@ -6,6 +6,7 @@
 
 pub mod builder;
 pub mod cleaner;
+pub mod container_pool;
 pub mod job_queue;
 pub mod sandbox_pool;
 pub mod toolchain_cache;
@@ -14,6 +15,7 @@ pub mod upstream_scheduler;
 
 pub use builder::{Builder, JobError, JobRequest};
 pub use cleaner::{CleanLeftovers, Cleaner, SweepStale};
+pub use container_pool::{ContainerPool, TakeContainer};
 pub use job_queue::{JobQueue, QueueFull, SubmitJob};
 pub use sandbox_pool::{AcquireSandbox, SandboxPool};
 pub use toolchain_cache::{

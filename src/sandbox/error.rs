@@ -61,6 +61,8 @@ pub enum SandboxError {
     OutputsTooLarge { limit: u64 },
     #[error("the sandbox thread ended without an answer")]
     ThreadGone,
+    #[error("the docker backend failed")]
+    Docker(#[from] super::docker::DockerError),
 }
 
 impl SandboxError {
@@ -73,6 +75,12 @@ impl SandboxError {
                 | SandboxError::Layout(_)
                 | SandboxError::OutputsTooLarge { .. }
         )
+    }
+
+    /// The backend cannot run jobs right now (its daemon is unreachable): the client
+    /// should retry later or elsewhere (HTTP 503).
+    pub fn is_backend_unavailable(&self) -> bool {
+        matches!(self, SandboxError::Docker(e) if e.is_unavailable())
     }
 
     /// The machinery failed (not the job): counts against the builder's health.

@@ -2,9 +2,11 @@
 //!
 //! A backend prepares sandboxes over an unpacked toolchain root ahead of time; a
 //! prepared [`Sandbox`] runs exactly one job and leaves [`Leftovers`] for the cleaner.
-//! The overlay backend lives in [`overlay`]; every backend hides behind
+//! The overlay backend lives in [`overlay`], the docker backend in [`docker`]; every
+//! backend hides behind
 //! [`SandboxBackend`], so the actors never know which one runs.
 
+pub mod docker;
 mod error;
 mod job;
 mod kill;
@@ -35,6 +37,8 @@ pub struct ToolchainRoot {
 pub enum Leftovers {
     /// A sandbox directory; nothing of it is mounted in the host's namespace.
     Dir(PathBuf),
+    /// A docker container after its job: reset and returned to its pool, or removed.
+    Container(docker::UsedContainer),
 }
 
 /// Sending `()` asks a running job to stop.

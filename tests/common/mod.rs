@@ -87,9 +87,14 @@ impl Kiln {
     /// Starts kiln on a free port over a fresh data dir; `kiln_config` is appended
     /// to the config's `[kiln]` table (so `builders = 1` or `[kiln.jobs]` tables).
     pub fn start(kiln_config: &str) -> Kiln {
+        Kiln::start_full("", kiln_config)
+    }
+
+    /// [`Kiln::start`] with upstream's top-level keys too (`[builder]`, `scheduler_url`...).
+    pub fn start_full(top_config: &str, kiln_config: &str) -> Kiln {
         let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
         let data_dir = tmp.path().join("data");
-        let mut kiln = Kiln::start_on(&data_dir, kiln_config);
+        let mut kiln = Kiln::start_with(&data_dir, top_config, kiln_config);
         kiln._tmp = Some(tmp);
         kiln
     }

@@ -1,0 +1,370 @@
+//! The only place kiln talks to the docker daemon: a thin layer over bollard that puts
+//! a deadline on every call, labels everything it creates and names each failing call.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, KillContainerOptions,
+    ListContainersOptions, ListImagesOptions, RemoveContainerOptions, RemoveImageOptions, StartContainerOptions,
+    UploadToContainerOptions,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use super::error::DockerError;
+
+/// Deadline of every short Engine API call (create, start, upload, kill, list, ...):
+/// a daemon that hangs turns into an error, never into a job that waits forever.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of one image import (hundreds of MB through the daemon's untar).
+pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Deadline of a health check.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Label on every container and image kiln creates; its value tells kiln instances
+/// (data directories) on one daemon apart.
+pub const LABEL_OWNER: &str = "org.kiln.owner";
+/// Label naming the toolchain (archive id) an image or container was made from.
+pub const LABEL_TOOLCHAIN: &str = "org.kiln.toolchain";
+/// Label with the pool epoch a container was started in, so the garbage collector
+/// tells a container of a past epoch (lost with a daemon restart) from one being
+/// started right now, whose id the pool does not know yet.
+pub const LABEL_EPOCH: &str = "org.kiln.epoch";
+
+/// Where kiln-init lives in every image; its process is the container's pid 1.
+pub const HELPER_PATH: &str = "/kiln-init";
+
+/// A connection to the daemon, cheap to clone (bollard shares one HTTP client).
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+    owner: String,
+}
+
+/// How a container of a toolchain is created.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub uid: u32,
+    pub gid: u32,
+    pub pids_limit: i64,
+    pub memory_bytes: i64,
+}
+
+/// What one exec produced.
+#[derive(Debug)]
+pub struct ExecOutput {
+    pub code: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// A labelled object found on the daemon.
+#[derive(Debug)]
+pub struct Labelled {
+    pub id: String,
+    /// Seconds since the epoch.
+    pub created: i64,
+    pub toolchain: Option<String>,
+    /// Containers only: the pool epoch it was started in.
+    pub epoch: Option<u64>,
+}
+
+async fn timed<T>(
+    call: &'static str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, DockerError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(DockerError::Engine { call, source }),
+        Err(_) => Err(DockerError::Timeout { call, timeout }),
+    }
+}
+
+impl Engine {
+    /// Connects and agrees on an API version with the daemon (so daemons from 20.10,
+    /// API 1.41, to current ones work).
+    pub async fn connect(host: &str, owner: String) -> Result<Engine, DockerError> {
+        let connect_err = |source| DockerError::Connect { host: host.to_owned(), source };
+        let docker = Docker::connect_with_host(host).map_err(connect_err)?.with_timeout(IMPORT_TIMEOUT);
+        let docker = match tokio::time::timeout(PING_TIMEOUT, docker.negotiate_version()).await {
+            Ok(Ok(docker)) => docker,
+            Ok(Err(source)) => return Err(connect_err(source)),
+            Err(_) => return Err(DockerError::Timeout { call: "version", timeout: PING_TIMEOUT }),
+        };
+        Ok(Engine { docker, owner })
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        timed("ping", PING_TIMEOUT, self.docker.ping()).await.map(drop)
+    }
+
+    /// The image reference of a toolchain, unique per kiln instance.
+    pub fn image_ref(&self, archive_id: &str) -> String {
+        format!("kiln-{}:{archive_id}", self.owner)
+    }
+
+    /// Imports `tar` (a root file system) as the image of `archive_id`.
+    pub async fn import_image(
+        &self,
+        archive_id: &str,
+        tar: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    ) -> Result<String, DockerError> {
+        let options = CreateImageOptions {
+            from_src: Some("-".into()),
+            repo: Some(format!("kiln-{}", self.owner)),
+            tag: Some(archive_id.to_owned()),
+            changes: vec![format!("LABEL {LABEL_OWNER}={} {LABEL_TOOLCHAIN}={archive_id}", self.owner)],
+            ..Default::default()
+        };
+        let import = async {
+            let mut progress = self.docker.create_image(Some(options), Some(bollard::body_try_stream(tar)), None);
+            while let Some(item) = progress.next().await {
+                item?;
+            }
+            Ok(())
+        };
+        timed("import image", IMPORT_TIMEOUT, import).await?;
+        Ok(self.image_ref(archive_id))
+    }
+
+    pub async fn remove_image(&self, image: &str) -> Result<(), DockerError> {
+        let options = RemoveImageOptions { force: true, ..Default::default() };
+        timed("remove image", CALL_TIMEOUT, self.docker.remove_image(image, Some(options), None)).await.map(drop)
+    }
+
+    /// Creates and starts a locked-down container of `image`; returns its id.
+    pub async fn start_container(
+        &self,
+        image: &str,
+        archive_id: &str,
+        epoch: u64,
+        spec: &ContainerSpec,
+    ) -> Result<String, DockerError> {
+        let labels = HashMap::from([
+            (LABEL_OWNER.to_owned(), self.owner.clone()),
+            (LABEL_TOOLCHAIN.to_owned(), archive_id.to_owned()),
+            (LABEL_EPOCH.to_owned(), epoch.to_string()),
+        ]);
+        let host_config = HostConfig {
+            // No network at all: a compile needs none, and a job must not reach the
+            // host's network or the internet.
+            network_mode: Some("none".into()),
+            // Not even the default capabilities (CAP_CHOWN, CAP_KILL, ...): the job user
+            // can only touch what it owns.
+            cap_drop: Some(vec!["ALL".into()]),
+            // setuid binaries cannot raise privileges (prctl(2) PR_SET_NO_NEW_PRIVS).
+            // The default seccomp profile stays on (no `seccomp=unconfined`).
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            // A fork bomb stops at the cgroup's pids.max (cgroup v2 pids controller).
+            pids_limit: Some(spec.pids_limit),
+            // Memory = MemorySwap: no swap on top, the OOM killer ends a runaway job.
+            memory: Some(spec.memory_bytes),
+            memory_swap: Some(spec.memory_bytes),
+            // kiln-init is pid 1 and reaps on its own; docker-init would add nothing.
+            init: Some(false),
+            // The root file system stays writable because the Engine API refuses
+            // archive uploads into a read-only rootfs, even onto a tmpfs mounted
+            // there ("container rootfs is marked read-only"). The toolchain is
+            // owned by root and the job runs without capabilities as another user,
+            // so it can write only into the directories kiln made for it and /tmp.
+            readonly_rootfs: Some(false),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            cmd: Some(vec![HELPER_PATH.to_owned()]),
+            user: Some(format!("{}:{}", spec.uid, spec.gid)),
+            working_dir: Some("/".into()),
+            env: Some(Vec::new()),
+            network_disabled: Some(true),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let created =
+            timed("create container", CALL_TIMEOUT, self.docker.create_container(None::<CreateContainerOptions>, body))
+                .await?;
+        let started = timed(
+            "start container",
+            CALL_TIMEOUT,
+            self.docker.start_container(&created.id, None::<StartContainerOptions>),
+        )
+        .await;
+        if let Err(e) = started {
+            let _ = self.remove_container(&created.id).await;
+            return Err(e);
+        }
+        Ok(created.id)
+    }
+
+    /// Removes a container, killing it first if it runs.
+    pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        timed("remove container", CALL_TIMEOUT, self.docker.remove_container(id, Some(options))).await
+    }
+
+    /// Whether the container exists and runs.
+    pub async fn is_running(&self, id: &str) -> Result<bool, DockerError> {
+        let inspect = self.docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>);
+        match tokio::time::timeout(CALL_TIMEOUT, inspect).await {
+            Ok(Ok(c)) => Ok(c.state.is_some_and(|s| {
+                s.running == Some(true) && s.status == Some(bollard::models::ContainerStateStatusEnum::RUNNING)
+            })),
+            Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => Ok(false),
+            Ok(Err(source)) => Err(DockerError::Engine { call: "inspect container", source }),
+            Err(_) => Err(DockerError::Timeout { call: "inspect container", timeout: CALL_TIMEOUT }),
+        }
+    }
+
+    /// Sends `signal` to the container's pid 1 (kiln-init). Needs no new process.
+    pub async fn signal(&self, id: &str, signal: &str) -> Result<(), DockerError> {
+        let options = KillContainerOptions { signal: signal.to_owned() };
+        timed("kill container", CALL_TIMEOUT, self.docker.kill_container(id, Some(options))).await
+    }
+
+    /// Extracts the tar `archive` at `/` of the container (ownership as in the tar).
+    pub async fn upload(&self, id: &str, archive: Bytes) -> Result<(), DockerError> {
+        let options = UploadToContainerOptions { path: "/".into(), ..Default::default() };
+        timed(
+            "upload archive",
+            CALL_TIMEOUT,
+            self.docker.upload_to_container(id, Some(options), bollard::body_full(archive)),
+        )
+        .await
+    }
+
+    /// A tar of `path` in the container, at most `limit` bytes; `None` if it does not exist.
+    pub async fn download(&self, id: &str, path: &str, limit: u64) -> Result<Option<Vec<u8>>, DockerError> {
+        let options = DownloadFromContainerOptions { path: path.to_owned() };
+        let download = async {
+            let mut stream = self.docker.download_from_container(id, Some(options));
+            let mut tar = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                let chunk = match chunk {
+                    Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                        return Ok(Some(None));
+                    }
+                    other => other?,
+                };
+                if (tar.len() + chunk.len()) as u64 > limit {
+                    return Ok(None);
+                }
+                tar.extend_from_slice(&chunk);
+            }
+            Ok(Some(Some(tar)))
+        };
+        timed("download archive", CALL_TIMEOUT, download)
+            .await?
+            .ok_or_else(|| DockerError::DownloadTooLarge { path: path.to_owned(), limit })
+    }
+
+    /// Runs `cmd` in the container and waits for it; stdout and stderr are each kept
+    /// up to `max_stdio` bytes (the rest is read and dropped so the process never
+    /// blocks on a full pipe). No deadline: the caller bounds it (the job's timeout).
+    pub async fn exec(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        env: Vec<String>,
+        user: &str,
+        cwd: &str,
+        max_stdio: u64,
+    ) -> Result<ExecOutput, DockerError> {
+        let options = CreateExecOptions {
+            cmd: Some(cmd),
+            env: Some(env),
+            user: Some(user.to_owned()),
+            working_dir: Some(cwd.to_owned()),
+            attach_stdin: Some(false),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            privileged: Some(false),
+            ..Default::default()
+        };
+        let exec = timed("create exec", CALL_TIMEOUT, self.docker.create_exec(id, options)).await?;
+        let start = StartExecOptions { detach: false, tty: false, output_capacity: None };
+        let started = timed("start exec", CALL_TIMEOUT, self.docker.start_exec(&exec.id, Some(start))).await?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        if let StartExecResults::Attached { mut output, .. } = started {
+            while let Some(frame) = output.next().await {
+                let frame = frame.map_err(|source| DockerError::Engine { call: "read exec output", source })?;
+                let (buffer, bytes) = match frame {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => (&mut stdout, message),
+                    LogOutput::StdErr { message } => (&mut stderr, message),
+                    LogOutput::StdIn { .. } => continue,
+                };
+                let room = (max_stdio as usize).saturating_sub(buffer.len());
+                buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+        }
+        let inspect = timed("inspect exec", CALL_TIMEOUT, self.docker.inspect_exec(&exec.id)).await?;
+        let code = inspect.exit_code.ok_or_else(|| DockerError::NoExitCode { container: id.to_owned() })?;
+        Ok(ExecOutput { code, stdout, stderr })
+    }
+
+    /// Containers carrying this instance's owner label, running or not.
+    pub async fn list_containers(&self) -> Result<Vec<Labelled>, DockerError> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_OWNER}={}", self.owner)])]);
+        let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        let found = timed("list containers", CALL_TIMEOUT, self.docker.list_containers(Some(options))).await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|c| {
+                let label = |key| c.labels.as_ref().and_then(|l| l.get(key).cloned());
+                let (toolchain, epoch) = (label(LABEL_TOOLCHAIN), label(LABEL_EPOCH).and_then(|e| e.parse().ok()));
+                Some(Labelled { id: c.id?, created: c.created.unwrap_or(0), toolchain, epoch })
+            })
+            .collect())
+    }
+
+    /// Images carrying this instance's owner label.
+    pub async fn list_images(&self) -> Result<Vec<Labelled>, DockerError> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_OWNER}={}", self.owner)])]);
+        let options = ListImagesOptions { filters: Some(filters), ..Default::default() };
+        let found = timed("list images", CALL_TIMEOUT, self.docker.list_images(Some(options))).await?;
+        Ok(found
+            .into_iter()
+            .map(|i| Labelled {
+                toolchain: i.labels.get(LABEL_TOOLCHAIN).cloned(),
+                id: i.id,
+                created: i.created,
+                epoch: None,
+            })
+            .collect())
+    }
+
+    /// Removes every container and image of this instance (what a previous run left).
+    pub async fn remove_everything(&self) -> Result<(usize, usize), DockerError> {
+        let mut containers = 0;
+        for c in self.list_containers().await? {
+            match self.remove_container(&c.id).await {
+                Ok(()) => containers += 1,
+                Err(e) => {
+                    tracing::warn!(container = %c.id, error = %crate::report::ErrorChain(&e), "removing a stale container failed")
+                }
+            }
+        }
+        let mut images = 0;
+        for i in self.list_images().await? {
+            match self.remove_image(&i.id).await {
+                Ok(()) => images += 1,
+                Err(e) => {
+                    tracing::warn!(image = %i.id, error = %crate::report::ErrorChain(&e), "removing a stale image failed")
+                }
+            }
+        }
+        Ok((containers, images))
+    }
+}

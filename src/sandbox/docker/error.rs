@@ -1,0 +1,67 @@
+use std::time::Duration;
+
+/// A failed conversation with the docker daemon, or with the helper inside a container.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("connecting to the docker daemon at {host} failed")]
+    Connect {
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("the docker daemon did not answer `{call}` within {timeout:?}")]
+    Timeout { call: &'static str, timeout: Duration },
+    #[error("docker `{call}` failed")]
+    Engine {
+        call: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("the docker daemon is unreachable; jobs resume when it answers again")]
+    Unreachable,
+    #[error("building the image of toolchain {archive_id} failed: {reason}")]
+    Image { archive_id: String, reason: String },
+    #[error("writing the image tar of {root:?} failed")]
+    ImageTar {
+        root: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no container for toolchain {archive_id} became free within {waited:?}")]
+    NoContainer { archive_id: String, waited: Duration },
+    #[error("`kiln-init reset` in container {container} exited with {code:?}: {stderr}")]
+    Reset { container: String, code: Option<i64>, stderr: String },
+    #[error("the exec of container {container} reported no exit code")]
+    NoExitCode { container: String },
+    #[error("the download of {path} from the container exceeds {limit} bytes")]
+    DownloadTooLarge { path: String, limit: u64 },
+    #[error("container {container} stopped or was removed while the job ran")]
+    ContainerGone { container: String },
+    #[error("the container pool is not running")]
+    PoolGone,
+}
+
+impl DockerError {
+    /// The daemon could not be reached or did not answer: the job may succeed later
+    /// or elsewhere, so the facade answers 503.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DockerError::Connect { .. } | DockerError::Timeout { .. } | DockerError::Unreachable => true,
+            DockerError::Engine { source, .. } => is_transport_error(source),
+            _ => false,
+        }
+    }
+}
+
+/// Errors of the connection rather than answers of the daemon.
+fn is_transport_error(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as B;
+    matches!(
+        e,
+        B::HyperResponseError { .. }
+            | B::IOError { .. }
+            | B::RequestTimeoutError
+            | B::SocketNotFoundError(_)
+            | B::HyperLegacyError { .. }
+    )
+}

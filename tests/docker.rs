@@ -1,0 +1,458 @@
+//! The docker backend end to end: a real kiln process, a real Docker daemon (Engine
+//! API through bollard), the system gcc packed as a toolchain.
+//!
+//! Without a daemon these tests skip loudly, unless `KILN_REQUIRE_DOCKER` is set (CI
+//! sets it), in which case they fail.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use kiln::protocol::RunJobHttpRequest;
+
+use common::*;
+use kiln::protocol::JobComplete;
+
+const OUTPUT_LIMIT: u64 = 64 << 20;
+
+/// Upstream's way to pick the backend.
+const DOCKER_BUILDER: &str = "[builder]\ntype = \"docker\"\n";
+
+/// The docker backend's settings, with a job user that is not root; tests append
+/// more `[kiln.sandbox.docker]` keys after it.
+const DOCKER_CONFIG: &str = "[kiln.sandbox.docker]\njob_uid = 1000\njob_gid = 1000\n";
+
+/// A kiln on the docker backend that, when dropped, is killed and has its containers
+/// and images removed (a kill -9 leaves them for the next start over the same data
+/// dir, which a test never does).
+struct DockerKiln {
+    kiln: Kiln,
+    host: String,
+}
+
+impl DockerKiln {
+    fn start(config: &str) -> DockerKiln {
+        DockerKiln::wrap(Kiln::start_full(DOCKER_BUILDER, config), config)
+    }
+
+    fn start_on(data_dir: &std::path::Path, config: &str) -> DockerKiln {
+        DockerKiln::wrap(Kiln::start_with(data_dir, DOCKER_BUILDER, config), config)
+    }
+
+    fn wrap(kiln: Kiln, config: &str) -> DockerKiln {
+        let host = config
+            .lines()
+            .find_map(|l| l.strip_prefix("host = \"")?.strip_suffix('"').map(str::to_owned))
+            .unwrap_or_else(|| kiln::sandbox::docker::DockerConfig::default().host());
+        DockerKiln { kiln, host }
+    }
+}
+
+impl std::ops::Deref for DockerKiln {
+    type Target = Kiln;
+    fn deref(&self) -> &Kiln {
+        &self.kiln
+    }
+}
+
+impl std::ops::DerefMut for DockerKiln {
+    fn deref_mut(&mut self) -> &mut Kiln {
+        &mut self.kiln
+    }
+}
+
+impl Drop for DockerKiln {
+    fn drop(&mut self) {
+        self.kiln.kill9();
+        let _ = kiln::sandbox::docker::remove_objects_of(&self.host, &self.kiln.data_dir);
+    }
+}
+
+/// Whether a daemon answers; panics if none does and `KILN_REQUIRE_DOCKER` is set.
+fn docker_ready() -> bool {
+    match kiln::sandbox::docker::check_daemon(&Default::default()) {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("KILN_REQUIRE_DOCKER").is_some() => {
+            panic!("KILN_REQUIRE_DOCKER is set but no docker daemon answers: {e}")
+        }
+        Err(e) => {
+            eprintln!("\n!!!!! SKIPPING docker test: no docker daemon answers ({e}); set KILN_REQUIRE_DOCKER=1 to fail instead !!!!!\n");
+            false
+        }
+    }
+}
+
+fn output_bytes(done: &JobComplete, name: &str) -> Vec<u8> {
+    let (_, data) =
+        done.outputs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output {name}: {done:?}"));
+    data.decompress(OUTPUT_LIMIT).unwrap()
+}
+
+fn stderr(done: &JobComplete) -> String {
+    String::from_utf8_lossy(&done.output.stderr).into_owned()
+}
+
+fn stdout(done: &JobComplete) -> String {
+    String::from_utf8_lossy(&done.output.stdout).into_owned()
+}
+
+/// Prints how many processes the container has, with shell builtins only (the test
+/// toolchain has no grep or wc).
+const COUNT_PROCESSES: &str = "n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo $n";
+
+async fn sh(kiln: &Kiln, script: &str, project: &CProject) -> JobComplete {
+    run(&kiln.client(), gcc_toolchain(), command("/bin/sh", &["-c", script], project.cwd()), &[], project.inputs())
+        .await
+}
+
+#[actix_rt::test]
+async fn compiles_byte_identical_to_local_gcc() {
+    if !docker_ready() {
+        return;
+    }
+    let kiln = DockerKiln::start(DOCKER_CONFIG);
+    let client = kiln.client();
+    let tc = gcc_toolchain();
+    let project = CProject::new();
+    let cwd = project.cwd();
+
+    let started = Instant::now();
+    let util_out = format!("{cwd}/obj/deep/util.o");
+    let main_done = run(
+        &client,
+        tc,
+        command("/usr/bin/gcc", &["-c", "-O2", "-g", "main.c", "-o", "obj/main.o"], cwd),
+        &["obj/main.o"],
+        project.inputs(),
+    )
+    .await;
+    assert_eq!(main_done.output.code, 0, "{}", stderr(&main_done));
+    eprintln!("first docker job (image import included): {:?}", started.elapsed());
+    let started = Instant::now();
+    let util_done = run(
+        &client,
+        tc,
+        command("/usr/bin/gcc", &["-c", "-O2", "-g", "util.c", "-o", &util_out], cwd),
+        &[&util_out],
+        project.inputs(),
+    )
+    .await;
+    assert_eq!(util_done.output.code, 0, "{}", stderr(&util_done));
+    eprintln!("second docker job (warm container): {:?}", started.elapsed());
+
+    std::fs::create_dir_all(project.path().join("local")).unwrap();
+    project.local_gcc(&["-c", "-O2", "-g", "main.c", "-o", "local/main.o"]);
+    project.local_gcc(&["-c", "-O2", "-g", "util.c", "-o", "local/util.o"]);
+    assert_eq!(output_bytes(&main_done, "obj/main.o"), std::fs::read(project.path().join("local/main.o")).unwrap());
+    assert_eq!(output_bytes(&util_done, &util_out), std::fs::read(project.path().join("local/util.o")).unwrap());
+
+    // A compile error is the job's result, and missing outputs are left out.
+    std::fs::write(project.path().join("broken.c"), "int main(void) { return undeclared_thing; }\n").unwrap();
+    let mut inputs = kiln::client::InputsBuilder::new();
+    inputs.add_host_file(project.path().join("broken.c")).unwrap();
+    let done = run(
+        &client,
+        tc,
+        command("/usr/bin/gcc", &["-c", "broken.c", "-o", "broken.o"], cwd),
+        &["broken.o"],
+        inputs.finish().unwrap(),
+    )
+    .await;
+    assert_ne!(done.output.code, 0);
+    assert!(stderr(&done).contains("undeclared_thing"), "{}", stderr(&done));
+    assert!(done.outputs.is_empty());
+}
+
+#[actix_rt::test]
+async fn jobs_run_unprivileged_offline_bounded_and_leave_nothing_behind() {
+    if !docker_ready() {
+        return;
+    }
+    // One container only, so consecutive jobs share it; a short timeout for the bomb.
+    let kiln = DockerKiln::start(&format!(
+        "builders = 1\n[kiln.jobs]\ntimeout_secs = 8\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\npids_limit = 64\n"
+    ));
+    let project = CProject::new();
+
+    let done = sh(&kiln, "id -u; id -g; cat /etc/hostname", &project).await;
+    assert_eq!(done.output.code, 0, "{}", stderr(&done));
+    let out = stdout(&done);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("1000"), "the job runs as the configured uid: {out}");
+    assert_eq!(lines.next(), Some("1000"), "and gid: {out}");
+    let container = lines.next().unwrap().to_owned();
+
+    // No network: only the loopback device exists.
+    let done = sh(&kiln, "cat /proc/net/dev", &project).await;
+    let devices: Vec<String> =
+        stdout(&done).lines().filter_map(|l| l.split_once(':')).map(|(d, _)| d.trim().to_owned()).collect();
+    assert_eq!(devices, ["lo"], "{}", stdout(&done));
+
+    // The toolchain is not writable; /tmp and the job's own dirs are.
+    let done = sh(
+        &kiln,
+        "echo x > /usr/bin/gcc; echo x > /marker; echo left > /tmp/marker; echo left > mine; \
+                          (sleep 1000 &) ; echo ok",
+        &project,
+    )
+    .await;
+    assert!(stdout(&done).ends_with("ok\n"), "{}", stdout(&done));
+    assert!(stderr(&done).contains("Permission denied") || stderr(&done).contains("Read-only"), "{}", stderr(&done));
+
+    // The next job on the same container sees none of it, and no leftover process.
+    let done = sh(&kiln, &format!("cat /etc/hostname; ls /tmp/marker mine 2>&1; {COUNT_PROCESSES}"), &project).await;
+    let out = stdout(&done);
+    assert!(out.starts_with(&container), "same container expected: {out} vs {container}");
+    assert!(!out.contains("/tmp/marker\n") && out.contains("No such file"), "an earlier job's files survived: {out}");
+    // pid 1 (kiln-init) and this job's sh: nothing else.
+    let processes: u32 = out.lines().last().unwrap().trim().parse().unwrap();
+    assert_eq!(processes, 2, "leftover processes: {out}");
+
+    // A fork bomb hits the pids limit; the job ends (timeout or failure), kiln serves on.
+    let started = Instant::now();
+    let job_id = assign_and_submit(&kiln.client(), gcc_toolchain()).await;
+    let request = RunJobHttpRequest {
+        command: command("/bin/sh", &["-c", "b() { b | b & }; b; sleep 60"], project.cwd()),
+        outputs: vec![],
+    };
+    let result = kiln.client().run_job(job_id, &token(job_id), &request, &project.inputs()).await;
+    eprintln!("fork bomb job ended after {:?}: {result:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_compiles_docker(&kiln).await;
+    let done = sh(&kiln, COUNT_PROCESSES, &project).await;
+    assert_eq!(stdout(&done).trim(), "2", "bomb processes survived");
+    let status = kiln.status().await;
+    assert!(status["containers_reused"].as_u64().unwrap() >= 4, "{status}");
+}
+
+/// Like `assert_compiles`, with the output bytes checked.
+async fn assert_compiles_docker(kiln: &Kiln) {
+    let project = CProject::new();
+    let done = run(
+        &kiln.client(),
+        gcc_toolchain(),
+        command("/usr/bin/gcc", &["-c", "util.c", "-o", "util.o"], project.cwd()),
+        &["util.o"],
+        project.inputs(),
+    )
+    .await;
+    assert_eq!(done.output.code, 0, "{}", stderr(&done));
+    assert!(!output_bytes(&done, "util.o").is_empty());
+}
+
+#[actix_rt::test]
+async fn twenty_concurrent_jobs_over_two_toolchains_share_two_images_and_reuse_containers() {
+    if !docker_ready() {
+        return;
+    }
+    let kiln = DockerKiln::start(&format!("builders = 4\n{DOCKER_CONFIG}min_idle = 2\nmax_per_toolchain = 3\n"));
+    let project = CProject::new();
+    let toolchains = [gcc_toolchain(), other_toolchain()];
+    let started = Instant::now();
+    let jobs = (0..20).map(|i| {
+        let client = kiln.client();
+        let tc = toolchains[i % 2];
+        let inputs = project.inputs();
+        let cwd = project.cwd().to_owned();
+        async move {
+            let out = format!("obj/{i}/util.o");
+            let done =
+                run(&client, tc, command("/usr/bin/gcc", &["-c", "util.c", "-o", &out], &cwd), &[&out], inputs).await;
+            assert_eq!(done.output.code, 0, "{}", stderr(&done));
+            output_bytes(&done, &out)
+        }
+    });
+    let objects = futures_util::future::join_all(jobs).await;
+    eprintln!("20 jobs over 2 toolchains (2 imports included): {:?}", started.elapsed());
+    assert!(objects.windows(2).all(|w| w[0] == w[1]), "every job compiled the same object");
+
+    let status = kiln.status().await;
+    assert_eq!(status["images_created"], 2, "one image per toolchain: {status}");
+    assert_eq!(status["jobs_completed"], 20, "{status}");
+    assert!(status["containers_created"].as_u64().unwrap() <= 6, "at most max_per_toolchain each: {status}");
+    assert!(status["containers_reused"].as_u64().unwrap() >= 14, "containers are reused: {status}");
+
+    // Warm: one job's time on a warm container.
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_compiles_docker(&kiln).await;
+    }
+    eprintln!("warm docker job: {:?} each", started.elapsed() / 5);
+}
+
+/// A dockerd of the test's own (its own socket, data and exec roots), so stopping it
+/// cannot disturb anything else on the machine.
+struct PrivateDockerd {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateDockerd {
+    fn socket(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.path().display())
+    }
+
+    fn start(&mut self) {
+        let d = self.dir.path();
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let child = std::process::Command::new("dockerd")
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .args(["-H", &self.socket(), "--bridge=none", "--iptables=false", "--ip-masq=false"])
+            .args(["--shutdown-timeout", "1"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting dockerd");
+        self.child = Some(child);
+        let config = kiln::sandbox::docker::DockerConfig { host: Some(self.socket()), ..Default::default() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while kiln::sandbox::docker::check_daemon(&config).is_err() {
+            assert!(Instant::now() < deadline, "the private dockerd did not come up; see {}/dockerd.log", d.display());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateDockerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn status_until(kiln: &Kiln, key: &str, value: u64, limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = kiln.status().await;
+        if status[key] == value {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{key} never became {value}: {status}");
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_daemon_restart_fails_jobs_clearly_then_kiln_recovers_and_removes_orphans() {
+    if !docker_ready() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() || kiln::program::find_program(std::path::Path::new("dockerd")).is_none() {
+        assert!(std::env::var_os("KILN_REQUIRE_DOCKER").is_none(), "this test needs root and dockerd");
+        eprintln!("\n!!!!! SKIPPING the daemon restart test: it needs root and dockerd !!!!!\n");
+        return;
+    }
+    let mut dockerd =
+        PrivateDockerd { dir: tempfile::Builder::new().prefix("kiln-dockerd-").tempdir().unwrap(), child: None };
+    dockerd.start();
+    let kiln = DockerKiln::start(&format!(
+        "builders = 1\n{DOCKER_CONFIG}host = \"{}\"\nmin_idle = 1\nmax_per_toolchain = 1\n",
+        dockerd.socket()
+    ));
+    assert_compiles_docker(&kiln).await;
+
+    dockerd.stop();
+    let project = CProject::new();
+    let started = Instant::now();
+    let job_id = assign_and_submit(&kiln.client(), gcc_toolchain()).await;
+    let request = RunJobHttpRequest {
+        command: command("/usr/bin/gcc", &["-c", "util.c", "-o", "util.o"], project.cwd()),
+        outputs: vec!["util.o".into()],
+    };
+    let result = kiln.client().run_job(job_id, &token(job_id), &request, &project.inputs()).await;
+    eprintln!("job during the outage, after {:?}: {result:?}", started.elapsed());
+    let error = format!("{result:?}");
+    assert!(error.contains("503") && error.contains("docker"), "a clear 503 about docker: {error}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the job did not hang");
+    status_until(&kiln, "docker_unreachable", 1, Duration::from_secs(10)).await;
+
+    dockerd.start();
+    let started = Instant::now();
+    status_until(&kiln, "docker_unreachable", 0, Duration::from_secs(20)).await;
+    assert_compiles_docker(&kiln).await;
+    eprintln!("recovered and compiled {:?} after the daemon returned", started.elapsed());
+
+    // The container of before the restart is an orphan: the GC removes it.
+    let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
+    let engine = kiln::sandbox::docker::Engine::connect(&dockerd.socket(), owner).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let containers = engine.list_containers().await.unwrap();
+        if containers.len() <= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "orphans stay: {containers:?}");
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_restart_after_kill_9_removes_the_old_runs_containers_and_images() {
+    if !docker_ready() {
+        return;
+    }
+    let mut kiln = DockerKiln::start(&format!("builders = 1\n{DOCKER_CONFIG}"));
+    assert_compiles_docker(&kiln).await;
+    let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
+    let engine = kiln::sandbox::docker::Engine::connect("unix:///var/run/docker.sock", owner).await.unwrap();
+    let old: Vec<String> = engine.list_containers().await.unwrap().into_iter().map(|c| c.id).collect();
+    assert!(!old.is_empty());
+    assert_eq!(engine.list_images().await.unwrap().len(), 1);
+
+    kiln.kill9();
+    let data_dir = kiln.data_dir.clone();
+    let restarted = DockerKiln::start_on(&data_dir, &format!("builders = 1\n{DOCKER_CONFIG}"));
+    let now: Vec<String> = engine.list_containers().await.unwrap().into_iter().map(|c| c.id).collect();
+    assert!(old.iter().all(|id| !now.contains(id)), "old containers survived: {old:?} {now:?}");
+    assert!(engine.list_images().await.unwrap().is_empty(), "the old run's image was removed");
+    assert_compiles_docker(&restarted).await;
+}
+
+#[actix_rt::test]
+async fn a_container_removed_mid_job_fails_that_job_and_is_replaced() {
+    if !docker_ready() {
+        return;
+    }
+    // One container at most: while the job runs it is the only one.
+    let kiln = DockerKiln::start(&format!("builders = 1\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\n"));
+    assert_compiles_docker(&kiln).await;
+    let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
+    let engine = kiln::sandbox::docker::Engine::connect("unix:///var/run/docker.sock", owner).await.unwrap();
+
+    let project = CProject::new();
+    let job = {
+        let client = kiln.client();
+        let inputs = project.inputs();
+        let cwd = project.cwd().to_owned();
+        actix_rt::spawn(async move {
+            let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+            let request = RunJobHttpRequest { command: command("/bin/sleep", &["30"], &cwd), outputs: vec![] };
+            client.run_job(job_id, &token(job_id), &request, &inputs).await
+        })
+    };
+    // Remove the job's container while the job sleeps in it.
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    for c in engine.list_containers().await.unwrap() {
+        engine.remove_container(&c.id).await.unwrap();
+    }
+    let started = Instant::now();
+    let result = job.await.unwrap();
+    eprintln!("job in a removed container: {result:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the job did not wait for its timeout");
+    let error = format!("{:?}", result.expect_err("the job fails"));
+    assert!(error.contains("removed while the job ran"), "{error}");
+    assert_compiles_docker(&kiln).await;
+    let status = kiln.status().await;
+    assert!(status["containers_destroyed"].as_u64().unwrap() >= 1, "{status}");
+}
