@@ -15,11 +15,18 @@ use crate::stats::Stats;
 
 pub struct Cleaner {
     stats: Arc<Stats>,
+    /// Told how long each cleanup took (the jobs' `cleanup` phase).
+    observer: Option<Arc<crate::observe::Observer>>,
 }
 
 impl Cleaner {
     pub fn new(stats: Arc<Stats>) -> Self {
-        Cleaner { stats }
+        Cleaner { stats, observer: None }
+    }
+
+    pub fn observed_by(mut self, observer: Arc<crate::observe::Observer>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 }
 
@@ -37,9 +44,15 @@ impl Handler<CleanLeftovers> for Cleaner {
 
     fn handle(&mut self, msg: CleanLeftovers, _: &mut Context<Self>) {
         let Leftovers::Dir(dir) = msg.0;
-        let stats = self.stats.clone();
+        let started = std::time::Instant::now();
+        let (stats, observer) = (self.stats.clone(), self.observer.clone());
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Stats::bump(&stats.sandboxes_cleaned),
+            Ok(()) => {
+                Stats::bump(&stats.sandboxes_cleaned);
+                if let Some(observer) = observer {
+                    observer.cleanup_took(started.elapsed());
+                }
+            }
             Err(e) => {
                 Stats::bump(&stats.cleanup_failures);
                 tracing::warn!(?dir, error = %e, "removing a sandbox directory failed");
