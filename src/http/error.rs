@@ -79,7 +79,9 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         let body = ErrorBody::from_error(self);
-        if status.is_server_error() {
+        if matches!(self, ApiError::Draining(_)) {
+            tracing::info!(status = status.as_u16(), "request refused: draining");
+        } else if status.is_server_error() {
             tracing::error!(status = status.as_u16(), error = %body.full_description(), "request failed");
         } else {
             tracing::warn!(status = status.as_u16(), error = %body.full_description(), "request refused");

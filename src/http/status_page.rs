@@ -89,9 +89,10 @@ pub fn render(doc: &StatusDocument) -> String {
     let acquires = c.sandbox_acquires.max(1);
     let _ = write!(
         h,
-        "<p>jobs: <b class=\"ok\">{} completed</b> · <b class=\"bad\">{} failed</b> · {} rejected (queue full) · {} refused (draining) · \
+        "<p>jobs: <b class=\"ok\">{} completed</b> · <b class=\"{}\">{} failed</b> · {} rejected (queue full) · {} refused (draining) · \
          toolchain cache {} hits / {} misses · {} unpacks · sandbox warm hits {} of {} ({:.0}%) · {} builder restarts</p>",
         c.jobs_completed,
+        if c.jobs_failed > 0 { "bad" } else { "ok" },
         c.jobs_failed,
         c.jobs_rejected,
         s.jobs_refused_draining,

@@ -134,8 +134,20 @@ impl JobPhases {
 }
 
 /// Milliseconds per phase, in [`Phase::ALL`] order.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Clone, Copy, Default, PartialEq)]
 pub struct PhaseTimings(pub [f64; Phase::ALL.len()]);
+
+/// `{queue: 0.1ms, toolchain: 496.1ms, ...}`, for log lines.
+impl std::fmt::Debug for PhaseTimings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("{")?;
+        for (i, phase) in Phase::ALL.into_iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{}: {:.1}ms", phase.name(), self.get(phase))?;
+        }
+        f.write_str("}")
+    }
+}
 
 impl PhaseTimings {
     pub fn get(&self, phase: Phase) -> f64 {
