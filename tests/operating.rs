@@ -66,7 +66,8 @@ fn sample(metrics: &str, name: &str) -> f64 {
 
 /// Debian's chromium, headless, with a fresh profile. `None` if it is not installed.
 fn chromium(args: &[&str]) -> Option<std::process::Output> {
-    let binary = ["chromium", "chromium-browser"].into_iter().find_map(|b| kiln::program::find_program(Path::new(b)))?;
+    let binary =
+        ["chromium", "chromium-browser"].into_iter().find_map(|b| kiln::program::find_program(Path::new(b)))?;
     let profile = tempfile::Builder::new().prefix("kiln-chromium-").tempdir().unwrap();
     let mut child = Command::new(binary)
         .args([
@@ -152,7 +153,11 @@ async fn metrics_and_the_status_page_show_jobs_while_they_run() {
         let url = format!("{}/status", kiln.ops);
         let out = chromium(&["--dump-dom", &url]).unwrap();
         let dom = String::from_utf8_lossy(&out.stdout);
-        assert!(dom.contains("<h2>Builders</h2>"), "chromium did not render the page: {dom}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            dom.contains("<h2>Builders</h2>"),
+            "chromium did not render the page: {dom}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // The running job in the builders table, its command escaped (not markup).
         let builders = &dom[dom.find("id=\"builders\"").unwrap()..dom.find("<h2>Recent jobs").unwrap()];
         assert!(builders.contains(&format!("<td class=\"job\">{}</td>", running.0)), "{builders}");
@@ -165,8 +170,15 @@ async fn metrics_and_the_status_page_show_jobs_while_they_run() {
 
         let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-status.png");
         let _ = std::fs::remove_file(&shot);
-        let out = chromium(&["--window-size=1280,1000", "--hide-scrollbars", &format!("--screenshot={}", shot.display()), &url]).unwrap();
-        let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        let out = chromium(&[
+            "--window-size=1280,1000",
+            "--hide-scrollbars",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ])
+        .unwrap();
+        let png = std::fs::read(&shot)
+            .unwrap_or_else(|e| panic!("no screenshot ({e}): {}", String::from_utf8_lossy(&out.stderr)));
         assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
         // `KILN_SCREENSHOT=docs/status-page.png cargo test --test operating` refreshes the README's picture.
         if let Some(dest) = std::env::var_os("KILN_SCREENSHOT") {
@@ -178,7 +190,10 @@ async fn metrics_and_the_status_page_show_jobs_while_they_run() {
     handle.abort();
     let _ = handle.await;
     let idle = wait_for(LIMIT, || {
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(["status", "--url", &kiln.ops]).output().ok()?;
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["status", "--url", &kiln.ops])
+            .output()
+            .ok()?;
         let text = String::from_utf8_lossy(&status.stdout).into_owned();
         (text.contains("0 running")).then_some(text)
     })
@@ -203,6 +218,22 @@ async fn gc_frees_idle_sandboxes_and_roots_and_healthz_answers() {
     // The next job unpacks again and works.
     assert_compiles(&kiln).await;
     assert_eq!(kiln.status().await["unpacks"], 2);
+
+    // `kiln check` on this host (root, overlayfs and bubblewrap are here; docker
+    // is only a warning with the overlay backend).
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln")).arg("check").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "[ok  ] root",
+        "[ok  ] overlayfs",
+        "[ok  ] bubblewrap",
+        "docker",
+        "disk (data dir)",
+        "kiln can run on this host",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
 }
 
 #[actix_rt::test]

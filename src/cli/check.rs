@@ -6,9 +6,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::human_bytes;
 use crate::config::{Backend, Config};
 use crate::host_check::overlayfs_available;
+use crate::observe::views::human_bytes;
 use crate::sandbox::overlay::check_bwrap;
 
 /// Where the Docker Engine API listens.
@@ -107,8 +107,12 @@ pub fn check(config: &Config) -> Vec<Finding> {
 fn disk_space(what: &'static str, dir: &Path, budget: u64) -> Finding {
     let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
     match nix::sys::statvfs::statvfs(existing) {
-        Err(e) => Finding::bad(what, Verdict::Warn, format!("{}: {e}", existing.display()), "check the path in the config"),
+        Err(e) => {
+            Finding::bad(what, Verdict::Warn, format!("{}: {e}", existing.display()), "check the path in the config")
+        }
         Ok(stat) => {
+            // fsblkcnt_t and c_ulong are 32 bits on some targets.
+            #[allow(clippy::unnecessary_cast)]
             let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
             let detail = format!("{} free at {} (budget {})", human_bytes(free), dir.display(), human_bytes(budget));
             if free < MIN_FREE_BYTES {
@@ -158,6 +162,10 @@ pub fn render(findings: &[Finding]) -> (String, bool) {
         }
     }
     let passed = findings.iter().all(|f| f.verdict != Verdict::Fail);
-    out.push_str(if passed { "kiln can run on this host\n" } else { "kiln cannot run here until the FAIL lines are fixed\n" });
+    out.push_str(if passed {
+        "kiln can run on this host\n"
+    } else {
+        "kiln cannot run here until the FAIL lines are fixed\n"
+    });
     (out, passed)
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::client::{Client, ClientError};
 use crate::config::Config;
+pub use crate::observe::views::human_bytes;
 
 /// A running kiln answers its operator endpoints within this, or is reported down.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,18 +66,4 @@ async fn call<T: serde::de::DeserializeOwned>(base: &str, path: &str, post: bool
         return Err(CliError::Refused { url, status, body: String::from_utf8_lossy(&body).into_owned() });
     }
     serde_json::from_slice(&body).map_err(|source| CliError::Decode { url, source })
-}
-
-/// `12.3 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut value, mut unit) = (n as f64, 0);
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    match unit {
-        0 => format!("{n} B"),
-        _ => format!("{value:.1} {}", UNITS[unit]),
-    }
 }

@@ -30,19 +30,7 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut value, mut unit) = (n as f64, 0);
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+use crate::observe::views::human_bytes as bytes;
 
 fn ms(value: f64) -> String {
     if value >= 1000.0 {
@@ -223,7 +211,9 @@ fn builders(h: &mut String, builders: &[BuilderView]) {
 
 fn recent_jobs(h: &mut String, jobs: &[JobRecord]) {
     let shown = [Phase::Queue, Phase::Toolchain, Phase::Acquire, Phase::Inputs, Phase::Compile, Phase::Outputs];
-    h.push_str("<h2>Recent jobs</h2><table id=\"recent\"><tr><th>job</th><th>builder</th><th>outcome</th><th>total</th>");
+    h.push_str(
+        "<h2>Recent jobs</h2><table id=\"recent\"><tr><th>job</th><th>builder</th><th>outcome</th><th>total</th>",
+    );
     for phase in shown {
         let _ = write!(h, "<th>{}</th>", phase.name());
     }
@@ -280,7 +270,10 @@ mod tests {
 
     #[test]
     fn escapes_markup() {
-        assert_eq!(escape("<script>alert('x')</script> & \"y\""), "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;");
+        assert_eq!(
+            escape("<script>alert('x')</script> & \"y\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
+        );
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
     }

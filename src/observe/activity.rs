@@ -131,7 +131,9 @@ impl Activity {
             .iter()
             .enumerate()
             .map(|(id, running)| match running {
-                None => BuilderView { id, job_id: None, command: None, archive_id: None, phase: None, elapsed_ms: None },
+                None => {
+                    BuilderView { id, job_id: None, command: None, archive_id: None, phase: None, elapsed_ms: None }
+                }
                 Some(r) => BuilderView {
                     id,
                     job_id: Some(r.job_id.0),

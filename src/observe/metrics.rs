@@ -49,7 +49,11 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
     let c = &snap.counters;
     let backend = || vec![("backend", snap.backend.clone())];
 
-    r.register("build", "kiln's version", prometheus_client::metrics::info::Info::new(vec![("version", snap.version.clone())]));
+    r.register(
+        "build",
+        "kiln's version",
+        prometheus_client::metrics::info::Info::new(vec![("version", snap.version.clone())]),
+    );
     gauge(&mut r, "uptime_seconds", "Seconds since kiln started", snap.uptime_secs as i64);
     gauge(&mut r, "draining", "1 while kiln drains for shutdown (no new jobs)", snap.draining as i64);
 
@@ -91,7 +95,12 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
         gauge(&mut r, "toolchain_cache_archives", "Toolchain archives cached", archives.toolchains.len() as i64);
     }
     counter(&mut r, "toolchain_cache_hits", "assign_job found the toolchain cached", c.toolchain_cache_hits);
-    counter(&mut r, "toolchain_cache_misses", "assign_job asked the client for the toolchain", c.toolchain_cache_misses);
+    counter(
+        &mut r,
+        "toolchain_cache_misses",
+        "assign_job asked the client for the toolchain",
+        c.toolchain_cache_misses,
+    );
     counter(&mut r, "toolchains_stored", "Toolchain archives accepted into the cache", c.toolchains_stored);
     counter(&mut r, "toolchain_cache_evictions", "Toolchain archives evicted from the cache", c.toolchains_evicted);
     counter(&mut r, "toolchain_unpacks", "Toolchain unpacks started", c.unpacks);
@@ -108,7 +117,12 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
         let preparing: usize = pool.toolchains.iter().map(|t| t.preparing).sum();
         labelled(&mut r, "pool_idle_sandboxes", "Prepared sandboxes waiting for a job", [(backend(), idle as i64)]);
         labelled(&mut r, "pool_preparing_sandboxes", "Sandboxes being prepared", [(backend(), preparing as i64)]);
-        labelled(&mut r, "pool_warm_toolchains", "Toolchains the pool keeps warm", [(backend(), pool.toolchains.len() as i64)]);
+        labelled(
+            &mut r,
+            "pool_warm_toolchains",
+            "Toolchains the pool keeps warm",
+            [(backend(), pool.toolchains.len() as i64)],
+        );
     }
     labelled_counter(
         &mut r,
@@ -116,15 +130,30 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
         "Sandboxes handed to jobs; warm hit rate = sandbox_warm_hits / sandbox_acquires",
         [(backend(), c.sandbox_acquires)],
     );
-    labelled_counter(&mut r, "sandbox_warm_hits", "Sandboxes handed out already prepared", [(backend(), c.sandboxes_warm_hits)]);
+    labelled_counter(
+        &mut r,
+        "sandbox_warm_hits",
+        "Sandboxes handed out already prepared",
+        [(backend(), c.sandboxes_warm_hits)],
+    );
     labelled_counter(&mut r, "sandboxes_prepared", "Sandboxes prepared", [(backend(), c.sandboxes_prepared)]);
     counter(&mut r, "sandboxes_cleaned", "Sandbox directories removed", c.sandboxes_cleaned);
     counter(&mut r, "cleanup_failures", "Sandbox directory removals that failed", c.cleanup_failures);
 
     // The link to upstream's scheduler, when there is one.
     if let Some(link) = &snap.scheduler_link {
-        gauge(&mut r, "scheduler_connected", "1 if the last heartbeat to upstream's scheduler was answered", link.connected as i64);
-        counter(&mut r, "scheduler_heartbeats_failed", "Heartbeats upstream's scheduler did not answer", link.heartbeats_failed);
+        gauge(
+            &mut r,
+            "scheduler_connected",
+            "1 if the last heartbeat to upstream's scheduler was answered",
+            link.connected as i64,
+        );
+        counter(
+            &mut r,
+            "scheduler_heartbeats_failed",
+            "Heartbeats upstream's scheduler did not answer",
+            link.heartbeats_failed,
+        );
         gauge(
             &mut r,
             "scheduler_last_heartbeat_timestamp_seconds",

@@ -112,4 +112,3 @@ async fn reload_config(current: Config, reload: &Reload) -> Config {
     running.kiln.drain_timeout_secs = new.kiln.drain_timeout_secs;
     running
 }
-

@@ -90,8 +90,11 @@ where
 
 impl Ops {
     pub async fn snapshot(&self) -> Snapshot {
-        let (archives, roots, pool) =
-            tokio::join!(ask(&self.cache, DescribeCache), ask(&self.unpacker, DescribeRoots), ask(&self.pool, DescribePool));
+        let (archives, roots, pool) = tokio::join!(
+            ask(&self.cache, DescribeCache),
+            ask(&self.unpacker, DescribeRoots),
+            ask(&self.pool, DescribePool)
+        );
         let activity = &self.observer.activity;
         Snapshot {
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -136,7 +136,8 @@ impl Kiln {
         let ops = read_line("kiln operations listening on ");
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || for _ in stdout.lines() {});
-        let mut kiln = Kiln { child, addr, scheduler, ops, cert_pem: Vec::new(), data_dir: data_dir.to_owned(), _tmp: None };
+        let mut kiln =
+            Kiln { child, addr, scheduler, ops, cert_pem: Vec::new(), data_dir: data_dir.to_owned(), _tmp: None };
         if let Some(scheduler) = &kiln.scheduler {
             kiln.cert_pem = fetch_certificate(scheduler, &kiln.addr);
         }

@@ -12,8 +12,8 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
-use crate::observe::Phase;
 use crate::archive::{extract_tar_into, ArchiveError, RootedDir, SandboxPath};
+use crate::observe::Phase;
 use crate::protocol::{JobComplete, OutputData, ProcessOutput};
 use crate::report::ErrorChain;
 use crate::sandbox::job::validate_env;
