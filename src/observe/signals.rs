@@ -103,6 +103,10 @@ async fn reload_config(current: Config, reload: &Reload) -> Config {
     let mut comparable = new.clone();
     comparable.kiln.log_level = current.kiln.log_level.clone();
     comparable.kiln.drain_timeout_secs = current.kiln.drain_timeout_secs;
+    // The running config holds bubblewrap's resolved path, the file its bare name.
+    if let crate::config::Backend::Overlay { bwrap_path } = current.backend() {
+        comparable.set_bwrap_path(bwrap_path);
+    }
     if format!("{comparable:?}") != format!("{current:?}") {
         tracing::warn!("SIGHUP: settings other than kiln.log_level and kiln.drain_timeout_secs changed; they apply at the next restart");
     }
