@@ -259,6 +259,8 @@ s = re.sub(r'\[builder\]\n(.*\n)*?(?=\n)', '[builder]\ntype = "docker"\n', s)
 open(p, 'w').write(s)
 EOF
   fi
+  # Each kiln's operator endpoints on their own port (the default 10601 is one per box).
+  printf '\n[kiln]\nmetrics_listen = "127.0.0.1:%d"\n' "$(($2 + 100))" >>"$cfg"
   echo "$cfg"
 }
 

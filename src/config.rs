@@ -140,6 +140,14 @@ pub struct KilnConfig {
     /// The sccache client only speaks HTTPS to build servers: turn this off only
     /// behind a TLS-terminating proxy.
     pub tls: bool,
+    /// Plain-HTTP address of the operator endpoints (`/metrics`, `/status`,
+    /// `/healthz`, `/api/v1/kiln/status`, `POST /api/v1/kiln/gc`); they are also
+    /// served on the build-server address.
+    pub metrics_listen: SocketAddr,
+    /// On SIGTERM/SIGINT, jobs in flight get this long to finish before kiln exits.
+    pub drain_timeout_secs: u64,
+    /// Log filter (`RUST_LOG` syntax) when `RUST_LOG` is unset; re-read on SIGHUP.
+    pub log_level: String,
     pub toolchains: ToolchainConfig,
     pub jobs: JobConfig,
     pub sandbox: SandboxConfig,
@@ -232,6 +240,9 @@ impl Default for KilnConfig {
             builders: 0,
             job_token_key: None,
             tls: true,
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 10601)),
+            drain_timeout_secs: 60,
+            log_level: "info".to_owned(),
             toolchains: ToolchainConfig::default(),
             jobs: JobConfig::default(),
             sandbox: SandboxConfig::default(),
@@ -353,6 +364,9 @@ impl Config {
         }
         if jobs.queue_len == 0 {
             return invalid("kiln.jobs.queue_len", "must be at least 1");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&kiln.log_level) {
+            return invalid("kiln.log_level", &format!("is not a log filter: {e}"));
         }
         Ok(())
     }
@@ -484,6 +498,12 @@ impl JobConfig {
     }
 }
 
+impl KilnConfig {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,6 +593,16 @@ token = "my server's token"
         documented.validate().unwrap();
         let default = Config::default();
         assert_eq!(format!("{documented:?}"), format!("{default:?}"));
+    }
+
+    /// examples/kiln.toml sets every key, each commented, and must load as is.
+    #[test]
+    fn example_config_parses() {
+        let example: Config = toml::from_str(include_str!("../examples/kiln.toml")).unwrap();
+        example.validate().unwrap();
+        assert_eq!(example.kiln.drain_timeout_secs, 60);
+        let bad: Config = toml::from_str("[kiln]\nlog_level = \"kiln=loud\"").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("log_level"));
     }
 
     #[test]

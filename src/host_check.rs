@@ -60,7 +60,8 @@ pub fn check_host(config: &Config) -> Result<HostFacts, HostCheckError> {
     Ok(HostFacts { bwrap_path: Some(bwrap_path), sandbox: version })
 }
 
-fn overlayfs_available() -> bool {
+/// Whether the kernel has overlayfs (listed, or its module present).
+pub fn overlayfs_available() -> bool {
     let listed = std::fs::read_to_string("/proc/filesystems")
         .is_ok_and(|table| table.lines().any(|line| line.split_whitespace().last() == Some("overlay")));
     // A modular overlayfs is loaded on first mount; its module directory tells it exists.

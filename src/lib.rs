@@ -16,15 +16,20 @@
 //! - [`server`]: assembles everything; [`config`]: the typed configuration;
 //!   [`host_check`]: startup checks; [`package`]: `kiln package-toolchain`.
 //! - [`client`]: a Rust client of the protocol, for tests, benches and load tools.
+//! - [`observe`]: metrics, the live activity behind `/status`, job phase timings,
+//!   logging, and the serving/draining lifecycle; [`cli`]: `kiln status`,
+//!   `kiln check`, `kiln gc`.
 
 pub mod actors;
 pub mod archive;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod host_check;
 pub mod http;
 pub mod jobs;
 pub mod lru;
+pub mod observe;
 pub mod package;
 pub mod program;
 pub mod protocol;

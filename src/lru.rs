@@ -128,6 +128,13 @@ impl ByteLru {
         victims
     }
 
+    /// Every entry as `(id, size, in use)`, most recently used first.
+    pub fn entries(&self) -> Vec<(String, u64, bool)> {
+        let mut entries: Vec<(&String, &Entry)> = self.entries.iter().collect();
+        entries.sort_by_key(|(_, e)| std::cmp::Reverse(e.last_used));
+        entries.into_iter().map(|(id, e)| (id.clone(), e.size, Arc::strong_count(&e.lease) > 1)).collect()
+    }
+
     pub fn remove(&mut self, id: &str) -> bool {
         match self.entries.remove(id) {
             Some(entry) => {

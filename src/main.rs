@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
-
 use kiln::config::Config;
+use kiln::observe::logging::{self, LogFormat};
 use kiln::package::{package_toolchain, PackageOptions};
 
 #[derive(Parser)]
@@ -21,6 +20,30 @@ enum Command {
     /// Run the build server (built-in defaults unless --config is given).
     Serve {
         /// TOML config file; only the keys it sets override the defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// `text` for people, `json` (one object per line) for log shippers.
+        #[arg(long, value_enum, default_value_t)]
+        log_format: LogFormat,
+    },
+    /// Show what a running kiln is doing (its /api/v1/kiln/status, as tables).
+    Status {
+        /// The config `kiln serve` runs with, to find its metrics_listen address.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// kiln's operator address instead, e.g. http://127.0.0.1:10601.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Ask a running kiln to garbage-collect now (idle sandboxes, unused roots).
+    Gc {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Check this host for everything kiln needs, and say what to fix.
+    Check {
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -45,12 +68,33 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
-        Command::Serve { config } => serve(config),
+    let command = Cli::parse().command;
+    if let Command::Serve { config, log_format } = command {
+        return serve(config, log_format);
+    }
+    logging::init(LogFormat::Text, "warn")?;
+    match command {
+        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Status { config, url } => {
+            let base = kiln::cli::ops_url(&load_config(config.as_ref())?, url.as_deref());
+            let doc = actix_rt::System::new().block_on(kiln::cli::status::fetch(&base))?;
+            print!("{}", kiln::cli::status::render(&doc));
+            Ok(())
+        }
+        Command::Gc { config, url } => {
+            let base = kiln::cli::ops_url(&load_config(config.as_ref())?, url.as_deref());
+            let report = actix_rt::System::new().block_on(kiln::cli::gc::gc(&base))?;
+            print!("{}", kiln::cli::gc::render(&report));
+            Ok(())
+        }
+        Command::Check { config } => {
+            let (text, passed) = kiln::cli::check::render(&kiln::cli::check::check(&load_config(config.as_ref())?));
+            print!("{text}");
+            if !passed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::ClientConfig { config } => client_config(config),
         Command::PackageToolchain { compiler, extra, output } => {
             let packed = package_toolchain(&PackageOptions { compiler, extra }, &output)
@@ -89,19 +133,22 @@ fn client_config(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+fn serve(config_path: Option<PathBuf>, log_format: LogFormat) -> anyhow::Result<()> {
     let mut config = load_config(config_path.as_ref())?;
+    let log = logging::init(log_format, &config.kiln.log_level)?;
     let host = kiln::host_check::check_host(&config).map_err(|e| anyhow::anyhow!("kiln cannot start: {e}"))?;
     tracing::info!(bwrap = ?host.bwrap_path, sandbox = %host.sandbox, config = ?config_path, "host checks passed");
     if let Some(bwrap) = host.bwrap_path {
         config.set_bwrap_path(bwrap);
     }
-    actix_rt::System::new().block_on(kiln::server::serve(config, |listening| {
+    let reload = kiln::observe::signals::Reload { config_path, log: Some(log) };
+    actix_rt::System::new().block_on(kiln::server::serve_with(config, reload, |listening| {
         // Machine-readable lines on stdout, for scripts and tests.
         println!("kiln listening on {}", listening.server_url());
         if let Some(addr) = listening.scheduler {
             println!("kiln scheduler listening on http://{addr}");
         }
+        println!("kiln operations listening on http://{}", listening.metrics);
     }))?;
     Ok(())
 }

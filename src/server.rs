@@ -14,8 +14,10 @@ use crate::actors::builder::BuilderDeps;
 use crate::actors::upstream_scheduler::SharedLinkHealth;
 use crate::actors::{Builder, Cleaner, JobQueue, SandboxPool, SweepStale, ToolchainCache, Unpacker, UpstreamScheduler};
 use crate::config::{parse_scheduler_url, Backend, Config, SchedulerAuth, INSECURE_SERVER_TOKEN};
-use crate::http::{body_memory_permits, configure, configure_scheduler, AppState, HttpLimits};
+use crate::http::{body_memory_permits, configure, configure_ops, configure_scheduler, AppState, HttpLimits};
 use crate::jobs::JobTable;
+use crate::observe::signals::Reload;
+use crate::observe::{Lifecycle, Observer, Ops};
 use crate::protocol::{HeartbeatServerHttpRequest, JobKey, ServerCertificateHttpResponse, ServerId, ServerNonce};
 use crate::sandbox::docker::start_docker_backend;
 use crate::sandbox::overlay::{install_exec_shim, OverlayBackend};
@@ -26,7 +28,7 @@ use crate::tls::ServerCert;
 
 /// How often assigned-but-never-run jobs are forgotten.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);
-/// In-flight requests get this long to finish after SIGTERM/SIGINT.
+/// In-flight requests get this long to finish once the drain is over (or cut).
 const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,8 @@ pub struct Listening {
     pub tls: bool,
     /// kiln's own scheduler API, when no `scheduler_url` is configured.
     pub scheduler: Option<SocketAddr>,
+    /// The operator endpoints over plain HTTP (`kiln.metrics_listen`).
+    pub metrics: SocketAddr,
 }
 
 impl Listening {
@@ -73,13 +77,24 @@ impl Listening {
 
 /// Runs kiln until SIGINT/SIGTERM. `on_listening` learns the bound addresses.
 pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Result<(), ServerError> {
+    serve_with(config, Reload::default(), on_listening).await
+}
+
+/// [`serve`], with what SIGHUP needs to reload the config (see [`crate::observe::signals`]).
+pub async fn serve_with(
+    config: Config,
+    reload: Reload,
+    on_listening: impl FnOnce(Listening),
+) -> Result<(), ServerError> {
     let stats = Arc::new(Stats::default());
+    let observer = Arc::new(Observer::new(config.builder_count()));
+    let lifecycle = Arc::new(Lifecycle::default());
     let data_err = |path: &std::path::Path| {
         let path = path.to_owned();
         move |source| ServerError::DataDir { path, source }
     };
 
-    let cleaner = Cleaner::new(stats.clone()).start();
+    let cleaner = Cleaner::new(stats.clone()).observed_by(observer.clone()).start();
     let sweep = SweepStale {
         data_dir: config.build_dir(),
         sandboxes_dir: config.sandboxes_dir(),
@@ -130,15 +145,17 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Resu
     let max_idle = (builders * 2).max(warm);
     let backend_name = backend.name();
     let pool = SandboxPool::new(backend, warm, max_idle, cleaner.clone(), stats.clone()).start();
+    let ops_pool = pool.clone();
     let queue = JobQueue::new(kiln.jobs.queue_len, stats.clone()).start();
     let deps = BuilderDeps {
         queue: queue.clone(),
         cache: cache.clone(),
-        unpacker,
+        unpacker: unpacker.clone(),
         pool,
         cleaner,
         stats: stats.clone(),
         job_timeout: kiln.jobs.timeout(),
+        observer: observer.clone(),
     };
     // Held until shutdown: a supervisor restarts its actor only while some address
     // of it is alive, and an idle builder's address is otherwise only in the queue.
@@ -203,7 +220,20 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Resu
         }
     };
 
+    let ops = Arc::new(Ops {
+        observer,
+        lifecycle: lifecycle.clone(),
+        stats: stats.clone(),
+        cache: cache.clone(),
+        unpacker,
+        pool: ops_pool,
+        backend: backend_name,
+        builders,
+        link_health: link_health.clone(),
+        started: std::time::Instant::now(),
+    });
     let state = web::Data::new(AppState {
+        ops,
         key,
         jobs: JobTable::default(),
         cache,
@@ -228,6 +258,8 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Resu
     let server = HttpServer::new(move || App::new().app_data(app_state.clone()).configure(configure))
         .workers(builders.clamp(1, 4))
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+        // SIGTERM drains first (observe::signals), then stops the servers.
+        .disable_signals()
         // Drop a request's handler as soon as its client hangs up, so a running job
         // is cancelled instead of holding a builder until its timeout. Build clients
         // never half-close while they wait for an answer.
@@ -240,7 +272,18 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Resu
     .map_err(|source| ServerError::Bind { addr: bind, source })?
     .run();
 
-    let mut listening = Listening { server: bound, tls: kiln.tls, scheduler: None };
+    let metrics_addr = kiln.metrics_listen;
+    let ops_state = state.clone();
+    let ops_server = HttpServer::new(move || App::new().app_data(ops_state.clone()).configure(configure_ops))
+        .workers(1)
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+        .disable_signals()
+        .bind(metrics_addr)
+        .map_err(|source| ServerError::Bind { addr: metrics_addr, source })?;
+    let metrics = ops_server.addrs().first().copied().unwrap_or(metrics_addr);
+    let ops_server = ops_server.run();
+
+    let mut listening = Listening { server: bound, tls: kiln.tls, scheduler: None, metrics };
     let scheduler_server = match local {
         Some(local) => {
             let addr = kiln.scheduler.listen;
@@ -250,6 +293,7 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Resu
             })
             .workers(1)
             .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+            .disable_signals()
             .bind(addr)
             .map_err(|source| ServerError::Bind { addr, source })?;
             listening.scheduler = server.addrs().first().copied();
@@ -263,6 +307,7 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Resu
         tls = kiln.tls,
         builders,
         backend = backend_name,
+        metrics = %metrics,
         scheduler = %match (&config.scheduler_url, listening.scheduler) {
             (Some(url), _) => url.clone(),
             (None, Some(addr)) => format!("built in, http://{addr}"),
@@ -270,13 +315,13 @@ pub async fn serve(config: Config, on_listening: impl FnOnce(Listening)) -> Resu
         },
         "kiln is serving"
     );
+    let signals = crate::observe::signals::Signals::install().map_err(ServerError::Http)?;
     on_listening(listening);
-    match scheduler_server {
-        Some(scheduler_server) => {
-            futures_util::future::try_join(server, scheduler_server).await.map_err(ServerError::Http)?;
-        }
-        None => server.await.map_err(ServerError::Http)?,
-    }
+    let mut servers = vec![server, ops_server];
+    servers.extend(scheduler_server);
+    let handles = servers.iter().map(|s| s.handle()).collect();
+    actix_rt::spawn(crate::observe::signals::run(signals, lifecycle, handles, config.clone(), reload));
+    futures_util::future::try_join_all(servers).await.map_err(ServerError::Http)?;
     Ok(())
 }
 

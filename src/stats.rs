@@ -33,6 +33,9 @@ counters! {
     jobs_rejected,
     /// Toolchain archives accepted into the cache.
     toolchains_stored,
+    /// assign_job found the toolchain cached, or had to ask the client for it.
+    toolchain_cache_hits,
+    toolchain_cache_misses,
     /// Toolchain archives evicted from the cache.
     toolchains_evicted,
     /// Toolchain unpacks started (one per toolchain while it stays unpacked).
@@ -42,6 +45,8 @@ counters! {
     /// Sandboxes prepared, and those handed out already prepared.
     sandboxes_prepared,
     sandboxes_warm_hits,
+    /// Sandboxes handed to jobs (warm or prepared on the spot).
+    sandbox_acquires,
     /// Sandbox directories removed by the cleaner, and removals that failed.
     sandboxes_cleaned,
     cleanup_failures,

@@ -20,6 +20,7 @@ use super::job_queue::{BuilderReady, JobQueue, QueuedJob};
 use super::sandbox_pool::{AcquireSandbox, SandboxPool};
 use super::toolchain_cache::{CheckoutToolchain, DiscardToolchain, ToolchainCache};
 use super::unpacker::{UnpackFailed, UnpackToolchain, Unpacker};
+use crate::observe::{Observer, Phase, SharedPhases};
 use crate::protocol::{CompileCommand, JobComplete, JobId};
 use crate::report::ErrorChain;
 use crate::sandbox::{Cancellation, SandboxError, SandboxJob};
@@ -35,6 +36,8 @@ pub struct JobRequest {
     pub inputs_zlib: Bytes,
     /// The job's span, so every actor's log lines carry its id.
     pub span: tracing::Span,
+    /// Times the job's phases, from the queue on (the sandbox enters its own).
+    pub phases: SharedPhases,
 }
 
 pub type JobResult = Result<JobComplete, JobError>;
@@ -88,6 +91,8 @@ pub struct BuilderDeps {
     pub cleaner: Addr<Cleaner>,
     pub stats: Arc<Stats>,
     pub job_timeout: Duration,
+    /// Told when a job starts and ends, with its phase timings.
+    pub observer: Arc<Observer>,
 }
 
 pub struct Builder {
@@ -137,6 +142,9 @@ impl Handler<RunJob> for Builder {
         let deps = self.deps.clone();
         let span = request.span.clone();
         let builder = self.id;
+        deps.observer.job_started(builder, &request);
+        let (job_id, phases) = (request.job_id, request.phases.clone());
+        let command = crate::observe::activity::command_line(&request.command);
         // A task of its own: a panic in it is caught by the runtime and seen below,
         // and `reply` is dropped with it, which answers the job with an error.
         let task = actix_rt::spawn(
@@ -157,6 +165,9 @@ impl Handler<RunJob> for Builder {
                     }
                 };
                 let elapsed_ms = started.elapsed().as_millis() as u64;
+                let report = result.as_ref().map_err(|e| ErrorChain(e).to_string());
+                deps.observer.job_finished(builder, job_id, command, &phases, report);
+                let phases_ms = phases.timings();
                 let verdict = match &result {
                     Ok(done) => {
                         Stats::bump(&deps.stats.jobs_completed);
@@ -165,13 +176,14 @@ impl Handler<RunJob> for Builder {
                             elapsed_ms,
                             code = done.output.code,
                             outputs = done.outputs.len(),
+                            ?phases_ms,
                             "job completed"
                         );
                         Verdict::Completed
                     }
                     Err(e) => {
                         Stats::bump(&deps.stats.jobs_failed);
-                        tracing::warn!(builder, elapsed_ms, error = %ErrorChain(e), "job failed");
+                        tracing::warn!(builder, elapsed_ms, ?phases_ms, error = %ErrorChain(e), "job failed");
                         if e.is_infrastructure_failure() {
                             Verdict::MachineryFailed
                         } else {
@@ -218,6 +230,8 @@ impl Handler<RunJob> for Builder {
 const FAILURES_WORTH_AN_ALERT: u32 = 3;
 
 async fn run_stages(deps: &BuilderDeps, request: JobRequest, cancel: Cancellation) -> JobResult {
+    let phases = request.phases.clone();
+    phases.enter(Phase::Toolchain);
     let archive_id = request.archive_id.clone();
     let archive = deps
         .cache
@@ -236,6 +250,7 @@ async fn run_stages(deps: &BuilderDeps, request: JobRequest, cancel: Cancellatio
                 return Err(failed.into());
             }
         };
+    phases.enter(Phase::Acquire);
     let sandbox =
         deps.pool.send(AcquireSandbox { toolchain: root }).await.map_err(|_| JobError::ActorGone("sandbox pool"))??;
     let job = SandboxJob {
@@ -244,8 +259,18 @@ async fn run_stages(deps: &BuilderDeps, request: JobRequest, cancel: Cancellatio
         outputs: request.outputs,
         inputs_zlib: request.inputs_zlib,
         timeout: deps.job_timeout,
+        phases: phases.clone(),
     };
+    // The sandbox enters inputs → compile → outputs; one that does not has its
+    // whole run counted as the compile.
+    let before = phases.timings();
+    phases.stop();
+    let ran = std::time::Instant::now();
     let (result, leftovers) = sandbox.run(job, cancel).await;
+    phases.stop();
+    if phases.timings() == before {
+        phases.add(Phase::Compile, ran.elapsed());
+    }
     deps.cleaner.do_send(CleanLeftovers(leftovers));
     Ok(result?)
 }

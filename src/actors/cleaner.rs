@@ -15,11 +15,18 @@ use crate::stats::Stats;
 
 pub struct Cleaner {
     stats: Arc<Stats>,
+    /// Told how long each cleanup took (the jobs' `cleanup` phase).
+    observer: Option<Arc<crate::observe::Observer>>,
 }
 
 impl Cleaner {
     pub fn new(stats: Arc<Stats>) -> Self {
-        Cleaner { stats }
+        Cleaner { stats, observer: None }
+    }
+
+    pub fn observed_by(mut self, observer: Arc<crate::observe::Observer>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 }
 
@@ -36,7 +43,7 @@ impl Handler<CleanLeftovers> for Cleaner {
     type Result = ();
 
     fn handle(&mut self, msg: CleanLeftovers, _: &mut Context<Self>) {
-        let stats = self.stats.clone();
+        let (stats, observer) = (self.stats.clone(), self.observer.clone());
         let dir = match msg.0 {
             Leftovers::Dir(dir) => dir,
             Leftovers::Container(used) => {
@@ -53,8 +60,14 @@ impl Handler<CleanLeftovers> for Cleaner {
                 return;
             }
         };
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Stats::bump(&stats.sandboxes_cleaned),
+            Ok(()) => {
+                Stats::bump(&stats.sandboxes_cleaned);
+                if let Some(observer) = observer {
+                    observer.cleanup_took(started.elapsed());
+                }
+            }
             Err(e) => {
                 Stats::bump(&stats.cleanup_failures);
                 tracing::warn!(?dir, error = %e, "removing a sandbox directory failed");

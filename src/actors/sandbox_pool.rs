@@ -133,6 +133,7 @@ impl Handler<AcquireSandbox> for SandboxPool {
         });
         warm.last_acquired = self.clock;
         let ready = warm.idle.pop();
+        Stats::bump(&self.stats.sandbox_acquires);
         self.refill(&archive_id, ctx);
         self.enforce_idle_cap();
         match ready {
@@ -150,5 +151,57 @@ impl Handler<AcquireSandbox> for SandboxPool {
                 })
             }
         }
+    }
+}
+
+/// The sandboxes kept prepared, per toolchain.
+#[derive(Message)]
+#[rtype(result = "crate::observe::PoolView")]
+pub struct DescribePool;
+
+impl Handler<DescribePool> for SandboxPool {
+    type Result = MessageResult<DescribePool>;
+
+    fn handle(&mut self, _: DescribePool, _: &mut Context<Self>) -> Self::Result {
+        let mut toolchains: Vec<_> = self
+            .toolchains
+            .iter()
+            .map(|(id, w)| crate::observe::WarmToolchain {
+                archive_id: id.clone(),
+                idle: w.idle.len(),
+                preparing: w.preparing,
+            })
+            .collect();
+        toolchains.sort_by(|a, b| a.archive_id.cmp(&b.archive_id));
+        MessageResult(crate::observe::PoolView {
+            backend: self.backend.name().to_owned(),
+            warm_per_toolchain: self.warm_per_toolchain,
+            max_idle: self.max_idle,
+            toolchains,
+        })
+    }
+}
+
+/// Garbage collection: discards every idle sandbox and forgets the warm
+/// toolchains (releasing their roots). The next job prepares afresh.
+#[derive(Message)]
+#[rtype(result = "crate::observe::Freed")]
+pub struct DiscardIdle;
+
+impl Handler<DiscardIdle> for SandboxPool {
+    type Result = MessageResult<DiscardIdle>;
+
+    fn handle(&mut self, _: DiscardIdle, _: &mut Context<Self>) -> Self::Result {
+        let mut freed = crate::observe::Freed::default();
+        // Toolchains with preparations in flight stay (their generation check
+        // discards the late ones if the entry is gone, so remove them too).
+        for (archive_id, warm) in self.toolchains.drain() {
+            tracing::info!(%archive_id, discarded = warm.idle.len(), "gc: discarding idle sandboxes");
+            for sandbox in warm.idle {
+                freed.items += 1;
+                self.cleaner.do_send(CleanLeftovers(sandbox.discard()));
+            }
+        }
+        MessageResult(freed)
     }
 }

@@ -177,3 +177,41 @@ impl Handler<DiscardToolchain> for ToolchainCache {
         }
     }
 }
+
+/// Which archives are cached (for the status page and metrics).
+#[derive(Message)]
+#[rtype(result = "crate::observe::StoreView")]
+pub struct DescribeCache;
+
+impl Handler<DescribeCache> for ToolchainCache {
+    type Result = MessageResult<DescribeCache>;
+
+    fn handle(&mut self, _: DescribeCache, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(crate::observe::StoreView::of(&self.index))
+    }
+}
+
+/// Garbage collection: evicts unused archives until the cache is within its
+/// budget (it normally is: stores evict as they go). Answers what it removed.
+#[derive(Message)]
+#[rtype(result = "crate::observe::Freed")]
+pub struct TrimCache;
+
+impl Handler<TrimCache> for ToolchainCache {
+    type Result = MessageResult<TrimCache>;
+
+    fn handle(&mut self, _: TrimCache, _: &mut Context<Self>) -> Self::Result {
+        let before = self.index.used();
+        let victims = self.index.make_room_best_effort(0);
+        let freed = crate::observe::Freed { items: victims.len() as u64, bytes: before - self.index.used() };
+        for id in victims {
+            Stats::bump(&self.stats.toolchains_evicted);
+            let path = self.path_of(&id);
+            tracing::info!(archive_id = %id, "gc: evicting toolchain archive over budget");
+            actix_rt::spawn(async move {
+                let _ = tokio::fs::remove_file(path).await;
+            });
+        }
+        MessageResult(freed)
+    }
+}

@@ -215,3 +215,36 @@ fn unpack(archive: &Path, staging: &Path, target: &Path, limits: &ExtractLimits)
     }
     result
 }
+
+/// Which roots are unpacked, and which are being unpacked.
+#[derive(Message)]
+#[rtype(result = "crate::observe::StoreView")]
+pub struct DescribeRoots;
+
+impl Handler<DescribeRoots> for Unpacker {
+    type Result = MessageResult<DescribeRoots>;
+
+    fn handle(&mut self, _: DescribeRoots, _: &mut Context<Self>) -> Self::Result {
+        let mut view = crate::observe::StoreView::of(&self.index);
+        view.in_progress = self.in_flight.keys().cloned().collect();
+        MessageResult(view)
+    }
+}
+
+/// Garbage collection: removes every unpacked root no job or sandbox holds (the
+/// next job of that toolchain unpacks it again). Answers what it removed.
+#[derive(Message)]
+#[rtype(result = "crate::observe::Freed")]
+pub struct EvictIdleRoots;
+
+impl Handler<EvictIdleRoots> for Unpacker {
+    type Result = MessageResult<EvictIdleRoots>;
+
+    fn handle(&mut self, _: EvictIdleRoots, _: &mut Context<Self>) -> Self::Result {
+        let before = self.index.used();
+        let victims = self.index.make_room_best_effort(self.index.budget());
+        let freed = crate::observe::Freed { items: victims.len() as u64, bytes: before - self.index.used() };
+        self.evict(victims);
+        MessageResult(freed)
+    }
+}

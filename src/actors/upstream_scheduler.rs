@@ -50,7 +50,7 @@ pub enum LinkError {
 }
 
 /// What the status endpoint shows about the link; shared with the HTTP facade.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct LinkHealth {
     pub scheduler_url: String,
     /// The last heartbeat was answered.

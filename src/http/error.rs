@@ -45,6 +45,10 @@ pub enum ApiError {
     UnknownServer(String),
     #[error("client authentication failed: {0}")]
     ClientUnauthorized(#[from] crate::scheduler::ClientAuthError),
+    #[error(transparent)]
+    Draining(#[from] crate::observe::Draining),
+    #[error("{0}")]
+    Forbidden(&'static str),
 }
 
 /// Seconds a client is told to wait before retrying a refused job.
@@ -61,9 +65,11 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::DuplicateJob(_) => StatusCode::CONFLICT,
-            ApiError::QueueFull(_) | ApiError::Unavailable(_) | ApiError::TooManyBodies { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::QueueFull(_)
+            | ApiError::Unavailable(_)
+            | ApiError::TooManyBodies { .. }
+            | ApiError::Draining(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Job(e) => StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotFound | ApiError::UnknownServer(_) => StatusCode::NOT_FOUND,
@@ -73,7 +79,9 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         let body = ErrorBody::from_error(self);
-        if status.is_server_error() {
+        if matches!(self, ApiError::Draining(_)) {
+            tracing::info!(status = status.as_u16(), "request refused: draining");
+        } else if status.is_server_error() {
             tracing::error!(status = status.as_u16(), error = %body.full_description(), "request failed");
         } else {
             tracing::warn!(status = status.as_u16(), error = %body.full_description(), "request refused");
@@ -86,7 +94,10 @@ impl ResponseError for ApiError {
             ApiError::ClientUnauthorized(e) => {
                 response.insert_header((header::WWW_AUTHENTICATE, format!("Bearer error=\"{}\"", e.code())));
             }
-            ApiError::QueueFull(_) | ApiError::Unavailable(_) | ApiError::TooManyBodies { .. } => {
+            ApiError::QueueFull(_)
+            | ApiError::Unavailable(_)
+            | ApiError::TooManyBodies { .. }
+            | ApiError::Draining(_) => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));
             }
             _ => {}

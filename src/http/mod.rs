@@ -4,9 +4,12 @@
 
 mod body;
 mod error;
+mod ops;
 mod routes;
 mod scheduler_api;
+mod status_page;
 
 pub use error::ApiError;
+pub use ops::configure as configure_ops;
 pub use routes::{body_memory_permits, configure, AppState, HttpLimits};
 pub use scheduler_api::configure_scheduler;

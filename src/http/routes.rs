@@ -18,6 +18,7 @@ use crate::actors::{
     CacheError, HasToolchain, JobError, JobQueue, JobRequest, StoreToolchain, SubmitJob, ToolchainCache,
 };
 use crate::jobs::JobTable;
+use crate::observe::{JobPhases, Phase};
 use crate::protocol::{
     self, ArchiveHasher, AssignJobResult, JobId, JobKey, JobState, RunJobResult, SubmitToolchainResult, Toolchain,
     BINCODE_CONTENT_TYPE, MAX_SMALL_MESSAGE,
@@ -54,6 +55,8 @@ pub struct AppState {
     pub scheduler: Scheduler,
     /// What the status endpoint says about the scheduler link, if there is one.
     pub link_health: Option<crate::actors::upstream_scheduler::SharedLinkHealth>,
+    /// Metrics, live activity and the serving/draining lifecycle.
+    pub ops: Arc<crate::observe::Ops>,
 }
 
 /// Semaphore permits are KiB of request body (a u32 count of bytes would cap at 4 GiB).
@@ -68,7 +71,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/submit_toolchain/{job_id}", web::post().to(submit_toolchain))
             .route("/run_job/{job_id}", web::post().to(run_job)),
     )
-    .route("/api/v1/kiln/status", web::get().to(status))
+    .configure(super::ops::configure)
     .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::NotFound) }));
 }
 
@@ -139,11 +142,13 @@ async fn assign_job(
 /// Records a job placed on this server (by a scheduler's assign_job, or kiln's
 /// own scheduler) and says whether its toolchain must be sent.
 pub(super) async fn assign(state: &AppState, job_id: JobId, toolchain: Toolchain) -> Result<AssignJobResult, ApiError> {
+    state.ops.lifecycle.admit()?;
     let has = state
         .cache
         .send(HasToolchain { archive_id: toolchain.archive_id.clone() })
         .await
         .map_err(|_| ApiError::Unavailable("toolchain cache"))?;
+    Stats::bump(if has { &state.stats.toolchain_cache_hits } else { &state.stats.toolchain_cache_misses });
     tracing::info!(archive_id = %toolchain.archive_id, need_toolchain = !has, "job assigned");
     state.jobs.assign(job_id, toolchain, has)?;
     let job_state = if has { JobState::Ready } else { JobState::Pending };
@@ -244,6 +249,14 @@ async fn run_job(
     async move {
         let job_id = authorize(&state, &req, &path)?;
         let body = BoundedBody::new(&req, payload, state.limits.max_request_bytes, state.limits.body_timeout)?;
+        // Counted until answered, so a drain waits for this job.
+        let _in_flight = match state.ops.lifecycle.start_job() {
+            Ok(in_flight) => in_flight,
+            Err(draining) => {
+                body.discard().await?;
+                return Err(draining.into());
+            }
+        };
         if state.jobs.toolchain_of(job_id).is_none() {
             tracing::warn!("run_job for a job this server does not know");
             body.discard().await?;
@@ -276,6 +289,7 @@ async fn run_job(
             outputs: request.outputs,
             inputs_zlib,
             span: job_span,
+            phases: JobPhases::starting(Phase::Queue),
         };
         let outcome = async {
             let answer =
@@ -289,21 +303,4 @@ async fn run_job(
     }
     .instrument(span)
     .await
-}
-
-async fn status(state: State) -> HttpResponse {
-    #[derive(serde::Serialize)]
-    struct Status {
-        assigned_jobs: usize,
-        #[serde(flatten)]
-        counters: crate::stats::StatsSnapshot,
-        /// The link to upstream's scheduler; absent when kiln is its own scheduler.
-        scheduler_link: Option<crate::actors::upstream_scheduler::LinkHealth>,
-    }
-    let scheduler_link = state.link_health.as_ref().map(|health| health.lock().expect("link health lock").clone());
-    HttpResponse::Ok().json(Status {
-        assigned_jobs: state.jobs.len(),
-        counters: state.stats.snapshot(),
-        scheduler_link,
-    })
 }

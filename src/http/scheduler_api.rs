@@ -38,6 +38,10 @@ async fn alloc_job(
     local.check_client(authorization)?;
     let body = BoundedBody::new(&req, payload, MAX_SMALL_MESSAGE, state.limits.body_timeout)?.read_all().await?;
     let toolchain: Toolchain = protocol::decode(&body, MAX_SMALL_MESSAGE)?;
+    if let Err(draining) = state.ops.lifecycle.admit() {
+        // The client compiles locally, as it does when every slot is taken.
+        return encoded_response(&req, &AllocJobHttpResponse::Fail { msg: draining.to_string() });
+    }
     let reservation = match local.reserve(&state.jobs) {
         Ok(reservation) => reservation,
         Err(full @ ReserveError::Full { .. }) => {

@@ -15,6 +15,13 @@ pub struct SandboxJob {
     /// zlib stream of an uncompressed tar of the inputs, as the client sent it.
     pub inputs_zlib: Bytes,
     pub timeout: Duration,
+    /// The backend enters [`Phase::Inputs`], [`Phase::Compile`] and
+    /// [`Phase::Outputs`] here as it goes (optional: see [`crate::observe::phases`]).
+    ///
+    /// [`Phase::Inputs`]: crate::observe::Phase::Inputs
+    /// [`Phase::Compile`]: crate::observe::Phase::Compile
+    /// [`Phase::Outputs`]: crate::observe::Phase::Outputs
+    pub phases: crate::observe::SharedPhases,
 }
 
 /// Per-job bounds a sandbox enforces.

@@ -77,6 +77,8 @@ pub struct Kiln {
     pub addr: String,
     /// kiln's own scheduler API, `http://127.0.0.1:<port>` (none with a `scheduler_url`).
     pub scheduler: Option<String>,
+    /// The operator endpoints over plain HTTP (`kiln.metrics_listen`), `http://127.0.0.1:<port>`.
+    pub ops: String,
     /// The server's certificate, as its scheduler hands it to clients.
     pub cert_pem: Vec<u8>,
     pub data_dir: PathBuf,
@@ -113,6 +115,7 @@ impl Kiln {
             &config_path,
             format!(
                 "public_addr = \"127.0.0.1:0\"\n{top_config}\n[kiln]\ndata_dir = \"{}\"\njob_token_key = \"{KEY_HEX}\"\n\
+                 metrics_listen = \"127.0.0.1:0\"\n\
                  {kiln_config}\n[kiln.scheduler]\nlisten = \"127.0.0.1:0\"\n",
                 data_dir.display()
             ),
@@ -135,9 +138,11 @@ impl Kiln {
         };
         let addr = read_line("kiln listening on ");
         let scheduler = top_config.contains("scheduler_url").not().then(|| read_line("kiln scheduler listening on "));
+        let ops = read_line("kiln operations listening on ");
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || for _ in stdout.lines() {});
-        let mut kiln = Kiln { child, addr, scheduler, cert_pem: Vec::new(), data_dir: data_dir.to_owned(), _tmp: None };
+        let mut kiln =
+            Kiln { child, addr, scheduler, ops, cert_pem: Vec::new(), data_dir: data_dir.to_owned(), _tmp: None };
         if let Some(scheduler) = &kiln.scheduler {
             kiln.cert_pem = fetch_certificate(scheduler, &kiln.addr);
         }

@@ -55,6 +55,8 @@ type JobReply = oneshot::Sender<Result<JobComplete, SandboxError>>;
 /// What the async side hands the sandbox thread.
 struct RunRequest {
     job: SandboxJob,
+    /// The job's span, entered on the sandbox thread so its lines carry the job id.
+    span: tracing::Span,
     kill: KillHandle,
     reply: JobReply,
 }
@@ -130,10 +132,11 @@ fn sandbox_thread(
         return;
     }
     // A closed channel means the sandbox was discarded unused.
-    let Ok(RunRequest { job, kill, reply }) = jobs.recv() else {
+    let Ok(RunRequest { job, span, kill, reply }) = jobs.recv() else {
         sandbox.discard();
         return;
     };
+    let _entered = span.enter();
     let job_id = job.job_id;
     let result = run_job(sandbox, &dirs.merged, job, &limits, &kill);
     if let Err(e) = &result {
@@ -161,7 +164,8 @@ impl Sandbox for OverlaySandbox {
             let timeout = job.timeout;
             let kill = KillHandle::default();
             let (reply, mut answer) = oneshot::channel();
-            if jobs.try_send(RunRequest { job, kill: kill.clone(), reply }).is_err() {
+            let span = tracing::Span::current();
+            if jobs.try_send(RunRequest { job, span, kill: kill.clone(), reply }).is_err() {
                 return (Err(SandboxError::ThreadGone), Leftovers::Dir(dir));
             }
             let mut guard = KillOnDrop(Some(kill.clone()));

@@ -16,6 +16,7 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
 use crate::archive::{extract_tar_into, ArchiveError, RootedDir, SandboxPath};
+use crate::observe::Phase;
 use crate::protocol::{JobComplete, OutputData, ProcessOutput};
 use crate::report::ErrorChain;
 use crate::sandbox::job::validate_env;
@@ -105,6 +106,7 @@ pub(super) fn run_job(
     let cwd = SandboxPath::parse(command.cwd.as_bytes()).map_err(bad_path)?;
 
     let root = RootedDir::open(merged).map_err(SandboxError::Layout)?;
+    job.phases.enter(Phase::Inputs);
     extract_tar_into(ZlibDecoder::new(&job.inputs_zlib[..]), &root, &limits.inputs).map_err(SandboxError::Inputs)?;
     let dir_mode = Mode::from_bits_truncate(0o755);
     root.create_dir_all(&cwd, dir_mode).map_err(SandboxError::Layout)?;
@@ -125,7 +127,9 @@ pub(super) fn run_job(
         return Err(SandboxError::TimedOut(job.timeout));
     }
 
+    job.phases.enter(Phase::Compile);
     let output = run_in(sandbox, &job, &cwd, limits, kill)?;
+    job.phases.enter(Phase::Outputs);
 
     let mut collected = Vec::with_capacity(outputs.len());
     let mut total = 0u64;

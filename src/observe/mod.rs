@@ -1,0 +1,26 @@
+//! Operating kiln: what it is doing, how long jobs take, and when it stops.
+//!
+//! - [`phases`]: the stages of a job and the clock that times them (the builder and
+//!   the sandbox both enter phases).
+//! - [`observer`]: latency histograms and the live [`activity`] (builders, recent
+//!   jobs and errors in bounded ring buffers).
+//! - [`views`]: the actors' answers to `Describe*` / garbage collection messages.
+//! - [`snapshot`]: [`Ops`], everything the operator endpoints read, and one reading.
+//! - [`metrics`]: the Prometheus exposition; [`lifecycle`]: serving / draining.
+//! - [`logging`]: text or JSON logs, with a level that SIGHUP can change.
+
+pub mod activity;
+pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
+pub mod observer;
+pub mod phases;
+pub mod signals;
+pub mod snapshot;
+pub mod views;
+
+pub use lifecycle::{Draining, InFlight, Lifecycle};
+pub use observer::Observer;
+pub use phases::{JobPhases, Phase, PhaseTimings, SharedPhases};
+pub use snapshot::{GcReport, Ops, Snapshot, StatusDocument};
+pub use views::{Freed, PoolView, StoreView, StoredToolchain, WarmToolchain};

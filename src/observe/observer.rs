@@ -1,0 +1,95 @@
+//! The Observer: what the builders report about each job, kept for the metrics
+//! (latency histograms) and the status page (live builders, recent jobs, errors).
+
+use std::time::Duration;
+
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
+use super::activity::{command_line, unix_now, Activity, JobRecord};
+use super::phases::{Phase, SharedPhases};
+use crate::protocol::{JobComplete, JobId};
+
+/// Histogram buckets in seconds: 1 ms to ~65 s, doubling.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 17)
+}
+
+pub type PhaseLabels = [(&'static str, &'static str); 1];
+
+/// Shared by the builders, the cleaner hook and the HTTP facade.
+#[derive(Debug)]
+pub struct Observer {
+    pub activity: Activity,
+    /// `kiln_job_phase_seconds{phase}`.
+    pub phase_seconds: Family<PhaseLabels, Histogram>,
+    /// `kiln_job_duration_seconds`: accepted → answered.
+    pub job_seconds: Histogram,
+}
+
+impl Observer {
+    pub fn new(builders: usize) -> Self {
+        Observer {
+            activity: Activity::new(builders),
+            phase_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            job_seconds: Histogram::new(latency_buckets()),
+        }
+    }
+
+    /// A builder took a job.
+    pub fn job_started(&self, builder: usize, request: &crate::actors::JobRequest) {
+        self.activity.started(
+            builder,
+            request.job_id,
+            command_line(&request.command),
+            request.archive_id.clone(),
+            request.phases.clone(),
+        );
+    }
+
+    /// A builder finished a job (with a result or an error).
+    pub fn job_finished(
+        &self,
+        builder: usize,
+        job_id: JobId,
+        command: String,
+        phases: &SharedPhases,
+        result: Result<&JobComplete, String>,
+    ) {
+        phases.stop();
+        let timings = phases.timings();
+        for phase in Phase::ALL {
+            let ms = timings.get(phase);
+            if phase != Phase::Cleanup && (ms > 0.0 || phase == Phase::Queue) {
+                self.phase_seconds.get_or_create(&[("phase", phase.name())]).observe(ms / 1000.0);
+            }
+        }
+        let total = phases.elapsed();
+        self.job_seconds.observe(total.as_secs_f64());
+        let (outcome, ok) = match &result {
+            Ok(done) => (format!("exit {}", done.output.code), true),
+            Err(e) => (format!("error: {e}"), false),
+        };
+        if let Err(e) = result {
+            self.activity.error(Some(job_id), e);
+        }
+        self.activity.finished(
+            builder,
+            JobRecord {
+                job_id: job_id.0,
+                builder,
+                command,
+                outcome,
+                ok,
+                finished_at: unix_now(),
+                total_ms: total.as_secs_f64() * 1000.0,
+                phases_ms: timings,
+            },
+        );
+    }
+
+    /// A sandbox's leftovers were removed (after its job was answered).
+    pub fn cleanup_took(&self, spent: Duration) {
+        self.phase_seconds.get_or_create(&[("phase", Phase::Cleanup.name())]).observe(spent.as_secs_f64());
+    }
+}

@@ -1,0 +1,79 @@
+//! Point-in-time views of the actors' state, as they answer the `Describe*`
+//! messages; served by `/metrics`, `/status` and the JSON status.
+
+use serde::{Deserialize, Serialize};
+
+use crate::lru::ByteLru;
+
+/// One archive or unpacked root.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredToolchain {
+    pub archive_id: String,
+    pub bytes: u64,
+    /// A job or a sandbox holds it (it cannot be evicted now).
+    pub in_use: bool,
+}
+
+/// A byte-bounded store of toolchains (the archive cache, or the unpacked roots).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoreView {
+    pub budget_bytes: u64,
+    pub used_bytes: u64,
+    /// Most recently used first.
+    pub toolchains: Vec<StoredToolchain>,
+    /// Toolchains being unpacked now (roots only).
+    #[serde(default)]
+    pub in_progress: Vec<String>,
+}
+
+impl StoreView {
+    pub fn of(index: &ByteLru) -> Self {
+        StoreView {
+            budget_bytes: index.budget(),
+            used_bytes: index.used(),
+            toolchains: index
+                .entries()
+                .into_iter()
+                .map(|(archive_id, bytes, in_use)| StoredToolchain { archive_id, bytes, in_use })
+                .collect(),
+            in_progress: Vec::new(),
+        }
+    }
+}
+
+/// The sandboxes a pool keeps prepared for one toolchain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WarmToolchain {
+    pub archive_id: String,
+    pub idle: usize,
+    pub preparing: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PoolView {
+    pub backend: String,
+    pub warm_per_toolchain: usize,
+    pub max_idle: usize,
+    pub toolchains: Vec<WarmToolchain>,
+}
+
+/// `12.3 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut value, mut unit) = (n as f64, 0);
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
+
+/// What one garbage collection step freed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freed {
+    pub items: u64,
+    pub bytes: u64,
+}
