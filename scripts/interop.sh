@@ -21,57 +21,14 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SCCACHE_VERSION=0.19.0
 CASES=${INTEROP_CASES:-"local overflow badtoken upstream docker two baseline"}
 FILES=${INTEROP_FILES:-24}
 WORK=$(mktemp -d /tmp/kiln-interop.XXXXXX)
-PIDS=()
 KILN_TIMES=""
 TIMES=""
-
-log() { printf '\n== %s\n' "$*" >&2; }
-die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
-
-cleanup() {
-  local status=$?
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
-  sccache --stop-server >/dev/null 2>&1 || true
-  if [ "$status" -ne 0 ]; then
-    echo "logs kept in $WORK:" >&2
-    for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "--- $f (tail)" >&2; tail -n 30 "$f" >&2; }; done
-  else
-    rm -rf "$WORK"
-  fi
-}
+# shellcheck source=scripts/common.sh
+source "$ROOT/scripts/common.sh"
 trap cleanup EXIT
-
-# --- tools -------------------------------------------------------------------
-install_sccache() {
-  export PATH="$HOME/.cargo/bin:$PATH"
-  if sccache --version 2>/dev/null | grep -q " $SCCACHE_VERSION" && command -v sccache-dist >/dev/null; then
-    return
-  fi
-  log "installing sccache $SCCACHE_VERSION with dist-client and dist-server (~15 minutes the first time)"
-  if ! dpkg -s libssl-dev pkg-config >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq libssl-dev pkg-config >/dev/null
-  fi
-  cargo install "sccache@$SCCACHE_VERSION" --locked --no-default-features --features "dist-client,dist-server"
-}
-
-# Release by default: the wall times below are compared with upstream's release build.
-build_kiln() {
-  local profile=${INTEROP_PROFILE:-release}
-  log "building kiln ($profile)"
-  (cd "$ROOT" && cargo build --locked --profile "$profile" --bin kiln)
-  KILN="$ROOT/target/$([ "$profile" = dev ] && echo debug || echo "$profile")/kiln"
-}
-
-# Waits (bounded) until `cmd...` succeeds.
-wait_for() {
-  local what=$1; shift
-  for _ in $(seq 1 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
-  die "timed out waiting for $what"
-}
 
 # --- the C project -----------------------------------------------------------
 make_project() {
@@ -158,37 +115,6 @@ expect_all_distributed() {
   [ "$errors" -eq 0 ] || die "$errors compiles fell back to local"
 }
 
-# --- servers -----------------------------------------------------------------
-start_kiln() { # start_kiln <name> [config]
-  local name=$1; shift
-  "$KILN" serve ${1:+--config "$1"} >"$WORK/$name.out" 2>"$WORK/$name.log" &
-  PIDS+=($!)
-  wait_for "$name to listen" grep -q "kiln listening on" "$WORK/$name.out"
-}
-
-start_scheduler() {
-  SCCACHE_NO_DAEMON=1 SCCACHE_LOG=info sccache-dist scheduler --config "$ROOT/examples/sccache/scheduler.toml" \
-    >"$WORK/scheduler.log" 2>&1 &
-  PIDS+=($!)
-  wait_for "the scheduler" curl -sf http://127.0.0.1:10600/api/v1/scheduler/status
-}
-
-# wait_servers <n>: the scheduler reports n servers.
-wait_servers() {
-  local n=$1
-  wait_for "$n server(s) at the scheduler" bash -c \
-    "curl -sf -H 'Accept: application/json' http://127.0.0.1:10600/api/v1/scheduler/status | grep -q '\"num_servers\":$n'"
-}
-
-stop_all() {
-  sccache --stop-server >/dev/null 2>&1 || true
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
-
-now() { date +%s.%N; }
-elapsed() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
-
 # --- cases -------------------------------------------------------------------
 case_local() {
   log "local: plain \`kiln serve\`, client config = scheduler_url only"
@@ -247,23 +173,6 @@ case_badtoken() {
   stop_all
 }
 
-# server_config <name> <port> <builder>: examples/sccache/server.toml moved to its own port and dirs.
-server_config() {
-  local cfg=$WORK/$1.toml
-  sed -e "s/127.0.0.1:10501/127.0.0.1:$2/" -e "s#/var/lib/kiln#$WORK/$1#" "$ROOT/examples/sccache/server.toml" >"$cfg"
-  if [ "$3" = docker ]; then
-    python3 - "$cfg" <<'EOF'
-import re, sys
-p = sys.argv[1]; s = open(p).read()
-s = re.sub(r'\[builder\]\n(.*\n)*?(?=\n)', '[builder]\ntype = "docker"\n', s)
-open(p, 'w').write(s)
-EOF
-  fi
-  # Each kiln's operator endpoints on their own port (the default 10601 is one per box).
-  printf '\n[kiln]\nmetrics_listen = "127.0.0.1:%d"\n' "$(($2 + 100))" >>"$cfg"
-  echo "$cfg"
-}
-
 case_upstream() {
   log "upstream: sccache-dist scheduler + kiln on examples/sccache/server.toml"
   start_scheduler
@@ -291,14 +200,14 @@ timed_compiles() {
 }
 
 case_docker() {
-  if ! curl -sf --unix-socket /var/run/docker.sock http://localhost/_ping >/dev/null 2>&1; then
+  if ! docker_answers; then
     [ -n "${KILN_REQUIRE_DOCKER:-}" ] && die "no Docker daemon answers and KILN_REQUIRE_DOCKER is set"
     log "docker: SKIPPED, no Docker daemon answers on /var/run/docker.sock"
     return
   fi
   log "docker: sccache-dist scheduler + kiln's docker builder"
   start_scheduler
-  start_kiln kiln-docker "$(server_config kiln-docker 10501 docker)"
+  start_kiln kiln-docker "$(kiln_config kiln-docker 10501 docker)"
   wait_servers 1
   start_client "$ROOT/examples/sccache/client.toml"
   compile_all out-docker
@@ -310,8 +219,8 @@ case_docker() {
 case_two() {
   log "two: two kiln servers behind one scheduler"
   start_scheduler
-  start_kiln kiln-a "$(server_config kiln-a 10501 overlay)"
-  start_kiln kiln-b "$(server_config kiln-b 10502 overlay)"
+  start_kiln kiln-a "$(kiln_config kiln-a 10501 overlay)"
+  start_kiln kiln-b "$(kiln_config kiln-b 10502 overlay)"
   wait_servers 2
   start_client "$ROOT/examples/sccache/client.toml"
   compile_all out-two

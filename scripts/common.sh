@@ -1,0 +1,111 @@
+# Shared by scripts/interop.sh and scripts/compare.sh (sourced, not run).
+#
+# Expects ROOT (the repository) and WORK (a scratch dir) to be set. Everything
+# listens on 127.0.0.1 only; every wait is bounded.
+
+SCCACHE_VERSION=0.19.0
+PIDS=()
+
+log() { printf '\n== %s\n' "$*" >&2; }
+die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+# On exit: stop what we started; keep the logs when something failed.
+cleanup() {
+  local status=$?
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  sccache --stop-server >/dev/null 2>&1 || true
+  if [ "$status" -ne 0 ]; then
+    echo "logs kept in $WORK:" >&2
+    for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "--- $f (tail)" >&2; tail -n 30 "$f" >&2; }; done
+  else
+    rm -rf "$WORK"
+  fi
+}
+
+# Upstream sccache 0.19.0 with its dist client and server, unless already installed.
+install_sccache() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if sccache --version 2>/dev/null | grep -q " $SCCACHE_VERSION" && command -v sccache-dist >/dev/null; then
+    return
+  fi
+  log "installing sccache $SCCACHE_VERSION with dist-client and dist-server (~15 minutes the first time)"
+  if ! dpkg -s libssl-dev pkg-config >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq libssl-dev pkg-config >/dev/null
+  fi
+  cargo install "sccache@$SCCACHE_VERSION" --locked --no-default-features --features "dist-client,dist-server"
+}
+
+# build_kiln [extra cargo args]: sets KILN. Release by default: figures are
+# compared with upstream's release build.
+build_kiln() {
+  local profile=${KILN_PROFILE:-release}
+  log "building kiln ($profile)"
+  (cd "$ROOT" && cargo build --locked --profile "$profile" --bin kiln "$@")
+  KILN_TARGET="$ROOT/target/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+  KILN="$KILN_TARGET/kiln"
+}
+
+# wait_for <what> <cmd...>: until the command succeeds, at most 20 s.
+wait_for() {
+  local what=$1; shift
+  for _ in $(seq 1 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  die "timed out waiting for $what"
+}
+
+# start_kiln <name> [config]
+start_kiln() {
+  local name=$1; shift
+  "$KILN" serve ${1:+--config "$1"} >"$WORK/$name.out" 2>"$WORK/$name.log" &
+  PIDS+=($!)
+  wait_for "$name to listen" grep -q "kiln listening on" "$WORK/$name.out"
+}
+
+# Upstream's scheduler on examples/sccache/scheduler.toml (127.0.0.1:10600).
+start_scheduler() {
+  SCCACHE_NO_DAEMON=1 SCCACHE_LOG=info sccache-dist scheduler --config "$ROOT/examples/sccache/scheduler.toml" \
+    >"$WORK/scheduler.log" 2>&1 &
+  PIDS+=($!)
+  wait_for "the scheduler" curl -sf http://127.0.0.1:10600/api/v1/scheduler/status
+}
+
+# wait_servers <n>: the scheduler reports n servers.
+wait_servers() {
+  local n=$1
+  wait_for "$n server(s) at the scheduler" bash -c \
+    "curl -sf -H 'Accept: application/json' http://127.0.0.1:10600/api/v1/scheduler/status | grep -q '\"num_servers\":$n'"
+}
+
+stop_all() {
+  sccache --stop-server >/dev/null 2>&1 || true
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+
+# server_config <name> <port> <overlay|docker>: examples/sccache/server.toml moved
+# to its own port and directories; prints the new file's path.
+server_config() {
+  local cfg=$WORK/$1.toml
+  sed -e "s/127.0.0.1:10501/127.0.0.1:$2/" -e "s#/var/lib/kiln#$WORK/$1#" "$ROOT/examples/sccache/server.toml" >"$cfg"
+  if [ "$3" = docker ]; then
+    python3 - "$cfg" <<'EOF'
+import re, sys
+p = sys.argv[1]; s = open(p).read()
+s = re.sub(r'\[builder\]\n(.*\n)*?(?=\n)', '[builder]\ntype = "docker"\n', s)
+open(p, 'w').write(s)
+EOF
+  fi
+  echo "$cfg"
+}
+
+# kiln_config <name> <port> <overlay|docker>: server_config plus kiln's own
+# operator port (server port + 100; the default 10601 is one per box).
+kiln_config() {
+  local cfg; cfg=$(server_config "$@")
+  printf '\n[kiln]\nmetrics_listen = "127.0.0.1:%d"\n' "$(($2 + 100))" >>"$cfg"
+  echo "$cfg"
+}
+
+docker_answers() { curl -sf --unix-socket /var/run/docker.sock http://localhost/_ping >/dev/null 2>&1; }
+
+now() { date +%s.%N; }
+elapsed() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
