@@ -196,8 +196,9 @@ fn job_spec(kind: Kind, root: &Path) -> anyhow::Result<JobSpec> {
     let object = dir.join("unit.o");
     let mut inputs = InputsBuilder::new();
     inputs.add_host_file(&preprocessed)?;
+    let mut inputs = inputs.finish()?;
     if kind == Kind::Hostile {
-        inputs.add_file("/../../../tmp/kiln-loadgen-escape", b"must never land")?;
+        inputs = with_escaping_entry(inputs)?;
     }
     let local_args: Vec<String> = vec!["-O2".into(), "-c".into(), "unit.i".into(), "-o".into(), "unit.o".into()];
     let request = RunJobHttpRequest {
@@ -209,7 +210,27 @@ fn job_spec(kind: Kind, root: &Path) -> anyhow::Result<JobSpec> {
         },
         outputs: vec![object.to_str().unwrap().to_owned()],
     };
-    Ok(JobSpec { kind, inputs: inputs.finish()?, request, local_args, dir })
+    Ok(JobSpec { kind, inputs, request, local_args, dir })
+}
+
+/// Appends an entry named `../../../tmp/kiln-loadgen-escape` to an inputs tar. The
+/// tar crate refuses to write such a name, so the header's bytes are set directly,
+/// as a hostile client would.
+fn with_escaping_entry(tar: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    const NAME: &[u8] = b"../../../tmp/kiln-loadgen-escape";
+    const BODY: &[u8] = b"must never land";
+    // Drop the two zero blocks that end the archive, append, end it again.
+    let mut tar = tar[..tar.len().saturating_sub(1024)].to_vec();
+    let mut header = tar::Header::new_old();
+    header.as_old_mut().name[..NAME.len()].copy_from_slice(NAME);
+    header.set_size(BODY.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append(&header, BODY)?;
+    tar.extend(builder.into_inner()?);
+    Ok(tar)
 }
 
 /// How jobs are placed: through the scheduler, or by us with the server's key.
