@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::archive::ExtractLimits;
+use super::SandboxError;
+use crate::archive::{ArchiveError, ExtractLimits, SandboxPath};
 use crate::protocol::{CompileCommand, JobId};
 
 /// One job as a sandbox receives it.
@@ -30,6 +31,24 @@ pub struct SandboxLimits {
     pub inputs: ExtractLimits,
     pub max_output_bytes: u64,
     pub max_stdio_bytes: u64,
+}
+
+/// Checks a job's command the same way on every backend (environment, no NUL bytes,
+/// a non-empty executable) and returns its cwd as a path inside the sandbox.
+pub(crate) fn validate_command(command: &CompileCommand) -> Result<SandboxPath, SandboxError> {
+    validate_env(&command.env_vars).map_err(SandboxError::BadCommand)?;
+    if command.executable.is_empty()
+        || command.executable.contains('\0')
+        || command.arguments.iter().any(|a| a.contains('\0'))
+    {
+        return Err(SandboxError::BadCommand("executable is empty, or it or an argument has a NUL byte".into()));
+    }
+    SandboxPath::parse(command.cwd.as_bytes()).map_err(bad_path)
+}
+
+/// A cwd or output path the sandbox cannot hold is a malformed command.
+pub(crate) fn bad_path(e: ArchiveError) -> SandboxError {
+    SandboxError::BadCommand(e.to_string())
 }
 
 /// Checks a job's environment the way a shell would need it: `KEY=VALUE` pairs

@@ -22,7 +22,7 @@ use super::engine::HELPER_PATH;
 use super::image::IMAGE_DIRS;
 use crate::archive::{ArchiveError, ExtractLimits, RootedDir, SandboxPath};
 use crate::protocol::{CompileCommand, OutputData};
-use crate::sandbox::job::validate_env;
+use crate::sandbox::job::{bad_path, validate_command};
 use crate::sandbox::SandboxError;
 
 /// Top-level directories that are kernel file systems in every container: a job's
@@ -62,14 +62,7 @@ pub fn prepare(
     owner: (u32, u32),
     limits: &ExtractLimits,
 ) -> Result<PreparedJob, SandboxError> {
-    validate_env(&command.env_vars).map_err(SandboxError::BadCommand)?;
-    if command.executable.is_empty()
-        || command.executable.contains('\0')
-        || command.arguments.iter().any(|a| a.contains('\0'))
-    {
-        return Err(SandboxError::BadCommand("executable is empty, or it or an argument has a NUL byte".into()));
-    }
-    let cwd = SandboxPath::parse(command.cwd.as_bytes()).map_err(bad_path)?;
+    let cwd = validate_command(command)?;
     let root = RootedDir::open(toolchain_root).map_err(SandboxError::Layout)?;
     let mut layout = Layout { root, owner, created: HashSet::new(), files: HashSet::new(), tar: new_tar() };
 
@@ -91,10 +84,6 @@ pub fn prepare(
         outputs: resolved.into_iter().map(|(n, p)| (n, Path::new("/").join(p))).collect(),
         downloads,
     })
-}
-
-fn bad_path(e: ArchiveError) -> SandboxError {
-    SandboxError::BadCommand(e.to_string())
 }
 
 fn new_tar() -> tar::Builder<Vec<u8>> {

@@ -19,7 +19,7 @@ use crate::archive::{extract_tar_into, ArchiveError, RootedDir, SandboxPath};
 use crate::observe::Phase;
 use crate::protocol::{JobComplete, OutputData, ProcessOutput};
 use crate::report::ErrorChain;
-use crate::sandbox::job::validate_env;
+use crate::sandbox::job::{bad_path, validate_command};
 use crate::sandbox::kill::KillHandle;
 use crate::sandbox::{SandboxError, SandboxJob, SandboxLimits};
 
@@ -96,14 +96,7 @@ pub(super) fn run_job(
     // The sandbox's processes are the job's from here on: a kill takes them.
     kill.started(sandbox.pid);
     let command = &job.command;
-    validate_env(&command.env_vars).map_err(SandboxError::BadCommand)?;
-    if command.executable.is_empty()
-        || command.executable.contains('\0')
-        || command.arguments.iter().any(|a| a.contains('\0'))
-    {
-        return Err(SandboxError::BadCommand("executable is empty, or it or an argument has a NUL byte".into()));
-    }
-    let cwd = SandboxPath::parse(command.cwd.as_bytes()).map_err(bad_path)?;
+    let cwd = validate_command(command)?;
 
     let root = RootedDir::open(merged).map_err(SandboxError::Layout)?;
     job.phases.enter(Phase::Inputs);
@@ -147,11 +140,6 @@ pub(super) fn run_job(
         collected.push((name.clone(), data));
     }
     Ok(JobComplete { output, outputs: collected })
-}
-
-/// A cwd or output path the sandbox cannot hold is a malformed command.
-fn bad_path(e: ArchiveError) -> SandboxError {
-    SandboxError::BadCommand(e.to_string())
 }
 
 fn bwrap_command(bwrap: &Path, merged: &Path, shim: &Path, spec_fd: RawFd) -> Command {
