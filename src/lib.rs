@@ -14,6 +14,7 @@
 //!   (overlayfs + bubblewrap) and the docker backend (containers through bollard).
 //! - [`archive`]: hostile-input-safe tar extraction and in-root path resolution.
 //! - [`server`]: assembles everything; [`config`]: the typed configuration;
+//!   [`data_lock`]: one kiln per data directory;
 //!   [`host_check`]: startup checks; [`package`]: `kiln package-toolchain`.
 //! - [`client`]: a Rust client of the protocol, for tests, benches and load tools.
 //! - [`observe`]: metrics, the live activity behind `/status`, job phase timings,
@@ -25,6 +26,7 @@ pub mod archive;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod data_lock;
 pub mod host_check;
 pub mod http;
 pub mod jobs;

@@ -41,6 +41,8 @@ pub enum ServerError {
     },
     #[error("the job token key is invalid")]
     Key(#[source] crate::protocol::ProtocolError),
+    #[error(transparent)]
+    Locked(#[from] crate::data_lock::LockError),
     #[error("an actor stopped during startup")]
     Startup,
     #[error("listening on {addr} failed")]
@@ -86,6 +88,11 @@ pub async fn serve_with(
     reload: Reload,
     on_listening: impl FnOnce(Listening),
 ) -> Result<(), ServerError> {
+    // Before anything touches the data dirs: the sweep below would kill another
+    // kiln's sandboxes and empty its directories.
+    let cache_root = config.archives_dir().parent().map(std::path::Path::to_path_buf);
+    let dirs = [Some(config.kiln.data_dir.clone()), Some(config.build_dir()), cache_root];
+    let _lock = crate::data_lock::DataDirLock::acquire(dirs.iter().flatten().map(|d| d.as_path()))?;
     let stats = Arc::new(Stats::default());
     let observer = Arc::new(Observer::new(config.builder_count()));
     let lifecycle = Arc::new(Lifecycle::default());

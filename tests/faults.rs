@@ -208,3 +208,26 @@ async fn request_bodies_beyond_the_memory_budget_get_503_until_memory_is_free() 
         RunJobResult::JobNotFound => panic!("job {job_id} not found"),
     }
 }
+
+#[actix_rt::test]
+async fn a_second_kiln_on_the_same_data_dir_refuses_to_start() {
+    let kiln = Kiln::start("builders = 1\n");
+    // The same config file (same data dir), other ports: only the lock can stop it.
+    let config = kiln.data_dir.with_extension("toml");
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running a second kiln");
+    assert!(!second.status.success(), "a second kiln on the same data dir started");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let message = stderr.lines().find(|l| l.contains("already using")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(message.contains(&format!("pid {}", kiln.pid())), "names the holder: {message}");
+    assert!(message.contains("kiln.lock"), "{message}");
+    assert!(String::from_utf8_lossy(&second.stdout).is_empty(), "it never listened");
+
+    // The first one is untouched: its sandboxes were not swept, it still compiles.
+    assert_compiles(&kiln).await;
+}
