@@ -198,6 +198,12 @@ pub struct JobConfig {
 pub struct SandboxConfig {
     /// Sandboxes kept prepared per toolchain, so a job does not wait for setup.
     pub warm_per_toolchain: usize,
+    /// Consecutive machinery failures of one toolchain's jobs after which its root
+    /// is unpacked afresh and, if that happens twice within `quarantine_secs`, the
+    /// toolchain is quarantined (see [`crate::quarantine`]). 0 turns this off.
+    pub quarantine_after: u32,
+    /// How long a quarantined toolchain's jobs are refused (503).
+    pub quarantine_secs: u64,
     /// `[kiln.sandbox.docker]`, used by the docker backend (`[builder] type = "docker"`).
     pub docker: crate::sandbox::docker::DockerConfig,
 }
@@ -282,7 +288,7 @@ impl Default for JobConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        SandboxConfig { warm_per_toolchain: 2, docker: Default::default() }
+        SandboxConfig { warm_per_toolchain: 2, quarantine_after: 3, quarantine_secs: 300, docker: Default::default() }
     }
 }
 

@@ -19,6 +19,7 @@ use crate::jobs::JobTable;
 use crate::observe::signals::Reload;
 use crate::observe::{Lifecycle, Observer, Ops};
 use crate::protocol::{HeartbeatServerHttpRequest, JobKey, ServerCertificateHttpResponse, ServerId, ServerNonce};
+use crate::quarantine::Quarantine;
 use crate::sandbox::docker::start_docker_backend;
 use crate::sandbox::overlay::{install_exec_shim, OverlayBackend};
 use crate::sandbox::{SandboxLimits, SharedBackend};
@@ -154,6 +155,8 @@ pub async fn serve_with(
     let pool = SandboxPool::new(backend, warm, max_idle, cleaner.clone(), stats.clone()).start();
     let ops_pool = pool.clone();
     let queue = JobQueue::new(kiln.jobs.queue_len, stats.clone()).start();
+    let quarantine =
+        Arc::new(Quarantine::new(kiln.sandbox.quarantine_after, Duration::from_secs(kiln.sandbox.quarantine_secs)));
     let deps = BuilderDeps {
         queue: queue.clone(),
         cache: cache.clone(),
@@ -163,6 +166,7 @@ pub async fn serve_with(
         stats: stats.clone(),
         job_timeout: kiln.jobs.timeout(),
         observer: observer.clone(),
+        quarantine: quarantine.clone(),
     };
     // Held until shutdown: a supervisor restarts its actor only while some address
     // of it is alive, and an idle builder's address is otherwise only in the queue.
@@ -237,6 +241,7 @@ pub async fn serve_with(
         backend: backend_name,
         builders,
         link_health: link_health.clone(),
+        quarantine,
         started: std::time::Instant::now(),
     });
     let state = web::Data::new(AppState {
