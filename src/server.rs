@@ -138,6 +138,7 @@ pub async fn serve_with(
         inputs: kiln.jobs.extract_limits(),
         max_output_bytes: kiln.jobs.max_output_bytes,
         max_stdio_bytes: kiln.jobs.max_stdio_bytes,
+        max_process_memory_bytes: kiln.jobs.max_process_memory_bytes,
     };
     // The docker backend keeps its own warm pool (the ContainerPool): the SandboxPool
     // then prepares nothing ahead, each acquire takes a warm container at once.

@@ -65,13 +65,14 @@ pub(super) struct StartedSandbox {
 
 impl StartedSandbox {
     /// Starts bubblewrap over `merged` (the overlay, visible in this thread's
-    /// namespace) with the shim at `shim` as its program.
-    pub fn start(bwrap: &Path, shim: &Path, merged: &Path) -> Result<Self, SandboxError> {
+    /// namespace) with the shim at `shim` as its program; every process of the
+    /// sandbox gets at most `max_memory` bytes of address space (0: unlimited).
+    pub fn start(bwrap: &Path, shim: &Path, merged: &Path, max_memory: u64) -> Result<Self, SandboxError> {
         let spawn_error = |source| SandboxError::Spawn { path: PathBuf::from(bwrap), source };
         // Both ends close on exec: no other sandbox's bubblewrap, started meanwhile
         // from another thread, may hold the write end (the shim would never see EOF).
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| spawn_error(e.into()))?;
-        let mut cmd = bwrap_command(bwrap, merged, shim, read.as_raw_fd());
+        let mut cmd = bwrap_command(bwrap, merged, shim, read.as_raw_fd(), max_memory);
         let child = cmd.spawn().map_err(spawn_error)?;
         drop(read);
         let pid = Pid::from_raw(child.id() as i32);
@@ -154,7 +155,7 @@ fn bad_path(e: ArchiveError) -> SandboxError {
     SandboxError::BadCommand(e.to_string())
 }
 
-fn bwrap_command(bwrap: &Path, merged: &Path, shim: &Path, spec_fd: RawFd) -> Command {
+fn bwrap_command(bwrap: &Path, merged: &Path, shim: &Path, spec_fd: RawFd, max_memory: u64) -> Command {
     let mut cmd = Command::new(bwrap);
     cmd.args([
         // The job dies with its bubblewrap, which dies with the thread that started it.
@@ -181,7 +182,8 @@ fn bwrap_command(bwrap: &Path, merged: &Path, shim: &Path, spec_fd: RawFd) -> Co
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let kiln = nix::unistd::getpid();
     // SAFETY: runs in the forked child before exec; it only makes syscalls (prctl,
-    // getppid, dup2 or fcntl) and allocates nothing, so it is async-signal-safe.
+    // getppid, setrlimit, dup2 or fcntl) and allocates nothing, so it is
+    // async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
             // bubblewrap sets this itself, but only after it has cloned the sandbox;
@@ -191,6 +193,18 @@ fn bwrap_command(bwrap: &Path, merged: &Path, shim: &Path, spec_fd: RawFd) -> Co
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             if nix::unistd::getppid() != kiln {
                 return Err(std::io::Error::other("kiln exited while starting the sandbox"));
+            }
+            // No cgroup here, so no memory limit for the job as a whole: RLIMIT_AS
+            // bounds each process (setrlimit(2)); inherited by bubblewrap and every
+            // process of the job, which cannot raise it again without
+            // CAP_SYS_RESOURCE in the host's user namespace (--cap-drop ALL,
+            // --unshare-user). A runaway allocation then fails with ENOMEM instead
+            // of waking the host's OOM killer.
+            if max_memory > 0 {
+                let limit = nix::libc::rlimit { rlim_cur: max_memory, rlim_max: max_memory };
+                if nix::libc::setrlimit(nix::libc::RLIMIT_AS, &limit) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             // The shim reads its command on fd 3; bubblewrap passes fds through.
             // dup2 onto another fd clears close-on-exec; onto itself it does not.
