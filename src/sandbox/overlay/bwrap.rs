@@ -84,6 +84,15 @@ impl StartedSandbox {
         self.spec = None;
         let _ = self.child.wait();
     }
+
+    /// Ends a sandbox whose job was refused or cancelled before it started: EOF to
+    /// the shim (a kill meanwhile still reaches it), then forget the pid and reap.
+    fn finish(mut self, kill: &KillHandle) {
+        self.spec = None;
+        let _ = waitid(Id::Pid(self.pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
+        kill.exited();
+        let _ = self.child.wait();
+    }
 }
 
 /// Runs `job` in `sandbox`, whose root is `merged` in this thread's namespace.
@@ -96,6 +105,49 @@ pub(super) fn run_job(
 ) -> Result<JobComplete, SandboxError> {
     // The sandbox's processes are the job's from here on: a kill takes them.
     kill.started(sandbox.pid);
+    let (cwd, root, outputs) = match prepare_layout(merged, &job, limits) {
+        Ok(layout) => layout,
+        Err(e) => {
+            // A refused job still ends its bubblewrap: EOF to the shim, then reap.
+            // Dropping the Child instead would leave bubblewrap running unreaped.
+            sandbox.finish(kill);
+            return Err(e);
+        }
+    };
+    if kill.is_cancelled() {
+        sandbox.finish(kill);
+        return Err(SandboxError::TimedOut(job.timeout));
+    }
+
+    job.phases.enter(Phase::Compile);
+    let output = run_in(sandbox, &job, &cwd, limits, kill)?;
+    job.phases.enter(Phase::Outputs);
+
+    let mut collected = Vec::with_capacity(outputs.len());
+    let mut total = 0u64;
+    for (name, path) in outputs {
+        let Some(bytes) = read_output(&root, &path, limits.max_output_bytes - total).map_err(|e| match e {
+            SandboxError::OutputsTooLarge { .. } => SandboxError::OutputsTooLarge { limit: limits.max_output_bytes },
+            other => other,
+        })?
+        else {
+            continue; // Missing outputs are left out of the answer, as upstream does.
+        };
+        total += bytes.len() as u64;
+        let data = OutputData::compress(&bytes)
+            .map_err(|source| SandboxError::CompressOutput { path: path.display(), source })?;
+        collected.push((name.clone(), data));
+    }
+    Ok(JobComplete { output, outputs: collected })
+}
+
+/// Checks the command and lays out the root: inputs, cwd, /tmp, outputs' parents.
+#[allow(clippy::type_complexity)]
+fn prepare_layout<'j>(
+    merged: &Path,
+    job: &'j SandboxJob,
+    limits: &SandboxLimits,
+) -> Result<(SandboxPath, RootedDir, Vec<(&'j String, SandboxPath)>), SandboxError> {
     let command = &job.command;
     validate_env(&command.env_vars).map_err(SandboxError::BadCommand)?;
     if command.executable.is_empty()
@@ -123,31 +175,7 @@ pub(super) fn run_job(
         }
         outputs.push((name, path));
     }
-    if kill.is_cancelled() {
-        sandbox.discard();
-        return Err(SandboxError::TimedOut(job.timeout));
-    }
-
-    job.phases.enter(Phase::Compile);
-    let output = run_in(sandbox, &job, &cwd, limits, kill)?;
-    job.phases.enter(Phase::Outputs);
-
-    let mut collected = Vec::with_capacity(outputs.len());
-    let mut total = 0u64;
-    for (name, path) in outputs {
-        let Some(bytes) = read_output(&root, &path, limits.max_output_bytes - total).map_err(|e| match e {
-            SandboxError::OutputsTooLarge { .. } => SandboxError::OutputsTooLarge { limit: limits.max_output_bytes },
-            other => other,
-        })?
-        else {
-            continue; // Missing outputs are left out of the answer, as upstream does.
-        };
-        total += bytes.len() as u64;
-        let data = OutputData::compress(&bytes)
-            .map_err(|source| SandboxError::CompressOutput { path: path.display(), source })?;
-        collected.push((name.clone(), data));
-    }
-    Ok(JobComplete { output, outputs: collected })
+    Ok((cwd, root, outputs))
 }
 
 /// A cwd or output path the sandbox cannot hold is a malformed command.
