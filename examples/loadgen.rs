@@ -196,9 +196,7 @@ fn job_spec(kind: Kind, root: &Path) -> anyhow::Result<JobSpec> {
     let object = dir.join("unit.o");
     let mut inputs = InputsBuilder::new();
     inputs.add_host_file(&preprocessed)?;
-    if kind == Kind::Hostile {
-        inputs.add_file("/../../../tmp/kiln-loadgen-escape", b"must never land")?;
-    }
+
     let local_args: Vec<String> = vec!["-O2".into(), "-c".into(), "unit.i".into(), "-o".into(), "unit.o".into()];
     let request = RunJobHttpRequest {
         command: CompileCommand {
@@ -209,7 +207,30 @@ fn job_spec(kind: Kind, root: &Path) -> anyhow::Result<JobSpec> {
         },
         outputs: vec![object.to_str().unwrap().to_owned()],
     };
-    Ok(JobSpec { kind, inputs: inputs.finish()?, request, local_args, dir })
+    let mut inputs = inputs.finish()?;
+    if kind == Kind::Hostile {
+        inputs = with_escaping_entry(inputs);
+    }
+    Ok(JobSpec { kind, inputs, request, local_args, dir })
+}
+
+/// Appends an entry whose path escapes with `..` (written into the header by hand:
+/// the tar crate refuses to build one) to an uncompressed tar.
+fn with_escaping_entry(mut tar: Vec<u8>) -> Vec<u8> {
+    const NAME: &[u8] = b"/../../../tmp/kiln-loadgen-escape";
+    const DATA: &[u8] = b"must never land";
+    tar.truncate(tar.len().saturating_sub(1024)); // the two zero end blocks
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(DATA.len() as u64);
+    header.set_mode(0o644);
+    header.as_old_mut().name[..NAME.len()].copy_from_slice(NAME);
+    header.set_cksum();
+    tar.extend_from_slice(header.as_bytes());
+    tar.extend_from_slice(DATA);
+    tar.resize(tar.len().next_multiple_of(512), 0);
+    tar.extend_from_slice(&[0u8; 1024]);
+    tar
 }
 
 /// How jobs are placed: through the scheduler, or by us with the server's key.
