@@ -81,7 +81,12 @@ fn sandbox_prepare(c: &mut Criterion) {
     let system = actix_rt::System::new();
     let shim = scratch.path().join("kiln-exec");
     system.block_on(install_exec_shim(&shim)).unwrap();
-    let sandbox_limits = SandboxLimits { inputs: limits(), max_output_bytes: 1 << 20, max_stdio_bytes: 1 << 20 };
+    let sandbox_limits = SandboxLimits {
+        inputs: limits(),
+        max_output_bytes: 1 << 20,
+        max_stdio_bytes: 1 << 20,
+        max_process_memory_bytes: 8 << 30,
+    };
     let backend = OverlayBackend::new(scratch.path().join("sandboxes"), bwrap, shim, sandbox_limits);
     let toolchain = ToolchainRoot { archive_id: "bench".into(), path: root, lease: Arc::new(()) };
 

@@ -185,6 +185,11 @@ pub struct JobConfig {
     pub max_output_bytes: u64,
     /// stdout and stderr are each cut at this many bytes.
     pub max_stdio_bytes: u64,
+    /// Overlay backend: address space of each process of a job (RLIMIT_AS), so
+    /// one runaway allocation fails instead of exhausting the host; 0 = unlimited.
+    /// Per process, not per job (overlay has no cgroup); docker uses
+    /// `sandbox.docker.memory_bytes` for the whole container instead.
+    pub max_process_memory_bytes: u64,
     /// A request body must arrive completely within this time (slow clients).
     pub body_timeout_secs: u64,
     /// Jobs waiting for a free builder; beyond this kiln answers 503.
@@ -198,6 +203,12 @@ pub struct JobConfig {
 pub struct SandboxConfig {
     /// Sandboxes kept prepared per toolchain, so a job does not wait for setup.
     pub warm_per_toolchain: usize,
+    /// Consecutive machinery failures of one toolchain's jobs after which its root
+    /// is unpacked afresh and, if that happens twice within `quarantine_secs`, the
+    /// toolchain is quarantined (see [`crate::quarantine`]). 0 turns this off.
+    pub quarantine_after: u32,
+    /// How long a quarantined toolchain's jobs are refused (503).
+    pub quarantine_secs: u64,
     /// `[kiln.sandbox.docker]`, used by the docker backend (`[builder] type = "docker"`).
     pub docker: crate::sandbox::docker::DockerConfig,
 }
@@ -273,6 +284,7 @@ impl Default for JobConfig {
             max_input_entries: 100_000,
             max_output_bytes: 512 * MIB,
             max_stdio_bytes: 16 * MIB,
+            max_process_memory_bytes: 8 * GIB,
             body_timeout_secs: 120,
             queue_len: 1024,
             assigned_ttl_secs: 600,
@@ -282,7 +294,7 @@ impl Default for JobConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        SandboxConfig { warm_per_toolchain: 2, docker: Default::default() }
+        SandboxConfig { warm_per_toolchain: 2, quarantine_after: 3, quarantine_secs: 300, docker: Default::default() }
     }
 }
 

@@ -14,6 +14,8 @@
 //!   (overlayfs + bubblewrap) and the docker backend (containers through bollard).
 //! - [`archive`]: hostile-input-safe tar extraction and in-root path resolution.
 //! - [`server`]: assembles everything; [`config`]: the typed configuration;
+//!   [`data_lock`]: one kiln per data directory; [`quarantine`]: toolchains whose
+//!   jobs keep failing in the machinery are re-unpacked, then refused for a while;
 //!   [`host_check`]: startup checks; [`package`]: `kiln package-toolchain`.
 //! - [`client`]: a Rust client of the protocol, for tests, benches and load tools.
 //! - [`observe`]: metrics, the live activity behind `/status`, job phase timings,
@@ -25,6 +27,7 @@ pub mod archive;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod data_lock;
 pub mod host_check;
 pub mod http;
 pub mod jobs;
@@ -33,6 +36,7 @@ pub mod observe;
 pub mod package;
 pub mod program;
 pub mod protocol;
+pub mod quarantine;
 pub mod report;
 pub mod sandbox;
 pub mod scheduler;

@@ -142,13 +142,18 @@ fn serve(config_path: Option<PathBuf>, log_format: LogFormat) -> anyhow::Result<
         config.set_bwrap_path(bwrap);
     }
     let reload = kiln::observe::signals::Reload { config_path, log: Some(log) };
-    actix_rt::System::new().block_on(kiln::server::serve_with(config, reload, |listening| {
+    let served = actix_rt::System::new().block_on(kiln::server::serve_with(config, reload, |listening| {
         // Machine-readable lines on stdout, for scripts and tests.
         println!("kiln listening on {}", listening.server_url());
         if let Some(addr) = listening.scheduler {
             println!("kiln scheduler listening on http://{addr}");
         }
         println!("kiln operations listening on http://{}", listening.metrics);
-    }))?;
-    Ok(())
+    }));
+    if let Err(kiln::server::ServerError::Locked(e)) = &served {
+        // One line, as the host checks say theirs: nothing is wrong but the setup.
+        eprintln!("kiln cannot start: {e}");
+        std::process::exit(1);
+    }
+    Ok(served?)
 }

@@ -19,6 +19,7 @@ use crate::jobs::JobTable;
 use crate::observe::signals::Reload;
 use crate::observe::{Lifecycle, Observer, Ops};
 use crate::protocol::{HeartbeatServerHttpRequest, JobKey, ServerCertificateHttpResponse, ServerId, ServerNonce};
+use crate::quarantine::Quarantine;
 use crate::sandbox::docker::start_docker_backend;
 use crate::sandbox::overlay::{install_exec_shim, OverlayBackend};
 use crate::sandbox::{SandboxLimits, SharedBackend};
@@ -41,6 +42,8 @@ pub enum ServerError {
     },
     #[error("the job token key is invalid")]
     Key(#[source] crate::protocol::ProtocolError),
+    #[error(transparent)]
+    Locked(#[from] crate::data_lock::LockError),
     #[error("an actor stopped during startup")]
     Startup,
     #[error("listening on {addr} failed")]
@@ -86,6 +89,11 @@ pub async fn serve_with(
     reload: Reload,
     on_listening: impl FnOnce(Listening),
 ) -> Result<(), ServerError> {
+    // Before anything touches the data dirs: the sweep below would kill another
+    // kiln's sandboxes and empty its directories.
+    let cache_root = config.archives_dir().parent().map(std::path::Path::to_path_buf);
+    let dirs = [Some(config.kiln.data_dir.clone()), Some(config.build_dir()), cache_root];
+    let _lock = crate::data_lock::DataDirLock::acquire(dirs.iter().flatten().map(|d| d.as_path()))?;
     let stats = Arc::new(Stats::default());
     let observer = Arc::new(Observer::new(config.builder_count()));
     let lifecycle = Arc::new(Lifecycle::default());
@@ -130,6 +138,7 @@ pub async fn serve_with(
         inputs: kiln.jobs.extract_limits(),
         max_output_bytes: kiln.jobs.max_output_bytes,
         max_stdio_bytes: kiln.jobs.max_stdio_bytes,
+        max_process_memory_bytes: kiln.jobs.max_process_memory_bytes,
     };
     // The docker backend keeps its own warm pool (the ContainerPool): the SandboxPool
     // then prepares nothing ahead, each acquire takes a warm container at once.
@@ -147,6 +156,8 @@ pub async fn serve_with(
     let pool = SandboxPool::new(backend, warm, max_idle, cleaner.clone(), stats.clone()).start();
     let ops_pool = pool.clone();
     let queue = JobQueue::new(kiln.jobs.queue_len, stats.clone()).start();
+    let quarantine =
+        Arc::new(Quarantine::new(kiln.sandbox.quarantine_after, Duration::from_secs(kiln.sandbox.quarantine_secs)));
     let deps = BuilderDeps {
         queue: queue.clone(),
         cache: cache.clone(),
@@ -156,6 +167,7 @@ pub async fn serve_with(
         stats: stats.clone(),
         job_timeout: kiln.jobs.timeout(),
         observer: observer.clone(),
+        quarantine: quarantine.clone(),
     };
     // Held until shutdown: a supervisor restarts its actor only while some address
     // of it is alive, and an idle builder's address is otherwise only in the queue.
@@ -230,6 +242,7 @@ pub async fn serve_with(
         backend: backend_name,
         builders,
         link_health: link_health.clone(),
+        quarantine,
         started: std::time::Instant::now(),
     });
     let state = web::Data::new(AppState {

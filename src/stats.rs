@@ -52,6 +52,10 @@ counters! {
     cleanup_failures,
     /// Builders restarted by their supervisor.
     builder_restarts,
+    /// Unpacked roots forgotten after repeated machinery failures of their jobs
+    /// (re-unpacked by the next job), and toolchains put in quarantine.
+    toolchain_reunpacks,
+    toolchains_quarantined,
     /// Docker backend: toolchain images imported, and removed (forgotten or orphaned).
     images_created,
     images_removed,

@@ -208,3 +208,84 @@ async fn request_bodies_beyond_the_memory_budget_get_503_until_memory_is_free() 
         RunJobResult::JobNotFound => panic!("job {job_id} not found"),
     }
 }
+
+#[actix_rt::test]
+async fn a_second_kiln_on_the_same_data_dir_refuses_to_start() {
+    let kiln = Kiln::start("builders = 1\n");
+    // The same config file (same data dir), other ports: only the lock can stop it.
+    let config = kiln.data_dir.with_extension("toml");
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running a second kiln");
+    assert!(!second.status.success(), "a second kiln on the same data dir started");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let message = stderr.lines().find(|l| l.contains("already using")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(message.contains(&format!("pid {}", kiln.pid())), "names the holder: {message}");
+    assert!(message.contains("kiln.lock"), "{message}");
+    assert!(String::from_utf8_lossy(&second.stdout).is_empty(), "it never listened");
+
+    // The first one is untouched: its sandboxes were not swept, it still compiles.
+    assert_compiles(&kiln).await;
+}
+
+/// Runs `gcc --version` as a fresh job; the error's text if it got no result.
+async fn gcc_version_job(kiln: &Kiln, tc: &PackedToolchain) -> Result<(), String> {
+    let client = kiln.client();
+    let job_id = assign_and_submit(&client, tc).await;
+    let request = RunJobHttpRequest { command: command("/usr/bin/gcc", &["--version"], "/work"), outputs: vec![] };
+    match client.run_job(job_id, &token(job_id), &request, &empty_inputs()).await {
+        Ok(RunJobResult::Complete(done)) if done.output.code == 0 => Ok(()),
+        Ok(other) => Err(format!("unexpected result {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[actix_rt::test]
+async fn a_toolchain_whose_root_breaks_is_unpacked_again_then_quarantined() {
+    // Sandboxes prepared per job (none ahead), so each job mounts the root afresh.
+    let kiln = Kiln::start(
+        "builders = 1\n[kiln.sandbox]\nwarm_per_toolchain = 0\nquarantine_after = 2\nquarantine_secs = 600\n",
+    );
+    let tc = gcc_toolchain();
+    gcc_version_job(&kiln, tc).await.expect("a healthy toolchain runs");
+    let root = kiln.data_dir.join("roots").join(&tc.archive_id);
+    assert!(root.is_dir(), "the toolchain was unpacked at {root:?}");
+
+    // A real fault: the unpacked root vanishes from the disk, overlayfs cannot mount it.
+    std::fs::remove_dir_all(&root).unwrap();
+    for _ in 0..2 {
+        let err = gcc_version_job(&kiln, tc).await.expect_err("a job over a missing root cannot run");
+        assert!(err.contains("500") && err.contains("overlay"), "{err}");
+    }
+    // The second failure made kiln forget the root: the next job unpacks it again.
+    gcc_version_job(&kiln, tc).await.expect("a fresh unpack heals the toolchain");
+    let status = kiln.status().await;
+    assert_eq!(status["toolchain_reunpacks"], 1, "{status}");
+    assert_eq!(status["unpacks"], 2, "{status}");
+    assert!(root.is_dir());
+
+    // Broken again within the cool-down: two more failures quarantine it.
+    std::fs::remove_dir_all(&root).unwrap();
+    for _ in 0..2 {
+        gcc_version_job(&kiln, tc).await.expect_err("a job over a missing root cannot run");
+    }
+    let restarts = kiln.status().await["builder_restarts"].clone();
+    let err = gcc_version_job(&kiln, tc).await.expect_err("a quarantined toolchain's job is refused");
+    assert!(err.contains("503") && err.contains("quarantined") && err.contains("overlay"), "{err}");
+    let status = kiln.status().await;
+    assert_eq!(status["toolchains_quarantined"], 1, "{status}");
+    assert_eq!(status["builder_restarts"], restarts, "a refused job touches no sandbox: {status}");
+    let health = &status["toolchain_health"][0];
+    assert_eq!(health["archive_id"], tc.archive_id.as_str(), "{status}");
+    assert!(health["quarantined_secs_left"].as_u64().unwrap() > 0, "{status}");
+    let (code, metrics) = kiln.client().get_raw("/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&metrics).contains("kiln_toolchains_quarantined 1"));
+
+    // Other toolchains are not affected.
+    gcc_version_job(&kiln, other_toolchain()).await.expect("another toolchain still runs");
+}

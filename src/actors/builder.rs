@@ -17,11 +17,12 @@ use tracing::Instrument;
 
 use super::cleaner::{CleanLeftovers, Cleaner};
 use super::job_queue::{BuilderReady, JobQueue, QueuedJob};
-use super::sandbox_pool::{AcquireSandbox, SandboxPool};
+use super::sandbox_pool::{AcquireSandbox, DiscardWarm, SandboxPool};
 use super::toolchain_cache::{CheckoutToolchain, DiscardToolchain, ToolchainCache};
-use super::unpacker::{UnpackFailed, UnpackToolchain, Unpacker};
+use super::unpacker::{ForgetRoot, UnpackFailed, UnpackToolchain, Unpacker};
 use crate::observe::{Observer, Phase, SharedPhases};
 use crate::protocol::{CompileCommand, JobComplete, JobId};
+use crate::quarantine::{Quarantine, Quarantined, Strike};
 use crate::report::ErrorChain;
 use crate::sandbox::{Cancellation, SandboxError, SandboxJob};
 use crate::stats::Stats;
@@ -55,6 +56,8 @@ pub enum JobError {
     ActorGone(&'static str),
     #[error("the builder failed while running the job")]
     BuilderCrashed,
+    #[error(transparent)]
+    Quarantined(#[from] Quarantined),
 }
 
 impl JobError {
@@ -65,7 +68,7 @@ impl JobError {
             JobError::Unpack(e) if e.bad_archive => 400,
             JobError::Sandbox(e) if e.is_client_error() => 400,
             JobError::Sandbox(e) if e.is_backend_unavailable() => 503,
-            JobError::ActorGone(_) => 503,
+            JobError::ActorGone(_) | JobError::Quarantined(_) => 503,
             _ => 500,
         }
     }
@@ -75,7 +78,7 @@ impl JobError {
         match self {
             JobError::Sandbox(e) => e.is_infrastructure_failure(),
             JobError::Unpack(e) => !e.bad_archive,
-            JobError::ToolchainMissing { .. } => false,
+            JobError::ToolchainMissing { .. } | JobError::Quarantined(_) => false,
             JobError::ActorGone(_) | JobError::BuilderCrashed => true,
         }
     }
@@ -93,6 +96,8 @@ pub struct BuilderDeps {
     pub job_timeout: Duration,
     /// Told when a job starts and ends, with its phase timings.
     pub observer: Arc<Observer>,
+    /// Machinery failures per toolchain; refuses the jobs of a quarantined one.
+    pub quarantine: Arc<Quarantine>,
 }
 
 pub struct Builder {
@@ -144,6 +149,8 @@ impl Handler<RunJob> for Builder {
         let builder = self.id;
         deps.observer.job_started(builder, &request);
         let (job_id, phases) = (request.job_id, request.phases.clone());
+        let archive_id = request.archive_id.clone();
+        let panicked_archive = archive_id.clone();
         let command = crate::observe::activity::command_line(&request.command);
         // A task of its own: a panic in it is caught by the runtime and seen below,
         // and `reply` is dropped with it, which answers the job with an error.
@@ -170,6 +177,7 @@ impl Handler<RunJob> for Builder {
                 let phases_ms = phases.timings();
                 let verdict = match &result {
                     Ok(done) => {
+                        deps.quarantine.succeeded(&archive_id);
                         Stats::bump(&deps.stats.jobs_completed);
                         tracing::info!(
                             builder,
@@ -185,6 +193,10 @@ impl Handler<RunJob> for Builder {
                         Stats::bump(&deps.stats.jobs_failed);
                         tracing::warn!(builder, elapsed_ms, ?phases_ms, error = %ErrorChain(e), "job failed");
                         if e.is_infrastructure_failure() {
+                            // An unreachable daemon is the backend's outage, not the toolchain's.
+                            if !matches!(e, JobError::Sandbox(s) if s.is_backend_unavailable()) {
+                                strike(&deps, &archive_id, &ErrorChain(e).to_string());
+                            }
                             Verdict::MachineryFailed
                         } else {
                             Verdict::RequestFailed
@@ -196,10 +208,11 @@ impl Handler<RunJob> for Builder {
             }
             .instrument(span),
         );
-        AtomicResponse::new(Box::pin(task.into_actor(self).map(|joined, act, ctx| {
+        AtomicResponse::new(Box::pin(task.into_actor(self).map(move |joined, act, ctx| {
             let verdict = joined.unwrap_or_else(|e| {
                 Stats::bump(&act.deps.stats.jobs_failed);
                 tracing::error!(builder = act.id, error = %e, "builder task panicked");
+                strike(&act.deps, &panicked_archive, "the builder's task panicked");
                 Verdict::MachineryFailed
             });
             match verdict {
@@ -225,6 +238,27 @@ impl Handler<RunJob> for Builder {
     }
 }
 
+/// Records a machinery failure of `archive_id`'s job and acts on the verdict: a
+/// toolchain that keeps failing is unpacked afresh, then quarantined.
+fn strike(deps: &BuilderDeps, archive_id: &str, reason: &str) {
+    let strike = deps.quarantine.failed(archive_id, reason);
+    if strike == Strike::Counted {
+        return;
+    }
+    if strike == Strike::Quarantine {
+        Stats::bump(&deps.stats.toolchains_quarantined);
+        tracing::error!(%archive_id, reason, "toolchain quarantined: its jobs keep failing in kiln's machinery even after a fresh unpack");
+    } else {
+        tracing::warn!(%archive_id, reason, "toolchain's jobs keep failing in kiln's machinery; unpacking it afresh");
+    }
+    // Internal, at most once per threshold crossing: do_send cannot pile up work.
+    // The pool drops its sandboxes (and their leases) before the unpacker forgets
+    // the root: mailboxes are FIFO per sender, but these are two actors, so the
+    // root may be forgotten first; its directory then stays until the next unpack.
+    deps.pool.do_send(DiscardWarm { archive_id: archive_id.to_owned() });
+    deps.unpacker.do_send(ForgetRoot { archive_id: archive_id.to_owned() });
+}
+
 /// Consecutive machinery failures of one builder after which each restart is logged
 /// as an error, not a warning.
 const FAILURES_WORTH_AN_ALERT: u32 = 3;
@@ -233,6 +267,7 @@ async fn run_stages(deps: &BuilderDeps, request: JobRequest, cancel: Cancellatio
     let phases = request.phases.clone();
     phases.enter(Phase::Toolchain);
     let archive_id = request.archive_id.clone();
+    deps.quarantine.check(&archive_id)?;
     let archive = deps
         .cache
         .send(CheckoutToolchain { archive_id: archive_id.clone() })

@@ -17,10 +17,10 @@ pub use builder::{Builder, JobError, JobRequest};
 pub use cleaner::{CleanLeftovers, Cleaner, SweepStale};
 pub use container_pool::{ContainerPool, TakeContainer};
 pub use job_queue::{JobQueue, QueueFull, SubmitJob};
-pub use sandbox_pool::{AcquireSandbox, DescribePool, DiscardIdle, SandboxPool};
+pub use sandbox_pool::{AcquireSandbox, DescribePool, DiscardIdle, DiscardWarm, SandboxPool};
 pub use toolchain_cache::{
     ArchiveLease, CacheError, CheckoutToolchain, DescribeCache, DiscardToolchain, HasToolchain, StoreToolchain,
     ToolchainCache, TrimCache,
 };
-pub use unpacker::{DescribeRoots, EvictIdleRoots, UnpackFailed, UnpackToolchain, Unpacker};
+pub use unpacker::{DescribeRoots, EvictIdleRoots, ForgetRoot, UnpackFailed, UnpackToolchain, Unpacker};
 pub use upstream_scheduler::{ReportJobState, UpstreamScheduler};

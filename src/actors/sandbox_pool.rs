@@ -182,6 +182,28 @@ impl Handler<DescribePool> for SandboxPool {
     }
 }
 
+/// Discards the prepared sandboxes of one toolchain (its root is about to be
+/// unpacked afresh: see [`crate::quarantine`]). Preparations in flight are
+/// discarded when they finish (their generation no longer matches).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DiscardWarm {
+    pub archive_id: String,
+}
+
+impl Handler<DiscardWarm> for SandboxPool {
+    type Result = ();
+
+    fn handle(&mut self, msg: DiscardWarm, _: &mut Context<Self>) {
+        if let Some(warm) = self.toolchains.remove(&msg.archive_id) {
+            tracing::info!(archive_id = %msg.archive_id, discarded = warm.idle.len(), "discarding the sandboxes of a failing toolchain");
+            for sandbox in warm.idle {
+                self.cleaner.do_send(CleanLeftovers(sandbox.discard()));
+            }
+        }
+    }
+}
+
 /// Garbage collection: discards every idle sandbox and forgets the warm
 /// toolchains (releasing their roots). The next job prepares afresh.
 #[derive(Message)]

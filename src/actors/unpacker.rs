@@ -207,6 +207,15 @@ fn unpack(archive: &Path, staging: &Path, target: &Path, limits: &ExtractLimits)
         let file = File::open(archive)?;
         // Multi-member: sccache's client writes the archive with a parallel gzip.
         let stats = extract_tar(MultiGzDecoder::new(BufReader::new(file)), staging, limits)?;
+        // A root forgotten after failures (ForgetRoot) may still be there: move it
+        // aside (jobs still running in it keep their open files) and remove it.
+        if std::fs::symlink_metadata(target).is_ok() {
+            let aside = staging.with_extension("stale");
+            std::fs::rename(target, &aside)?;
+            if let Err(e) = std::fs::remove_dir_all(&aside).or_else(|_| std::fs::remove_file(&aside)) {
+                tracing::warn!(path = ?aside, error = %e, "removing a forgotten root failed");
+            }
+        }
         std::fs::rename(staging, target)?;
         Ok(stats.bytes)
     })();
@@ -214,6 +223,27 @@ fn unpack(archive: &Path, staging: &Path, target: &Path, limits: &ExtractLimits)
         let _ = std::fs::remove_dir_all(staging);
     }
     result
+}
+
+/// Forgets the unpacked root of a toolchain whose jobs keep failing (see
+/// [`crate::quarantine`]): the next job unpacks it afresh. Sandboxes still using
+/// the old directory keep it; the next unpack moves it aside before renaming the
+/// new root into place, and the startup sweep empties `roots/` anyway.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForgetRoot {
+    pub archive_id: String,
+}
+
+impl Handler<ForgetRoot> for Unpacker {
+    type Result = ();
+
+    fn handle(&mut self, msg: ForgetRoot, _: &mut Context<Self>) {
+        if self.index.remove(&msg.archive_id) {
+            Stats::bump(&self.stats.toolchain_reunpacks);
+            tracing::warn!(archive_id = %msg.archive_id, "forgetting the unpacked root of a failing toolchain; the next job unpacks it again");
+        }
+    }
 }
 
 /// Which roots are unpacked, and which are being unpacked.

@@ -1,7 +1,7 @@
 //! Tar extraction with limits, resolving every path inside the destination.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -119,10 +119,19 @@ fn write_file(root: &RootedDir, path: &SandboxPath, mode: Mode, data: &mut impl 
     let fd = nix::fcntl::openat(parent.as_fd(), name, flags, Mode::S_IRUSR | Mode::S_IWUSR)
         .map_err(|source| io_err("create file", path, source))?;
     let mut file = File::from(fd);
-    io::copy(data, &mut file).map_err(|source| match unwrap_limit(&source) {
-        Some(e) => e,
-        None => ArchiveError::Write { path: path.display(), source },
-    })?;
+    // Not io::copy: a failing read is the archive's fault (truncated, corrupt: a
+    // bad archive, 400, dropped from the cache), a failing write the server's
+    // (disk full: 500). io::copy's error does not say which side failed.
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match data.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(e)),
+        };
+        file.write_all(&buf[..n]).map_err(|source| ArchiveError::Write { path: path.display(), source })?;
+    }
     // Set the mode after writing: the umask must not decide it, and a read-only mode
     // must not stop us writing.
     fchmod(file.as_fd(), mode).map_err(|source| io_err("chmod", path, source))
@@ -308,5 +317,13 @@ mod tests {
         let mut lying = h.as_bytes().to_vec();
         lying.extend_from_slice(&[0u8; 1024]);
         assert!(matches!(extract_tar(&lying[..], dest.path(), &LIMITS), Err(ArchiveError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_truncated_archive_is_a_read_error_not_a_write_error() {
+        let data = tar_of(|b| raw_entry(b, EntryType::Regular, b"f", None, &[7u8; 4096]));
+        let dest = tempfile::tempdir().unwrap();
+        let result = extract_tar(&data[..512 + 1000], dest.path(), &LIMITS);
+        assert!(matches!(result, Err(ArchiveError::Read(_))), "{result:?}");
     }
 }

@@ -87,6 +87,19 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
     // Builders.
     gauge(&mut r, "builders", "Builders (jobs that can run at once)", snap.builders.len() as i64);
     counter(&mut r, "builder_restarts", "Builders restarted by their supervisor", c.builder_restarts);
+    counter(
+        &mut r,
+        "toolchain_reunpacks",
+        "Unpacked roots forgotten and unpacked again after repeated machinery failures of their jobs",
+        c.toolchain_reunpacks,
+    );
+    counter(&mut r, "toolchain_quarantines", "Toolchains put in quarantine", c.toolchains_quarantined);
+    gauge(
+        &mut r,
+        "toolchains_quarantined",
+        "Toolchains whose jobs are refused (503) until their cool-down ends",
+        snap.toolchain_health.iter().filter(|h| h.quarantined_secs_left > 0).count() as i64,
+    );
 
     // Toolchains.
     if let Some(archives) = &snap.archives {

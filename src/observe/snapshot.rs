@@ -17,6 +17,7 @@ use crate::actors::{
     DescribeCache, DescribePool, DescribeRoots, DiscardIdle, EvictIdleRoots, SandboxPool, ToolchainCache, TrimCache,
     Unpacker,
 };
+use crate::quarantine::{Quarantine, ToolchainHealth};
 use crate::stats::{Stats, StatsSnapshot};
 
 /// How long a reading waits for one actor's answer.
@@ -33,6 +34,7 @@ pub struct Ops {
     pub backend: &'static str,
     pub builders: usize,
     pub link_health: Option<SharedLinkHealth>,
+    pub quarantine: Arc<Quarantine>,
     pub started: Instant,
 }
 
@@ -59,6 +61,10 @@ pub struct Snapshot {
     pub recent_jobs: Vec<JobRecord>,
     pub recent_errors: Vec<ErrorRecord>,
     pub scheduler_link: Option<LinkHealth>,
+    /// Toolchains whose jobs failed in kiln's machinery lately: their consecutive
+    /// failures, whether they were re-unpacked, the quarantine time left.
+    #[serde(default)]
+    pub toolchain_health: Vec<ToolchainHealth>,
 }
 
 /// `GET /api/v1/kiln/status`.
@@ -112,6 +118,7 @@ impl Ops {
             recent_jobs: activity.recent_jobs(),
             recent_errors: activity.recent_errors(),
             scheduler_link: self.link_health.as_ref().map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            toolchain_health: self.quarantine.describe(),
         }
     }
 

@@ -31,6 +31,8 @@ pub struct SandboxLimits {
     pub inputs: ExtractLimits,
     pub max_output_bytes: u64,
     pub max_stdio_bytes: u64,
+    /// Address space of each process of an overlay job (RLIMIT_AS); 0: unlimited.
+    pub max_process_memory_bytes: u64,
 }
 
 /// Checks a job's command the same way on every backend (environment, no NUL bytes,

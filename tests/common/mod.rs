@@ -189,7 +189,7 @@ impl Drop for Kiln {
 
 /// Gets the server certificate the way an sccache client does: from the scheduler.
 fn fetch_certificate(scheduler: &str, server: &str) -> Vec<u8> {
-    let server_id = ServerId(server.trim_start_matches("https://").parse().unwrap());
+    let server_id = ServerId(server.trim_start_matches("https://").trim_start_matches("http://").parse().unwrap());
     let scheduler = scheduler.to_owned();
     let cert = std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move { Client::new(scheduler).server_certificate(server_id).await })

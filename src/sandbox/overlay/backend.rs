@@ -119,7 +119,8 @@ fn sandbox_thread(
     ready: oneshot::Sender<Result<(), SandboxError>>,
     jobs: mpsc::Receiver<RunRequest>,
 ) {
-    let started = enter_overlay_namespace(&dirs).and_then(|()| StartedSandbox::start(&bwrap, &shim, &dirs.merged));
+    let started = enter_overlay_namespace(&dirs)
+        .and_then(|()| StartedSandbox::start(&bwrap, &shim, &dirs.merged, limits.max_process_memory_bytes));
     let sandbox = match started {
         Ok(sandbox) => sandbox,
         Err(e) => {

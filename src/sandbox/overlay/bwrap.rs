@@ -65,13 +65,14 @@ pub(super) struct StartedSandbox {
 
 impl StartedSandbox {
     /// Starts bubblewrap over `merged` (the overlay, visible in this thread's
-    /// namespace) with the shim at `shim` as its program.
-    pub fn start(bwrap: &Path, shim: &Path, merged: &Path) -> Result<Self, SandboxError> {
+    /// namespace) with the shim at `shim` as its program; every process of the
+    /// sandbox gets at most `max_memory` bytes of address space (0: unlimited).
+    pub fn start(bwrap: &Path, shim: &Path, merged: &Path, max_memory: u64) -> Result<Self, SandboxError> {
         let spawn_error = |source| SandboxError::Spawn { path: PathBuf::from(bwrap), source };
         // Both ends close on exec: no other sandbox's bubblewrap, started meanwhile
         // from another thread, may hold the write end (the shim would never see EOF).
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| spawn_error(e.into()))?;
-        let mut cmd = bwrap_command(bwrap, merged, shim, read.as_raw_fd());
+        let mut cmd = bwrap_command(bwrap, merged, shim, read.as_raw_fd(), max_memory);
         let child = cmd.spawn().map_err(spawn_error)?;
         drop(read);
         let pid = Pid::from_raw(child.id() as i32);
@@ -81,6 +82,15 @@ impl StartedSandbox {
     /// Gives the sandbox up unused: the shim reads EOF and exits; reap it.
     pub fn discard(mut self) {
         self.spec = None;
+        let _ = self.child.wait();
+    }
+
+    /// Ends a sandbox whose job was refused or cancelled before it started: EOF to
+    /// the shim (a kill meanwhile still reaches it), then forget the pid and reap.
+    fn finish(mut self, kill: &KillHandle) {
+        self.spec = None;
+        let _ = waitid(Id::Pid(self.pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
+        kill.exited();
         let _ = self.child.wait();
     }
 }
@@ -95,28 +105,17 @@ pub(super) fn run_job(
 ) -> Result<JobComplete, SandboxError> {
     // The sandbox's processes are the job's from here on: a kill takes them.
     kill.started(sandbox.pid);
-    let command = &job.command;
-    let cwd = validate_command(command)?;
-
-    let root = RootedDir::open(merged).map_err(SandboxError::Layout)?;
-    job.phases.enter(Phase::Inputs);
-    extract_tar_into(ZlibDecoder::new(&job.inputs_zlib[..]), &root, &limits.inputs).map_err(SandboxError::Inputs)?;
-    let dir_mode = Mode::from_bits_truncate(0o755);
-    root.create_dir_all(&cwd, dir_mode).map_err(SandboxError::Layout)?;
-    // gcc needs a writable /tmp; the toolchain may not have brought one.
-    let tmp = root
-        .create_dir_all(&SandboxPath::parse(b"/tmp").map_err(SandboxError::Layout)?, Mode::from_bits_truncate(0o1777));
-    tmp.map_err(SandboxError::Layout)?;
-    let mut outputs = Vec::with_capacity(job.outputs.len());
-    for name in &job.outputs {
-        let path = SandboxPath::parse_relative_to(&cwd, name.as_bytes()).map_err(bad_path)?;
-        if let Some((parent, _)) = path.split_last() {
-            root.create_dir_all(&parent, dir_mode).map_err(SandboxError::Layout)?;
+    let (cwd, root, outputs) = match prepare_layout(merged, &job, limits) {
+        Ok(layout) => layout,
+        Err(e) => {
+            // A refused job still ends its bubblewrap: EOF to the shim, then reap.
+            // Dropping the Child instead would leave bubblewrap running unreaped.
+            sandbox.finish(kill);
+            return Err(e);
         }
-        outputs.push((name, path));
-    }
+    };
     if kill.is_cancelled() {
-        sandbox.discard();
+        sandbox.finish(kill);
         return Err(SandboxError::TimedOut(job.timeout));
     }
 
@@ -142,7 +141,37 @@ pub(super) fn run_job(
     Ok(JobComplete { output, outputs: collected })
 }
 
-fn bwrap_command(bwrap: &Path, merged: &Path, shim: &Path, spec_fd: RawFd) -> Command {
+/// Checks the command and lays out the root: inputs, cwd, /tmp, outputs' parents.
+#[allow(clippy::type_complexity)]
+fn prepare_layout<'j>(
+    merged: &Path,
+    job: &'j SandboxJob,
+    limits: &SandboxLimits,
+) -> Result<(SandboxPath, RootedDir, Vec<(&'j String, SandboxPath)>), SandboxError> {
+    let command = &job.command;
+    let cwd = validate_command(command)?;
+
+    let root = RootedDir::open(merged).map_err(SandboxError::Layout)?;
+    job.phases.enter(Phase::Inputs);
+    extract_tar_into(ZlibDecoder::new(&job.inputs_zlib[..]), &root, &limits.inputs).map_err(SandboxError::Inputs)?;
+    let dir_mode = Mode::from_bits_truncate(0o755);
+    root.create_dir_all(&cwd, dir_mode).map_err(SandboxError::Layout)?;
+    // gcc needs a writable /tmp; the toolchain may not have brought one.
+    let tmp = root
+        .create_dir_all(&SandboxPath::parse(b"/tmp").map_err(SandboxError::Layout)?, Mode::from_bits_truncate(0o1777));
+    tmp.map_err(SandboxError::Layout)?;
+    let mut outputs = Vec::with_capacity(job.outputs.len());
+    for name in &job.outputs {
+        let path = SandboxPath::parse_relative_to(&cwd, name.as_bytes()).map_err(bad_path)?;
+        if let Some((parent, _)) = path.split_last() {
+            root.create_dir_all(&parent, dir_mode).map_err(SandboxError::Layout)?;
+        }
+        outputs.push((name, path));
+    }
+    Ok((cwd, root, outputs))
+}
+
+fn bwrap_command(bwrap: &Path, merged: &Path, shim: &Path, spec_fd: RawFd, max_memory: u64) -> Command {
     let mut cmd = Command::new(bwrap);
     cmd.args([
         // The job dies with its bubblewrap, which dies with the thread that started it.
@@ -169,7 +198,8 @@ fn bwrap_command(bwrap: &Path, merged: &Path, shim: &Path, spec_fd: RawFd) -> Co
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let kiln = nix::unistd::getpid();
     // SAFETY: runs in the forked child before exec; it only makes syscalls (prctl,
-    // getppid, dup2 or fcntl) and allocates nothing, so it is async-signal-safe.
+    // getppid, setrlimit, dup2 or fcntl) and allocates nothing, so it is
+    // async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
             // bubblewrap sets this itself, but only after it has cloned the sandbox;
@@ -179,6 +209,18 @@ fn bwrap_command(bwrap: &Path, merged: &Path, shim: &Path, spec_fd: RawFd) -> Co
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             if nix::unistd::getppid() != kiln {
                 return Err(std::io::Error::other("kiln exited while starting the sandbox"));
+            }
+            // No cgroup here, so no memory limit for the job as a whole: RLIMIT_AS
+            // bounds each process (setrlimit(2)); inherited by bubblewrap and every
+            // process of the job, which cannot raise it again without
+            // CAP_SYS_RESOURCE in the host's user namespace (--cap-drop ALL,
+            // --unshare-user). A runaway allocation then fails with ENOMEM instead
+            // of waking the host's OOM killer.
+            if max_memory > 0 {
+                let limit = nix::libc::rlimit { rlim_cur: max_memory, rlim_max: max_memory };
+                if nix::libc::setrlimit(nix::libc::RLIMIT_AS, &limit) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             // The shim reads its command on fd 3; bubblewrap passes fds through.
             // dup2 onto another fd clears close-on-exec; onto itself it does not.
