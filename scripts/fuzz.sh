@@ -14,12 +14,17 @@ export RUSTC_BOOTSTRAP=1
 for target in "${TARGETS[@]}"; do
     echo "fuzzing $target for ${SECS}s"
     # -rss_limit_mb: the unpacker target must stay small; a leak or bomb shows here.
-    cargo fuzz run --release "$target" -- -max_total_time="$SECS" -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
-        | grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Done)' || true
-    # cargo fuzz exits non-zero on a crash; with pipefail the grep hides it, so check.
-    if ls "fuzz/artifacts/$target"/crash-* "fuzz/artifacts/$target"/leak-* "fuzz/artifacts/$target"/oom-* 2>/dev/null | grep -q .; then
-        echo "fuzz target $target found a failure: fuzz/artifacts/$target" >&2
+    log=$(mktemp)
+    status=0
+    cargo fuzz run --release "$target" -- -max_total_time="$SECS" -rss_limit_mb=2048 -print_final_stats=1 \
+        >"$log" 2>&1 || status=$?
+    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Done)' "$log" || true
+    # Non-zero: a crash, leak or oom (an artifact names it), or the target did not build.
+    if [ "$status" -ne 0 ]; then
+        tail -n 40 "$log" >&2
+        echo "fuzz target $target failed (exit $status); artifacts, if any: fuzz/artifacts/$target" >&2
         exit 1
     fi
+    rm -f "$log"
 done
 echo "fuzzing passed"

@@ -131,7 +131,9 @@ pub enum ClientAuth {
 pub struct KilnConfig {
     /// Root of everything kiln writes unless `cache_dir` / `builder.build_dir` say otherwise.
     pub data_dir: PathBuf,
-    /// Jobs run at once; 0 means one per CPU. Reported to the scheduler as the CPU count.
+    /// Jobs run at once. 0: as many as a scheduler places here at most, `cpus + 1 +
+    /// cpus/8` (upstream's rule), so a CPU is never idle while a job waits on I/O;
+    /// the scheduler is told the CPU count. N: N jobs, and the scheduler is told N.
     pub builders: usize,
     /// Hex of the 32-byte HS256 key that signs job tokens. Unset: a random key per
     /// start (what upstream does; the scheduler learns it from the heartbeat).
@@ -391,6 +393,14 @@ impl Config {
 
     pub fn builder_count(&self) -> usize {
         match self.kiln.builders {
+            0 => scheduler_capacity(self.scheduler_cpus()),
+            n => n,
+        }
+    }
+
+    /// The `num_cpus` this server reports to its scheduler.
+    pub fn scheduler_cpus(&self) -> usize {
+        match self.kiln.builders {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
@@ -468,6 +478,11 @@ impl Config {
         };
         format!("# sccache client config for kiln; use it with SCCACHE_CONF=<this file>.\n[dist]\nscheduler_url = \"{url}\"\ntoolchains = []\n{auth}")
     }
+}
+
+/// Jobs upstream's scheduler places on a server of `cpus` CPUs at once.
+pub fn scheduler_capacity(cpus: usize) -> usize {
+    cpus + 1 + cpus / 8
 }
 
 /// Checks a `scheduler_url`: plain `http://host:port`, as upstream's scheduler serves.
@@ -580,6 +595,10 @@ token = "my server's token"
     fn partial_files_keep_defaults_and_validate() {
         let c: Config = toml::from_str("[kiln]\nbuilders = 3\n[kiln.jobs]\ntimeout_secs = 5\n").unwrap();
         assert_eq!(c.builder_count(), 3);
+        assert_eq!(c.scheduler_cpus(), 3);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(Config::default().builder_count(), cpus + 1 + cpus / 8);
+        assert_eq!(Config::default().scheduler_cpus(), cpus);
         assert_eq!(c.kiln.jobs.timeout(), Duration::from_secs(5));
         assert_eq!(c.toolchain_cache_size, 10 * GIB);
         assert_eq!(c.archives_dir(), Path::new("/var/lib/kiln/toolchains"));

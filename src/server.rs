@@ -204,7 +204,7 @@ pub async fn serve_with(
             let url = parse_scheduler_url(url).map_err(ServerError::SchedulerUrl)?;
             let heartbeat = HeartbeatServerHttpRequest {
                 jwt_key: key.as_bytes().to_vec(),
-                num_cpus: builders as u64,
+                num_cpus: config.scheduler_cpus() as u64,
                 server_nonce: ServerNonce::generate().map_err(ServerError::Key)?,
                 cert_digest: cert.cert_digest.clone(),
                 cert_pem: cert.cert_pem.clone(),
@@ -223,7 +223,7 @@ pub async fn serve_with(
             let local = Arc::new(LocalScheduler::new(
                 server_id,
                 certificate,
-                builders,
+                config.scheduler_cpus(),
                 &kiln.scheduler.client_auth,
                 key.clone(),
                 job_id_base,

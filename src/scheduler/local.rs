@@ -76,7 +76,7 @@ pub struct Reservation {
 }
 
 impl LocalScheduler {
-    /// `num_cpus` is the builder count; `job_id_base` should be random, so ids from
+    /// `num_cpus` is what a heartbeat would report (`Config::scheduler_cpus`); `job_id_base` should be random, so ids from
     /// before a restart are not reused (as upstream's scheduler does).
     pub fn new(
         server_id: ServerId,
@@ -94,7 +94,7 @@ impl LocalScheduler {
             server_id,
             cert,
             num_cpus,
-            capacity: num_cpus + 1 + num_cpus / 8,
+            capacity: crate::config::scheduler_capacity(num_cpus),
             client_token,
             key,
             next_job: AtomicU64::new(job_id_base),
