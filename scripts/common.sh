@@ -97,11 +97,12 @@ EOF
   echo "$cfg"
 }
 
-# kiln_config <name> <port> <overlay|docker>: server_config plus kiln's own
-# operator port (server port + 100; the default 10601 is one per box).
+# kiln_config <name> <port> <overlay|docker>: server_config plus kiln's own data
+# dir (one kiln per data dir: it is locked) and operator port (server port + 100;
+# the default 10601 is one per box).
 kiln_config() {
   local cfg; cfg=$(server_config "$@")
-  printf '\n[kiln]\nmetrics_listen = "127.0.0.1:%d"\n' "$(($2 + 100))" >>"$cfg"
+  printf '\n[kiln]\ndata_dir = "%s"\nmetrics_listen = "127.0.0.1:%d"\n' "$WORK/$1" "$(($2 + 100))" >>"$cfg"
   echo "$cfg"
 }
 
