@@ -216,3 +216,55 @@ async fn upstream_link_heartbeats_and_reports_every_job_state() {
     .await;
     assert!(nonces.is_some(), "the restarted kiln sent the old nonce");
 }
+
+/// A scheduler that takes heartbeats but never answers job-state reports until
+/// released: kiln must not hold a job up waiting for it.
+#[actix_rt::test]
+async fn a_scheduler_that_does_not_answer_job_states_does_not_hold_jobs_up() {
+    let released = web::Data::new(tokio::sync::Notify::new());
+    let recorded = web::Data::new(Mutex::new(Recorded::default()));
+    let (app_released, app_recorded) = (released.clone(), recorded.clone());
+    let stand_in = HttpServer::new(move || {
+        App::new()
+            .app_data(app_released.clone())
+            .app_data(app_recorded.clone())
+            .route("/api/v1/scheduler/heartbeat_server", web::post().to(heartbeat))
+            .route(
+                "/api/v1/scheduler/job_state/{job_id}",
+                web::post().to(|released: web::Data<tokio::sync::Notify>| async move {
+                    released.notified().await;
+                    HttpResponse::Ok().body(protocol::encode(&UpdateJobStateResult::Success).unwrap())
+                }),
+            )
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let scheduler_addr = stand_in.addrs()[0];
+    actix_rt::spawn(stand_in.run());
+
+    let top = format!(
+        "scheduler_url = \"http://{scheduler_addr}\"\n[scheduler_auth]\ntype = \"token\"\ntoken = \"server-secret\"\n"
+    );
+    let mut kiln = Kiln::start_full(&top, "builders = 1\n");
+    let beat = wait_for(Duration::from_secs(10), || recorded.lock().unwrap().heartbeats.first().cloned())
+        .await
+        .expect("kiln sent no heartbeat")
+        .1;
+    kiln.cert_pem = beat.cert_pem.clone();
+    let server = kiln.client();
+    let job_id = next_job_id();
+    let assigned = server.assign_job(job_id, &token(job_id), &gcc()).await.unwrap();
+    // Every report (Ready, Started, Complete) hangs at the scheduler until released,
+    // which happens only after the job's answer. kiln waits at most 2 s per report
+    // (REPORT_WAIT); waiting for each until the link's own 10 s request timeout took
+    // 35 s here. 25 s is a liveness bound with room for a loaded machine.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(25),
+        compile_in(&server, job_id, &token(job_id), assigned.need_toolchain),
+    )
+    .await
+    .expect("the job waited for the scheduler");
+    assert!(matches!(answer, RunJobResult::Complete(ref done) if done.output.code == 0), "{answer:?}");
+    released.notify_waiters();
+}

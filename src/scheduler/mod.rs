@@ -17,6 +17,9 @@ use actix::Addr;
 use crate::actors::upstream_scheduler::{ReportJobState, UpstreamScheduler};
 use crate::protocol::{JobId, JobState};
 
+/// How long a job waits for the scheduler to take one of its state reports.
+pub const REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The scheduler this server answers to.
 #[derive(Clone)]
 pub enum Scheduler {
@@ -25,12 +28,18 @@ pub enum Scheduler {
 }
 
 impl Scheduler {
-    /// Reports a transition and waits until the scheduler took it. Failures are
-    /// logged by the link, never returned: they must not fail the job.
+    /// Reports a transition and waits until the scheduler took it, or at most
+    /// [`REPORT_WAIT`]: a slow or unreachable scheduler must not hold the job up
+    /// (the report goes on in the link actor). Failures are logged by the link,
+    /// never returned: they must not fail the job.
     pub async fn report(&self, job_id: JobId, state: JobState) {
         match self {
             Scheduler::Upstream(link) => {
-                let _ = link.send(ReportJobState { job_id, state }).await;
+                let sent = link.send(ReportJobState { job_id, state });
+                if tokio::time::timeout(REPORT_WAIT, sent).await.is_err() {
+                    tracing::warn!(%job_id, %state, wait = ?REPORT_WAIT,
+                        "the scheduler has not taken a job state yet; the job goes on");
+                }
             }
             Scheduler::Local(local) => local.update(job_id, state),
         }
