@@ -13,8 +13,6 @@ use kiln::protocol::RunJobHttpRequest;
 use common::*;
 use kiln::protocol::JobComplete;
 
-const OUTPUT_LIMIT: u64 = 64 << 20;
-
 /// Upstream's way to pick the backend.
 const DOCKER_BUILDER: &str = "[builder]\ntype = \"docker\"\n";
 
@@ -80,16 +78,6 @@ fn docker_ready() -> bool {
             false
         }
     }
-}
-
-fn output_bytes(done: &JobComplete, name: &str) -> Vec<u8> {
-    let (_, data) =
-        done.outputs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output {name}: {done:?}"));
-    data.decompress(OUTPUT_LIMIT).unwrap()
-}
-
-fn stderr(done: &JobComplete) -> String {
-    String::from_utf8_lossy(&done.output.stderr).into_owned()
 }
 
 fn stdout(done: &JobComplete) -> String {
@@ -227,16 +215,7 @@ async fn jobs_run_unprivileged_offline_bounded_and_leave_nothing_behind() {
 
 /// Like `assert_compiles`, with the output bytes checked.
 async fn assert_compiles_docker(kiln: &Kiln) {
-    let project = CProject::new();
-    let done = run(
-        &kiln.client(),
-        gcc_toolchain(),
-        command("/usr/bin/gcc", &["-c", "util.c", "-o", "util.o"], project.cwd()),
-        &["util.o"],
-        project.inputs(),
-    )
-    .await;
-    assert_eq!(done.output.code, 0, "{}", stderr(&done));
+    let done = assert_compiles(kiln).await;
     assert!(!output_bytes(&done, "util.o").is_empty());
 }
 
@@ -246,25 +225,9 @@ async fn twenty_concurrent_jobs_over_two_toolchains_share_two_images_and_reuse_c
         return;
     }
     let kiln = DockerKiln::start(&format!("builders = 4\n{DOCKER_CONFIG}min_idle = 2\nmax_per_toolchain = 3\n"));
-    let project = CProject::new();
-    let toolchains = [gcc_toolchain(), other_toolchain()];
     let started = Instant::now();
-    let jobs = (0..20).map(|i| {
-        let client = kiln.client();
-        let tc = toolchains[i % 2];
-        let inputs = project.inputs();
-        let cwd = project.cwd().to_owned();
-        async move {
-            let out = format!("obj/{i}/util.o");
-            let done =
-                run(&client, tc, command("/usr/bin/gcc", &["-c", "util.c", "-o", &out], &cwd), &[&out], inputs).await;
-            assert_eq!(done.output.code, 0, "{}", stderr(&done));
-            output_bytes(&done, &out)
-        }
-    });
-    let objects = futures_util::future::join_all(jobs).await;
+    compile_twenty_over_two_toolchains(&kiln).await;
     eprintln!("20 jobs over 2 toolchains (2 imports included): {:?}", started.elapsed());
-    assert!(objects.windows(2).all(|w| w[0] == w[1]), "every job compiled the same object");
 
     let status = kiln.status().await;
     assert_eq!(status["images_created"], 2, "one image per toolchain: {status}");

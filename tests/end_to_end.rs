@@ -6,19 +6,6 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use kiln::protocol::JobComplete;
-
-const OUTPUT_LIMIT: u64 = 64 << 20;
-
-fn output_bytes(done: &JobComplete, name: &str) -> Vec<u8> {
-    let (_, data) =
-        done.outputs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output {name}: {done:?}"));
-    data.decompress(OUTPUT_LIMIT).unwrap()
-}
-
-fn stderr(done: &JobComplete) -> String {
-    String::from_utf8_lossy(&done.output.stderr).into_owned()
-}
 
 #[actix_rt::test]
 async fn compiles_a_multi_file_program_byte_identical_to_local_gcc() {
@@ -111,24 +98,7 @@ async fn a_compile_error_returns_its_code_and_stderr_and_the_next_job_succeeds()
 #[actix_rt::test]
 async fn twenty_concurrent_jobs_over_two_toolchains_unpack_each_once() {
     let kiln = Kiln::start("");
-    let project = CProject::new();
-    let toolchains = [gcc_toolchain(), other_toolchain()];
-    assert_ne!(toolchains[0].archive_id, toolchains[1].archive_id);
-    let jobs = (0..20).map(|i| {
-        let client = kiln.client();
-        let tc = toolchains[i % 2];
-        let inputs = project.inputs();
-        let cwd = project.cwd().to_owned();
-        async move {
-            let out = format!("obj/{i}/util.o");
-            let done =
-                run(&client, tc, command("/usr/bin/gcc", &["-c", "util.c", "-o", &out], &cwd), &[&out], inputs).await;
-            assert_eq!(done.output.code, 0, "{}", stderr(&done));
-            output_bytes(&done, &out)
-        }
-    });
-    let objects = futures_util::future::join_all(jobs).await;
-    assert!(objects.windows(2).all(|w| w[0] == w[1]), "every job compiled the same object");
+    compile_twenty_over_two_toolchains(&kiln).await;
 
     let status = kiln.status().await;
     assert_eq!(status["unpacks"], 2, "each toolchain unpacked exactly once: {status}");

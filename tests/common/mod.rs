@@ -326,7 +326,7 @@ pub fn mounts_below(dir: &Path) -> Vec<String> {
 }
 
 /// The server still compiles a real C file after whatever came before.
-pub async fn assert_compiles(kiln: &Kiln) {
+pub async fn assert_compiles(kiln: &Kiln) -> JobComplete {
     let project = CProject::new();
     let done = run(
         &kiln.client(),
@@ -336,8 +336,46 @@ pub async fn assert_compiles(kiln: &Kiln) {
         project.inputs(),
     )
     .await;
-    assert_eq!(done.output.code, 0, "{}", String::from_utf8_lossy(&done.output.stderr));
+    assert_eq!(done.output.code, 0, "{}", stderr(&done));
     assert_eq!(done.outputs.len(), 1);
+    done
+}
+
+/// 20 concurrent compiles of the same file, alternating between two toolchains;
+/// checks each succeeded and all produced the same object.
+pub async fn compile_twenty_over_two_toolchains(kiln: &Kiln) {
+    let project = CProject::new();
+    let toolchains = [gcc_toolchain(), other_toolchain()];
+    assert_ne!(toolchains[0].archive_id, toolchains[1].archive_id);
+    let jobs = (0..20).map(|i| {
+        let client = kiln.client();
+        let tc = toolchains[i % 2];
+        let inputs = project.inputs();
+        let cwd = project.cwd().to_owned();
+        async move {
+            let out = format!("obj/{i}/util.o");
+            let done =
+                run(&client, tc, command("/usr/bin/gcc", &["-c", "util.c", "-o", &out], &cwd), &[&out], inputs).await;
+            assert_eq!(done.output.code, 0, "{}", stderr(&done));
+            output_bytes(&done, &out)
+        }
+    });
+    let objects = futures_util::future::join_all(jobs).await;
+    assert!(objects.windows(2).all(|w| w[0] == w[1]), "every job compiled the same object");
+}
+
+/// Largest output a test reads back.
+const OUTPUT_LIMIT: u64 = 64 << 20;
+
+/// An output of a completed job, decompressed; panics if it is missing.
+pub fn output_bytes(done: &JobComplete, name: &str) -> Vec<u8> {
+    let (_, data) =
+        done.outputs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output {name}: {done:?}"));
+    data.decompress(OUTPUT_LIMIT).unwrap()
+}
+
+pub fn stderr(done: &JobComplete) -> String {
+    String::from_utf8_lossy(&done.output.stderr).into_owned()
 }
 
 /// Pids of the bubblewrap processes (outer and the sandbox's init) of sandboxes that
