@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use nix::mount::{umount2, MntFlags};
@@ -10,8 +11,29 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::os::unix::ffi::OsStrExt;
 
+use crate::archive::{remove_tree, RemoveError};
+use crate::report::ErrorChain;
 use crate::sandbox::Leftovers;
 use crate::stats::Stats;
+
+/// How long one pass at removing a tree may take. A job can leave a tree of any
+/// shape (16,000 levels, millions of entries); removal runs on the blocking pool,
+/// one pass at a time per tree. A pass that runs out of time is followed by another
+/// (after [`RETRY_AFTER`]) while the tree shrinks, so the space always comes back;
+/// ordinary leftovers take well under a second. A minute is millions of unlinks,
+/// but can be as few as ~15,000 rmdirs (ext4 with `discard` on a VM disk: ~4 ms each).
+const PASS_TIME_LIMIT: Duration = Duration::from_secs(60);
+/// Pause between two passes at the same tree.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Passes at one tree before it is left for the next start's sweep (a day's worth
+/// of work at most; only a tree that cannot be removed at all gets there).
+const MAX_PASSES: u32 = 1440;
+
+/// Prefix of an entry the startup sweep moves aside before removing it in the
+/// background: the name it had (a sandbox number, an upload's name) is free at once,
+/// so a new sandbox never finds a previous job's files in its directory, and a
+/// start never waits for a tree a job left.
+const STALE_PREFIX: &str = ".stale-";
 
 pub struct Cleaner {
     stats: Arc<Stats>,
@@ -42,8 +64,8 @@ pub struct CleanLeftovers(pub Leftovers);
 impl Handler<CleanLeftovers> for Cleaner {
     type Result = ();
 
-    fn handle(&mut self, msg: CleanLeftovers, _: &mut Context<Self>) {
-        let (stats, observer) = (self.stats.clone(), self.observer.clone());
+    fn handle(&mut self, msg: CleanLeftovers, ctx: &mut Context<Self>) {
+        let stats = self.stats.clone();
         let dir = match msg.0 {
             Leftovers::Dir(dir) => dir,
             Leftovers::Container(used) => {
@@ -60,19 +82,50 @@ impl Handler<CleanLeftovers> for Cleaner {
                 return;
             }
         };
-        let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {
-                Stats::bump(&stats.sandboxes_cleaned);
-                if let Some(observer) = observer {
-                    observer.cleanup_took(started.elapsed());
+        ctx.notify(RemoveTree { path: dir, started: Instant::now(), sandbox: true, pass: 1 });
+    }
+}
+
+/// One bounded pass at removing a tree (a sandbox's dir, or a stale entry moved
+/// aside at startup); sent again while the tree is not gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RemoveTree {
+    path: PathBuf,
+    started: Instant,
+    /// A used sandbox's dir (counted and timed as its job's cleanup), not a stale entry.
+    sandbox: bool,
+    pass: u32,
+}
+
+impl Handler<RemoveTree> for Cleaner {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoveTree, ctx: &mut Context<Self>) {
+        let path = msg.path.clone();
+        let pass = tokio::task::spawn_blocking(move || remove_tree(&path, Instant::now() + PASS_TIME_LIMIT));
+        ctx.spawn(actix::fut::wrap_future(pass).map(move |result, cleaner: &mut Cleaner, ctx| {
+            let error = match result {
+                Ok(Ok(())) => {
+                    if msg.sandbox {
+                        Stats::bump(&cleaner.stats.sandboxes_cleaned);
+                        if let Some(observer) = &cleaner.observer {
+                            observer.cleanup_took(msg.started.elapsed());
+                        }
+                    }
+                    return;
                 }
-            }
-            Err(e) => {
-                Stats::bump(&stats.cleanup_failures);
-                tracing::warn!(?dir, error = %e, "removing a sandbox directory failed");
-            }
-        });
+                Ok(Err(RemoveError::TimedOut { .. })) if msg.pass < MAX_PASSES => {
+                    tracing::info!(path = ?msg.path, pass = msg.pass, "a large tree is still being removed");
+                    ctx.notify_later(RemoveTree { pass: msg.pass + 1, ..msg }, RETRY_AFTER);
+                    return;
+                }
+                Ok(Err(e)) => ErrorChain(&e).to_string(),
+                Err(e) => e.to_string(),
+            };
+            Stats::bump(&cleaner.stats.cleanup_failures);
+            tracing::warn!(path = ?msg.path, passes = msg.pass, %error, "removing a directory failed; the next start retries it");
+        }));
     }
 }
 
@@ -97,14 +150,23 @@ pub struct SweepReport {
 impl Handler<SweepStale> for Cleaner {
     type Result = ResponseFuture<std::io::Result<SweepReport>>;
 
-    fn handle(&mut self, msg: SweepStale, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: SweepStale, ctx: &mut Context<Self>) -> Self::Result {
+        let me = ctx.address();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || sweep(&msg)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            let (report, stale) = tokio::task::spawn_blocking(move || sweep(&msg))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
+            for path in stale {
+                me.do_send(RemoveTree { path, started: Instant::now(), sandbox: false, pass: 1 });
+            }
+            Ok(report)
         })
     }
 }
 
-fn sweep(msg: &SweepStale) -> std::io::Result<SweepReport> {
+/// Kills, unmounts and moves aside; answers the report and the entries moved aside,
+/// which the Cleaner then removes in the background.
+fn sweep(msg: &SweepStale) -> std::io::Result<(SweepReport, Vec<PathBuf>)> {
     let SweepStale { data_dir, sandboxes_dir, per_run_dirs } = msg;
     let mut report = SweepReport::default();
     // Sandboxes die with the kiln that started them (parent-death signals), but a
@@ -125,37 +187,56 @@ fn sweep(msg: &SweepStale) -> std::io::Result<SweepReport> {
             Err(e) => tracing::warn!(?mount_point, error = %e, "detaching a stale mount failed"),
         }
     }
+    let mut stale = Vec::new();
     for dir in per_run_dirs {
-        if dir.exists() {
-            for entry in std::fs::read_dir(dir)? {
-                let path = entry?.path();
-                let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-                match removed {
-                    Ok(()) => report.removed += 1,
-                    Err(e) => tracing::warn!(?path, error = %e, "removing a stale entry failed"),
+        // Private like the data dir (see `server::make_private`).
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            match move_aside(dir, &name) {
+                Ok(path) => stale.push(path),
+                // Not renamed: removed here, or kiln would reuse the name.
+                Err(e) => {
+                    tracing::warn!(path = ?dir.join(&name), error = %e, "moving a stale entry aside failed; removing it now");
+                    remove_tree(&dir.join(&name), Instant::now() + PASS_TIME_LIMIT)
+                        .map_err(|e| std::io::Error::other(ErrorChain(&e).to_string()))?;
                 }
             }
+            report.removed += 1;
         }
-        std::fs::create_dir_all(dir)?;
     }
-    Ok(report)
+    Ok((report, stale))
 }
 
-/// Processes that bind a directory below `dir` (`--bind <dir>/<n>/merged /`): the
-/// bubblewrap processes of kiln's sandboxes, and nothing an operator runs there.
+/// Renames `name` in `dir` to a [`STALE_PREFIX`] name (unless it has one) and
+/// answers its path.
+fn move_aside(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
+    if name.as_bytes().starts_with(STALE_PREFIX.as_bytes()) {
+        return Ok(dir.join(name));
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let mut aside = std::ffi::OsString::from(format!("{STALE_PREFIX}{nanos}-"));
+    aside.push(name);
+    let to = dir.join(aside);
+    std::fs::rename(dir.join(name), &to)?;
+    Ok(to)
+}
+
+/// Processes whose mount table holds one of kiln's sandbox overlays (its
+/// `upperdir` below `dir`): the bubblewrap processes of kiln's sandboxes and the
+/// jobs in them, and nothing an operator runs there.
 fn processes_mentioning(dir: &Path) -> Vec<Pid> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut prefix = dir.as_os_str().as_bytes().to_vec();
-    prefix.push(b'/');
-    let binds_below = |cmdline: Vec<u8>| {
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        args.windows(2).any(|pair| pair[0] == b"--bind" && pair[1].starts_with(&prefix))
-    };
+    let mut needle = b"upperdir=".to_vec();
+    needle.extend_from_slice(dir.as_os_str().as_bytes());
+    needle.push(b'/');
+    let mounts_below = |mountinfo: Vec<u8>| mountinfo.windows(needle.len()).any(|w| w == needle.as_slice());
     entries
         .flatten()
         .filter_map(|e| Some((e.file_name().to_str()?.parse::<i32>().ok()?, e.path())))
         .filter(|(pid, path)| {
-            *pid != std::process::id() as i32 && std::fs::read(path.join("cmdline")).is_ok_and(binds_below)
+            *pid != std::process::id() as i32 && std::fs::read(path.join("mountinfo")).is_ok_and(mounts_below)
         })
         .map(|(pid, _)| Pid::from_raw(pid))
         .collect()

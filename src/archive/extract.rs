@@ -70,11 +70,15 @@ pub fn extract_tar_into(
         if path.depth() > limits.max_depth {
             return Err(ArchiveError::BadPath { path: path.display(), reason: "path is too deep" });
         }
+        // Permission bits only: set-uid and set-gid never survive unpacking.
         let mode = Mode::from_bits_truncate(entry.header().mode().unwrap_or(0o644)) & Mode::from_bits_truncate(0o777);
         match kind {
             EntryType::Directory => {
+                // A directory keeps its sticky bit: a toolchain's `/tmp` (1777) would
+                // otherwise become 0777, where any process may delete another's files.
+                let sticky = Mode::from_bits_truncate(entry.header().mode().unwrap_or(0)) & Mode::S_ISVTX;
                 let dir = root.create_dir_all(&path, Mode::from_bits_truncate(0o755))?;
-                fchmod(dir.as_fd(), mode | Mode::S_IRWXU).map_err(|source| io_err("chmod", &path, source))?;
+                fchmod(dir.as_fd(), mode | sticky | Mode::S_IRWXU).map_err(|source| io_err("chmod", &path, source))?;
             }
             EntryType::Regular | EntryType::Continuous => {
                 let size = entry.size();
@@ -271,6 +275,23 @@ mod tests {
         assert_eq!(std::fs::read(dest.path().join("src/c.c")).unwrap(), b"int a;");
         let mode = std::fs::metadata(dest.path().join("src/a.c")).unwrap().permissions().mode();
         assert_eq!(mode & 0o7777, 0o755, "setuid must be dropped");
+    }
+
+    #[test]
+    fn directories_keep_the_sticky_bit_and_lose_set_id_bits() {
+        let data = tar_of(|b| {
+            for (path, mode) in [("tmp", 0o1777), ("setid", 0o6755)] {
+                let mut h = header(EntryType::Directory, 0, mode);
+                h.set_path(path).unwrap();
+                h.set_cksum();
+                b.append(&h, &b""[..]).unwrap();
+            }
+        });
+        let dest = tempfile::tempdir().unwrap();
+        extract_tar(&data[..], dest.path(), &LIMITS).unwrap();
+        let mode = |p: &str| std::fs::metadata(dest.path().join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("tmp"), 0o1777, "a toolchain's /tmp stays sticky");
+        assert_eq!(mode("setid"), 0o755, "set-uid and set-gid bits are dropped");
     }
 
     #[test]
