@@ -6,6 +6,7 @@
 //! backend hides behind
 //! [`SandboxBackend`], so the actors never know which one runs.
 
+pub mod cgroup;
 pub mod docker;
 mod error;
 mod job;
