@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use kiln::archive::{extract_tar, ExtractLimits};
 use kiln::package::{package_toolchain, PackageOptions};
-use kiln::sandbox::overlay::{install_exec_shim, OverlayBackend};
+use kiln::sandbox::cgroup::{CgroupLimits, CgroupOptions, JobCgroups};
+use kiln::sandbox::overlay::{install_exec_shim, IdRange, JobSeccomp, OverlayBackend, OverlayConfinement};
 use kiln::sandbox::{SandboxBackend, SandboxLimits, ToolchainRoot};
 
 fn gcc_archive(dir: &Path) -> PathBuf {
@@ -86,8 +87,23 @@ fn sandbox_prepare(c: &mut Criterion) {
         max_output_bytes: 1 << 20,
         max_stdio_bytes: 1 << 20,
         max_process_memory_bytes: 8 << 30,
+        max_memory_bytes: 8 << 30,
+        max_pids: 1024,
     };
-    let backend = OverlayBackend::new(scratch.path().join("sandboxes"), bwrap, shim, sandbox_limits);
+    // Confined as `kiln serve` confines jobs: its own uid, seccomp, a cgroup.
+    let cgroup_limits = CgroupLimits { max_pids: 1024, max_memory_bytes: 8 << 30, max_cpus: 0 };
+    let cgroups = JobCgroups::detect(cgroup_limits, &CgroupOptions::default())
+        .map_err(|e| eprintln!("sandbox_prepare: no job cgroups ({e}); measuring without"))
+        .ok()
+        .map(Arc::new);
+    let confinement = OverlayConfinement {
+        bwrap,
+        shim,
+        ids: IdRange { base: 1_500_000_000, count: 65_536 },
+        seccomp: JobSeccomp::compile().unwrap(),
+        cgroups,
+    };
+    let backend = OverlayBackend::new(scratch.path().join("sandboxes"), confinement, sandbox_limits);
     let toolchain = ToolchainRoot { archive_id: "bench".into(), path: root, lease: Arc::new(()) };
 
     let mut group = c.benchmark_group("sandbox_prepare");

@@ -188,10 +188,19 @@ pub struct JobConfig {
     /// stdout and stderr are each cut at this many bytes.
     pub max_stdio_bytes: u64,
     /// Overlay backend: address space of each process of a job (RLIMIT_AS), so
-    /// one runaway allocation fails instead of exhausting the host; 0 = unlimited.
-    /// Per process, not per job (overlay has no cgroup); docker uses
-    /// `sandbox.docker.memory_bytes` for the whole container instead.
+    /// one runaway allocation fails at once instead of filling the job's cgroup;
+    /// 0 = unlimited. Docker uses `sandbox.docker.memory_bytes` instead.
     pub max_process_memory_bytes: u64,
+    /// Overlay backend: memory of a whole job, swap included (its cgroup's limit).
+    /// A job past it has processes killed, and the client is told so on stderr.
+    pub max_memory_bytes: u64,
+    /// Overlay backend: processes and threads of a whole job (its cgroup's
+    /// `pids.max`): a fork bomb stops here, not at the host's limit.
+    pub max_pids: u64,
+    /// Overlay backend: CPUs one job may use at most (its cgroup's quota); 0 = no
+    /// quota. Each job has a cgroup of its own either way, so under load the CPU
+    /// is shared between jobs, not between their processes.
+    pub max_cpus: u32,
     /// A request body must arrive completely within this time (slow clients).
     pub body_timeout_secs: u64,
     /// Jobs waiting for a free builder; beyond this kiln answers 503.
@@ -211,6 +220,17 @@ pub struct SandboxConfig {
     pub quarantine_after: u32,
     /// How long a quarantined toolchain's jobs are refused (503).
     pub quarantine_secs: u64,
+    /// Overlay backend: each sandbox's job runs as its own host uid and gid, taken
+    /// in turn from `uid_base .. uid_base + uid_count`, never as root. No account
+    /// on the host may use an id in this range (kiln warns at startup if one does);
+    /// it is far above the ranges `/etc/subuid` usually hands out.
+    pub uid_base: u32,
+    pub uid_count: u32,
+    /// Overlay backend: refuse to start when the host cannot give each job a
+    /// cgroup with pids, memory and CPU limits. `false` runs jobs without those
+    /// limits (kiln says so at startup and in `kiln check`): only for hosts where
+    /// something else bounds them.
+    pub require_cgroups: bool,
     /// `[kiln.sandbox.docker]`, used by the docker backend (`[builder] type = "docker"`).
     pub docker: crate::sandbox::docker::DockerConfig,
 }
@@ -287,6 +307,9 @@ impl Default for JobConfig {
             max_output_bytes: 512 * MIB,
             max_stdio_bytes: 16 * MIB,
             max_process_memory_bytes: 8 * GIB,
+            max_memory_bytes: 8 * GIB,
+            max_pids: 1024,
+            max_cpus: 0,
             body_timeout_secs: 120,
             queue_len: 1024,
             assigned_ttl_secs: 600,
@@ -296,7 +319,15 @@ impl Default for JobConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        SandboxConfig { warm_per_toolchain: 2, quarantine_after: 3, quarantine_secs: 300, docker: Default::default() }
+        SandboxConfig {
+            warm_per_toolchain: 2,
+            quarantine_after: 3,
+            quarantine_secs: 300,
+            uid_base: 1_500_000_000,
+            uid_count: 65_536,
+            require_cgroups: true,
+            docker: Default::default(),
+        }
     }
 }
 
@@ -375,6 +406,16 @@ impl Config {
         }
         if let Err((key, reason)) = kiln.sandbox.docker.validate() {
             return invalid(key, reason);
+        }
+        let sandbox = &kiln.sandbox;
+        if sandbox.uid_base == 0 || sandbox.uid_count == 0 {
+            return invalid("kiln.sandbox.uid_base", "uid_base and uid_count must not be 0 (uid 0 is root)");
+        }
+        if u64::from(sandbox.uid_base) + u64::from(sandbox.uid_count) > u64::from(u32::MAX) {
+            return invalid("kiln.sandbox.uid_count", "uid_base + uid_count must stay below 4294967295");
+        }
+        if jobs.max_pids == 0 || jobs.max_memory_bytes == 0 {
+            return invalid("kiln.jobs.max_pids", "max_pids and max_memory_bytes must not be 0");
         }
         if jobs.queue_len == 0 {
             return invalid("kiln.jobs.queue_len", "must be at least 1");
@@ -518,6 +559,27 @@ impl JobConfig {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
+    }
+
+    /// What each overlay job's cgroup enforces.
+    pub fn cgroup_limits(&self) -> crate::sandbox::cgroup::CgroupLimits {
+        crate::sandbox::cgroup::CgroupLimits {
+            max_pids: self.max_pids,
+            max_memory_bytes: self.max_memory_bytes,
+            max_cpus: self.max_cpus,
+        }
+    }
+
+    /// What each overlay job's sandbox enforces.
+    pub fn sandbox_limits(&self) -> crate::sandbox::SandboxLimits {
+        crate::sandbox::SandboxLimits {
+            inputs: self.extract_limits(),
+            max_output_bytes: self.max_output_bytes,
+            max_stdio_bytes: self.max_stdio_bytes,
+            max_process_memory_bytes: self.max_process_memory_bytes,
+            max_memory_bytes: self.max_memory_bytes,
+            max_pids: self.max_pids,
+        }
     }
 
     pub fn body_timeout(&self) -> Duration {

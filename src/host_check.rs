@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::config::{Backend, Config};
 use crate::sandbox::docker::check_daemon;
-use crate::sandbox::overlay::check_bwrap;
+use crate::sandbox::overlay::{check_bwrap, probe_unprivileged, IdRange};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostCheckError {
@@ -21,6 +21,9 @@ pub enum HostCheckError {
         "{0}: install it with `apt-get install bubblewrap` (or `dnf install bubblewrap`), or set bwrap_path in [builder]"
     )]
     Bubblewrap(String),
+    /// bubblewrap runs as the job's unprivileged uid and needs a user namespace.
+    #[error("{0}")]
+    UserNamespaces(String),
     #[error(
         "the docker daemon does not answer ({0}): start it (`systemctl start docker`, or `dockerd &`), \
          or set [kiln.sandbox.docker] host"
@@ -37,8 +40,8 @@ pub struct HostFacts {
     pub sandbox: String,
 }
 
-/// Checks what the configured backend needs: root, overlayfs and bubblewrap for
-/// `overlay`; a daemon that answers for `docker`.
+/// Checks what the configured backend needs: root, overlayfs, bubblewrap 0.8 and
+/// unprivileged user namespaces for `overlay`; a daemon that answers for `docker`.
 pub fn check_host(config: &Config) -> Result<HostFacts, HostCheckError> {
     if !cfg!(target_os = "linux") {
         return Err(HostCheckError::NotLinux);
@@ -57,6 +60,9 @@ pub fn check_host(config: &Config) -> Result<HostFacts, HostCheckError> {
         return Err(HostCheckError::NoOverlayfs);
     }
     let (bwrap_path, version) = check_bwrap(&bwrap_path).map_err(HostCheckError::Bubblewrap)?;
+    let sandbox = &config.kiln.sandbox;
+    let id = IdRange { base: sandbox.uid_base, count: sandbox.uid_count }.nth(0);
+    probe_unprivileged(&bwrap_path, id).map_err(HostCheckError::UserNamespaces)?;
     Ok(HostFacts { bwrap_path: Some(bwrap_path), sandbox: version })
 }
 

@@ -20,9 +20,10 @@ use crate::observe::signals::Reload;
 use crate::observe::{Lifecycle, Observer, Ops};
 use crate::protocol::{HeartbeatServerHttpRequest, JobKey, ServerCertificateHttpResponse, ServerId, ServerNonce};
 use crate::quarantine::Quarantine;
+use crate::sandbox::cgroup::{CgroupOptions, JobCgroups};
 use crate::sandbox::docker::start_docker_backend;
-use crate::sandbox::overlay::{install_exec_shim, OverlayBackend};
-use crate::sandbox::{SandboxLimits, SharedBackend};
+use crate::sandbox::overlay::{install_exec_shim, IdRange, JobSeccomp, OverlayBackend, OverlayConfinement};
+use crate::sandbox::SharedBackend;
 use crate::scheduler::{LocalScheduler, Scheduler};
 use crate::stats::Stats;
 use crate::tls::ServerCert;
@@ -58,6 +59,67 @@ pub enum ServerError {
     Tls(#[source] crate::tls::TlsError),
     #[error("invalid scheduler_url: {0}")]
     SchedulerUrl(String),
+    #[error("the jobs' seccomp filter cannot be built")]
+    Seccomp(#[source] crate::sandbox::SandboxError),
+    #[error(
+        "jobs cannot get cgroups with pids, memory and CPU limits; give kiln a delegated cgroup \
+         (systemd: Delegate=yes), or set kiln.sandbox.require_cgroups = false to run jobs without them"
+    )]
+    Cgroups(#[source] crate::sandbox::cgroup::CgroupError),
+}
+
+/// Creates `dir` if needed and makes it 0700: what kiln keeps (other clients'
+/// toolchains, jobs' inputs and outputs, sandboxes whose files belong to job
+/// uids) is no local user's to read, traverse or run.
+fn make_private(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode != 0o700 {
+        tracing::info!(?dir, mode = %format!("{mode:o}"), "making kiln's directory private (0700)");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Everything that confines an overlay job, made once: the seccomp filter, the
+/// uid range, the cgroups. Blocking (cgroupfs writes): run on a blocking thread.
+fn overlay_confinement(
+    config: &Config,
+    bwrap: std::path::PathBuf,
+    shim: std::path::PathBuf,
+) -> Result<OverlayConfinement, ServerError> {
+    let (jobs, sandbox) = (&config.kiln.jobs, &config.kiln.sandbox);
+    let seccomp = JobSeccomp::compile().map_err(ServerError::Seccomp)?;
+    let ids = IdRange { base: sandbox.uid_base, count: sandbox.uid_count };
+    let clashes = ids.clashes();
+    if !clashes.is_empty() {
+        tracing::warn!(
+            ?clashes,
+            "host accounts use ids in kiln.sandbox.uid_base .. + uid_count: jobs would share them; move the range"
+        );
+    }
+    let cgroups = match JobCgroups::detect(jobs.cgroup_limits(), &CgroupOptions::default()) {
+        Ok(cgroups) => {
+            tracing::info!(cgroups = %cgroups.describe(), "each job gets a cgroup of its own");
+            Some(Arc::new(cgroups))
+        }
+        Err(e) if sandbox.require_cgroups => return Err(ServerError::Cgroups(e)),
+        Err(e) => {
+            tracing::warn!(
+                error = %crate::report::ErrorChain(&e),
+                "jobs run WITHOUT pids, memory and CPU limits: no cgroup can be made for them \
+                 (kiln.sandbox.require_cgroups = false)"
+            );
+            None
+        }
+    };
+    tracing::info!(
+        uids = %format!("{}..{}", ids.base, u64::from(ids.base) + u64::from(ids.count)),
+        seccomp_bytes = seccomp.bpf().len(),
+        "overlay jobs run as unprivileged host uids, without user namespaces, under seccomp"
+    );
+    Ok(OverlayConfinement { bwrap, shim, ids, seccomp, cgroups })
 }
 
 /// Where the servers ended up listening (configured ports may be 0).
@@ -94,6 +156,9 @@ pub async fn serve_with(
     let cache_root = config.archives_dir().parent().map(std::path::Path::to_path_buf);
     let dirs = [Some(config.kiln.data_dir.clone()), Some(config.build_dir()), cache_root];
     let _lock = crate::data_lock::DataDirLock::acquire(dirs.iter().flatten().map(|d| d.as_path()))?;
+    for dir in [&config.kiln.data_dir, &config.build_dir(), &config.archives_dir()] {
+        make_private(dir).map_err(|source| ServerError::DataDir { path: dir.clone(), source })?;
+    }
     let stats = Arc::new(Stats::default());
     let observer = Arc::new(Observer::new(config.builder_count()));
     let lifecycle = Arc::new(Lifecycle::default());
@@ -134,19 +199,18 @@ pub async fn serve_with(
     .start();
 
     let builders = config.builder_count();
-    let limits = SandboxLimits {
-        inputs: kiln.jobs.extract_limits(),
-        max_output_bytes: kiln.jobs.max_output_bytes,
-        max_stdio_bytes: kiln.jobs.max_stdio_bytes,
-        max_process_memory_bytes: kiln.jobs.max_process_memory_bytes,
-    };
+    let limits = kiln.jobs.sandbox_limits();
     // The docker backend keeps its own warm pool (the ContainerPool): the SandboxPool
     // then prepares nothing ahead, each acquire takes a warm container at once.
     let (backend, warm): (SharedBackend, usize) = match config.backend() {
         Backend::Overlay { bwrap_path } => {
             let shim = config.build_dir().join("kiln-exec");
             install_exec_shim(&shim).await.map_err(data_err(&shim))?;
-            let overlay = OverlayBackend::new(config.sandboxes_dir(), bwrap_path, shim, limits);
+            let confine = config.clone();
+            let confinement = tokio::task::spawn_blocking(move || overlay_confinement(&confine, bwrap_path, shim))
+                .await
+                .map_err(|_| ServerError::Startup)??;
+            let overlay = OverlayBackend::new(config.sandboxes_dir(), confinement, limits);
             (Arc::new(overlay), kiln.sandbox.warm_per_toolchain)
         }
         Backend::Docker => (start_docker_backend(&kiln.sandbox.docker, &kiln.data_dir, limits, stats.clone()).await, 0),

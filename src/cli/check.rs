@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::config::{Backend, Config};
 use crate::host_check::overlayfs_available;
 use crate::observe::views::human_bytes;
-use crate::sandbox::overlay::check_bwrap;
+use crate::sandbox::cgroup::{CgroupOptions, JobCgroups};
+use crate::sandbox::overlay::{check_bwrap, probe_unprivileged, IdRange};
 
 /// Where the Docker Engine API listens.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -81,6 +82,9 @@ pub fn check(config: &Config) -> Vec<Finding> {
             "`apt-get install bubblewrap` (or `dnf install bubblewrap`), or set bwrap_path in [builder]",
         ),
     });
+    if !docker_backend {
+        findings.extend(job_confinement(config, &bwrap));
+    }
     findings.push(match docker_ping(Path::new(DOCKER_SOCKET)) {
         Ok(version) => Finding::ok("docker", format!("the daemon at {DOCKER_SOCKET} answers ({version})")),
         Err(e) => Finding::bad(
@@ -100,6 +104,52 @@ pub fn check(config: &Config) -> Vec<Finding> {
     ] {
         findings.push(disk_space(what, &dir, budget));
     }
+    findings
+}
+
+/// What confines overlay jobs: bubblewrap as an unprivileged uid, the uid range,
+/// and the jobs' cgroups.
+fn job_confinement(config: &Config, bwrap: &Path) -> Vec<Finding> {
+    let sandbox = &config.kiln.sandbox;
+    let ids = IdRange { base: sandbox.uid_base, count: sandbox.uid_count };
+    let mut findings = Vec::new();
+    if let Ok((bwrap, _)) = check_bwrap(bwrap) {
+        findings.push(match probe_unprivileged(&bwrap, ids.nth(0)) {
+            Ok(()) => Finding::ok("user namespaces", format!("bubblewrap makes a sandbox as uid {}", ids.base)),
+            Err(e) => Finding::bad(
+                "user namespaces",
+                Verdict::Fail,
+                e,
+                "allow unprivileged user namespaces (see the line above)",
+            ),
+        });
+    }
+    let clashes = ids.clashes();
+    findings.push(match clashes.is_empty() {
+        true => Finding::ok("job uids", format!("{}..+{} used by no account", ids.base, ids.count)),
+        false => Finding::bad(
+            "job uids",
+            Verdict::Warn,
+            format!("accounts in the range: {}", clashes.join(", ")),
+            "move kiln.sandbox.uid_base to a range no account uses",
+        ),
+    });
+    findings.push(match JobCgroups::detect(config.kiln.jobs.cgroup_limits(), &CgroupOptions::default()) {
+        Ok(cgroups) => Finding::ok("job cgroups", cgroups.describe()),
+        Err(e) => Finding::bad(
+            "job cgroups",
+            if sandbox.require_cgroups { Verdict::Fail } else { Verdict::Warn },
+            format!(
+                "no cgroup with pids, memory and CPU limits can be made for jobs: {}",
+                crate::report::ErrorChain(&e)
+            ),
+            if sandbox.require_cgroups {
+                "give kiln a delegated cgroup (systemd: Delegate=yes), or set kiln.sandbox.require_cgroups = false"
+            } else {
+                "jobs run without pids, memory and CPU limits (kiln.sandbox.require_cgroups = false)"
+            },
+        ),
+    });
     findings
 }
 

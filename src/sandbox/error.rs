@@ -25,6 +25,22 @@ pub enum SandboxError {
         #[source]
         source: nix::Error,
     },
+    #[error("mounting the sandbox's staging tmpfs at {path:?} failed")]
+    MountStage {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("building the job's seccomp filter failed: {step}: {reason}")]
+    Seccomp { step: &'static str, reason: String },
+    #[error("making the job's cgroup failed")]
+    Cgroup(#[source] super::cgroup::CgroupError),
+    #[error("taking on the job's uid {uid} for its files failed")]
+    JobOwner {
+        uid: u32,
+        #[source]
+        source: nix::Error,
+    },
     #[error("the job's inputs were refused")]
     Inputs(#[source] ArchiveError),
     #[error("the job's command was refused: {0}")]

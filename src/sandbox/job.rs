@@ -33,6 +33,10 @@ pub struct SandboxLimits {
     pub max_stdio_bytes: u64,
     /// Address space of each process of an overlay job (RLIMIT_AS); 0: unlimited.
     pub max_process_memory_bytes: u64,
+    /// Memory (swap included) of a whole overlay job, enforced by its cgroup.
+    pub max_memory_bytes: u64,
+    /// Processes and threads of a whole overlay job, enforced by its cgroup.
+    pub max_pids: u64,
 }
 
 /// Checks a job's command the same way on every backend (environment, no NUL bytes,

@@ -3,35 +3,51 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
-use super::bwrap::{run_job, StartedSandbox};
+use super::bwrap::{run_job, Confinement, StartedSandbox};
+use super::identity::{create_files_as, IdRange, JobIdentity};
 use super::namespace::{enter_overlay_namespace, OverlayDirs};
+use super::seccomp::JobSeccomp;
 use crate::protocol::JobComplete;
 use crate::report::ErrorChain;
+use crate::sandbox::cgroup::{JobCgroup, JobCgroups};
 use crate::sandbox::kill::{KillHandle, KillOnDrop};
 use crate::sandbox::{
     Cancellation, Leftovers, Sandbox, SandboxBackend, SandboxError, SandboxJob, SandboxLimits, ToolchainRoot,
 };
 
-/// Prepares overlay sandboxes under `<data_dir>/sandboxes/<n>/{upper,work,merged}`.
+/// Prepares overlay sandboxes under `<data_dir>/sandboxes/<n>/{upper,work,merged}`
+/// (`<n>` 0700).
 pub struct OverlayBackend {
     sandboxes_dir: PathBuf,
-    bwrap: PathBuf,
-    /// The exec shim on the host (see [`EXEC_SHIM`]), bound read-only into sandboxes.
-    shim: PathBuf,
+    confinement: Arc<OverlayConfinement>,
     limits: SandboxLimits,
     next_id: AtomicU64,
 }
 
+/// How every overlay sandbox is confined, fixed at startup.
+pub struct OverlayConfinement {
+    pub bwrap: PathBuf,
+    /// The exec shim on the host (see [`EXEC_SHIM`]), bound read-only into sandboxes.
+    pub shim: PathBuf,
+    /// Host ids the sandboxes' jobs run as, one per sandbox in turn.
+    pub ids: IdRange,
+    pub seccomp: JobSeccomp,
+    /// Where each sandbox's cgroup goes; `None` only when the config allows
+    /// running without (`kiln.sandbox.require_cgroups = false`) and the host has none.
+    pub cgroups: Option<Arc<JobCgroups>>,
+}
+
 impl OverlayBackend {
-    /// `shim` must hold [`EXEC_SHIM`] (see [`install_exec_shim`]).
-    pub fn new(sandboxes_dir: PathBuf, bwrap: PathBuf, shim: PathBuf, limits: SandboxLimits) -> Self {
-        OverlayBackend { sandboxes_dir, bwrap, shim, limits, next_id: AtomicU64::new(0) }
+    /// `confinement.shim` must hold [`EXEC_SHIM`] (see [`install_exec_shim`]).
+    pub fn new(sandboxes_dir: PathBuf, confinement: OverlayConfinement, limits: SandboxLimits) -> Self {
+        OverlayBackend { sandboxes_dir, confinement: Arc::new(confinement), limits, next_id: AtomicU64::new(0) }
     }
 }
 
@@ -75,26 +91,28 @@ impl SandboxBackend for OverlayBackend {
             work: dir.join("work"),
             merged: dir.join("merged"),
         };
-        let (bwrap, shim) = (self.bwrap.clone(), self.shim.clone());
+        let confinement = self.confinement.clone();
+        let identity = confinement.ids.nth(id);
         let limits = self.limits;
         async move {
+            create_private_dir(&dir).await?;
             for d in [&dirs.upper, &dirs.work, &dirs.merged] {
-                tokio::fs::create_dir_all(d)
-                    .await
-                    .map_err(|source| SandboxError::CreateDir { path: d.clone(), source })?;
+                tokio::fs::create_dir(d).await.map_err(|source| SandboxError::CreateDir { path: d.clone(), source })?;
             }
             let (ready_tx, ready_rx) = oneshot::channel();
             let (job_tx, job_rx) = mpsc::sync_channel::<RunRequest>(1);
-            let thread_dirs = dirs.clone();
+            let thread = SandboxThread { id, dirs, confinement, identity, limits };
             std::thread::Builder::new()
                 .name(format!("kiln-sandbox-{id}"))
-                .spawn(move || sandbox_thread(thread_dirs, bwrap, shim, limits, ready_tx, job_rx))
+                .spawn(move || thread.run(ready_tx, job_rx))
                 .map_err(SandboxError::Thread)?;
             match ready_rx.await {
                 Ok(Ok(())) => Ok(Box::new(OverlaySandbox { dir, toolchain, jobs: job_tx }) as Box<dyn Sandbox>),
                 Ok(Err(e)) => {
                     // The thread has ended; nothing is mounted anywhere. Remove the dirs.
-                    let _ = tokio::fs::remove_dir_all(&dir).await;
+                    let remove = dir.clone();
+                    let deadline = std::time::Instant::now() + REMOVE_FAILED_PREPARE;
+                    let _ = tokio::task::spawn_blocking(move || crate::archive::remove_tree(&remove, deadline)).await;
                     Err(e)
                 }
                 Err(_) => Err(SandboxError::ThreadGone),
@@ -104,46 +122,102 @@ impl SandboxBackend for OverlayBackend {
     }
 }
 
-/// The body of a prepared sandbox's thread: mount, start bubblewrap, wait for one
-/// job, run it, exit.
-///
-/// bubblewrap starts here, before any job exists, and waits in the exec shim: its
-/// namespaces and mounts (most of a sandbox's start-up cost) are off the job's path.
-/// Exiting drops the last reference to the private mount namespace, which unmounts
-/// the overlay; the directories stay for the cleaner.
-fn sandbox_thread(
+/// How long removing the directories of a sandbox that failed to start may take.
+const REMOVE_FAILED_PREPARE: Duration = Duration::from_secs(10);
+
+/// A sandbox's directory: 0700, so no local user reaches the job's files, which
+/// belong to an id that is not theirs but must not be theirs to read either.
+async fn create_private_dir(dir: &std::path::Path) -> Result<(), SandboxError> {
+    let mut builder = tokio::fs::DirBuilder::new();
+    builder.recursive(true).mode(0o700);
+    builder.create(dir).await.map_err(|source| SandboxError::CreateDir { path: dir.to_owned(), source })
+}
+
+/// What a prepared sandbox's thread works with.
+struct SandboxThread {
+    id: u64,
     dirs: OverlayDirs,
-    bwrap: PathBuf,
-    shim: PathBuf,
+    confinement: Arc<OverlayConfinement>,
+    identity: JobIdentity,
     limits: SandboxLimits,
-    ready: oneshot::Sender<Result<(), SandboxError>>,
-    jobs: mpsc::Receiver<RunRequest>,
-) {
-    let started = enter_overlay_namespace(&dirs)
-        .and_then(|()| StartedSandbox::start(&bwrap, &shim, &dirs.merged, limits.max_process_memory_bytes));
-    let sandbox = match started {
-        Ok(sandbox) => sandbox,
-        Err(e) => {
-            let _ = ready.send(Err(e));
+}
+
+impl SandboxThread {
+    /// The body of a prepared sandbox's thread: make its cgroup, mount, start
+    /// bubblewrap, wait for one job, run it, answer, then remove the cgroup and exit.
+    ///
+    /// bubblewrap starts here, before any job exists, and waits in the exec shim: its
+    /// namespaces, mounts and cgroup (most of a sandbox's start-up cost) are off the
+    /// job's path, and so is the cgroup's removal, after the answer. Exiting drops
+    /// the last reference to the private mount namespace, which unmounts the
+    /// overlay; the directories stay for the cleaner.
+    fn run(self, ready: oneshot::Sender<Result<(), SandboxError>>, jobs: mpsc::Receiver<RunRequest>) {
+        let cgroup = match &self.confinement.cgroups {
+            Some(cgroups) => match cgroups.create(&format!("sandbox-{}", self.id)) {
+                Ok(cgroup) => Some(cgroup),
+                Err(e) => {
+                    let _ = ready.send(Err(SandboxError::Cgroup(e)));
+                    return;
+                }
+            },
+            None => None,
+        };
+        match self.start(cgroup.as_ref()) {
+            Ok(sandbox) => self.serve(sandbox, cgroup.as_ref(), ready, jobs),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        }
+        if let Some(cgroup) = cgroup {
+            if let Err(e) = cgroup.remove() {
+                tracing::warn!(sandbox = self.id, error = %ErrorChain(&e), "removing a sandbox's cgroup failed");
+            }
+        }
+    }
+
+    fn start(&self, cgroup: Option<&JobCgroup>) -> Result<StartedSandbox, SandboxError> {
+        let c = &self.confinement;
+        enter_overlay_namespace(&self.dirs, &c.shim)?;
+        let sandbox = StartedSandbox::start(Confinement {
+            bwrap: &c.bwrap,
+            identity: self.identity,
+            seccomp: &c.seccomp,
+            cgroup_procs: cgroup.map(JobCgroup::procs_fds).unwrap_or_default(),
+            max_process_memory: self.limits.max_process_memory_bytes,
+        })?;
+        // From here on this thread creates files as the job's uid: its inputs and
+        // directories are the job's to write.
+        if let Err(e) = create_files_as(self.identity) {
+            sandbox.discard();
+            return Err(e);
+        }
+        Ok(sandbox)
+    }
+
+    fn serve(
+        &self,
+        sandbox: StartedSandbox,
+        cgroup: Option<&JobCgroup>,
+        ready: oneshot::Sender<Result<(), SandboxError>>,
+        jobs: mpsc::Receiver<RunRequest>,
+    ) {
+        if ready.send(Ok(())).is_err() {
+            sandbox.discard();
             return;
         }
-    };
-    if ready.send(Ok(())).is_err() {
-        sandbox.discard();
-        return;
+        // A closed channel means the sandbox was discarded unused.
+        let Ok(RunRequest { job, span, kill, reply }) = jobs.recv() else {
+            sandbox.discard();
+            return;
+        };
+        let _entered = span.enter();
+        let job_id = job.job_id;
+        let result = run_job(sandbox, job, &self.limits, cgroup, &kill);
+        if let Err(e) = &result {
+            tracing::debug!(%job_id, error = %ErrorChain(e), "sandbox job failed");
+        }
+        let _ = reply.send(result);
     }
-    // A closed channel means the sandbox was discarded unused.
-    let Ok(RunRequest { job, span, kill, reply }) = jobs.recv() else {
-        sandbox.discard();
-        return;
-    };
-    let _entered = span.enter();
-    let job_id = job.job_id;
-    let result = run_job(sandbox, &dirs.merged, job, &limits, &kill);
-    if let Err(e) = &result {
-        tracing::debug!(%job_id, error = %ErrorChain(e), "sandbox job failed");
-    }
-    let _ = reply.send(result);
 }
 
 struct OverlaySandbox {

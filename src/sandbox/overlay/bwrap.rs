@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 
 use flate2::read::ZlibDecoder;
 use nix::fcntl::OFlag;
-use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
@@ -19,12 +18,17 @@ use crate::archive::{extract_tar_into, ArchiveError, RootedDir, SandboxPath};
 use crate::observe::Phase;
 use crate::protocol::{JobComplete, OutputData, ProcessOutput};
 use crate::report::ErrorChain;
+use crate::sandbox::cgroup::JobCgroup;
 use crate::sandbox::job::{bad_path, validate_command};
 use crate::sandbox::kill::KillHandle;
 use crate::sandbox::{SandboxError, SandboxJob, SandboxLimits};
 
-/// Oldest bubblewrap with every flag kiln passes.
-const MIN_BWRAP: (u32, u32, u32) = (0, 3, 0);
+use super::identity::JobIdentity;
+use super::namespace::{ROOT, SHIM_IN_SANDBOX};
+use super::seccomp::JobSeccomp;
+
+/// Oldest bubblewrap with every flag kiln passes (`--disable-userns` came in 0.8.0).
+const MIN_BWRAP: (u32, u32, u32) = (0, 8, 0);
 
 /// Finds `bwrap` (a bare name is looked up in `PATH`), checks that it runs and is
 /// recent enough, and returns its absolute path and version line.
@@ -45,15 +49,49 @@ pub fn check_bwrap(bwrap: &Path) -> Result<(PathBuf, String), String> {
     let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if !out.status.success() || found < MIN_BWRAP {
         return Err(format!(
-            "bubblewrap {}.{}.{} or newer is needed, found {text:?}",
+            "bubblewrap {}.{}.{} or newer is needed (for --disable-userns), found {text:?}",
             MIN_BWRAP.0, MIN_BWRAP.1, MIN_BWRAP.2
         ));
     }
     Ok((path, text))
 }
 
-/// Where the exec shim appears inside every sandbox (read-only).
-const SHIM_IN_SANDBOX: &str = "/.kiln-exec";
+/// Starts a throw-away bubblewrap the way sandboxes start it (as `id`, in a new
+/// user namespace with further ones disabled) and checks that it works: a host
+/// that forbids unprivileged user namespaces (`user.max_user_namespaces = 0`,
+/// Debian's `kernel.unprivileged_userns_clone = 0`, Ubuntu's AppArmor
+/// `restrict_unprivileged_userns`) would otherwise fail every job.
+pub fn probe_unprivileged(bwrap: &Path, id: JobIdentity) -> Result<(), String> {
+    let mut cmd = Command::new(bwrap);
+    cmd.args(["--unshare-user", "--disable-userns", "--uid", "0", "--gid", "0", "--cap-drop", "ALL"]);
+    cmd.args(["--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--proc", "/proc", "--", "/bin/true"]);
+    cmd.env_clear().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    // As root, std drops the supplementary groups when it changes the uid.
+    cmd.uid(id.uid).gid(id.gid());
+    let out = cmd.output().map_err(|e| format!("cannot run bubblewrap ({}): {e}", bwrap.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "bubblewrap cannot make a sandbox as the unprivileged uid {} ({}): allow unprivileged user namespaces \
+         (sysctl user.max_user_namespaces > 0; on Debian kernel.unprivileged_userns_clone = 1; on Ubuntu \
+         kernel.apparmor_restrict_unprivileged_userns = 0 or an AppArmor profile for bwrap)",
+        id.uid,
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
+}
+
+/// What a sandbox's bubblewrap is started with, besides the overlay.
+pub(super) struct Confinement<'a> {
+    pub bwrap: &'a Path,
+    /// The job's host uid/gid; bubblewrap itself runs as it.
+    pub identity: JobIdentity,
+    pub seccomp: &'a JobSeccomp,
+    /// `cgroup.procs` of the sandbox's cgroup(s), written by the child before exec.
+    pub cgroup_procs: Vec<RawFd>,
+    /// RLIMIT_AS of every process; 0: unlimited.
+    pub max_process_memory: u64,
+}
 
 /// A bubblewrap started ahead of its job: namespaces made, `/` bound, `/proc` and
 /// `/dev` mounted, and the exec shim waiting on the `spec` pipe for the command.
@@ -64,17 +102,21 @@ pub(super) struct StartedSandbox {
 }
 
 impl StartedSandbox {
-    /// Starts bubblewrap over `merged` (the overlay, visible in this thread's
-    /// namespace) with the shim at `shim` as its program; every process of the
-    /// sandbox gets at most `max_memory` bytes of address space (0: unlimited).
-    pub fn start(bwrap: &Path, shim: &Path, merged: &Path, max_memory: u64) -> Result<Self, SandboxError> {
-        let spawn_error = |source| SandboxError::Spawn { path: PathBuf::from(bwrap), source };
+    /// Starts bubblewrap over [`ROOT`] (the overlay, visible in this thread's
+    /// namespace) with the exec shim as its program.
+    pub fn start(how: Confinement<'_>) -> Result<Self, SandboxError> {
+        let spawn_error = |source| SandboxError::Spawn { path: PathBuf::from(how.bwrap), source };
         // Both ends close on exec: no other sandbox's bubblewrap, started meanwhile
         // from another thread, may hold the write end (the shim would never see EOF).
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| spawn_error(e.into()))?;
-        let mut cmd = bwrap_command(bwrap, merged, shim, read.as_raw_fd(), max_memory);
+        // bubblewrap reads the filter to EOF before it sets up anything; it fits in
+        // the pipe's buffer (JobSeccomp::compile refuses a larger one).
+        let (filter_read, filter_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| spawn_error(e.into()))?;
+        File::from(filter_write).write_all(how.seccomp.bpf()).map_err(spawn_error)?;
+        let mut cmd = bwrap_command(&how, read.as_raw_fd(), filter_read.as_raw_fd());
         let child = cmd.spawn().map_err(spawn_error)?;
         drop(read);
+        drop(filter_read);
         let pid = Pid::from_raw(child.id() as i32);
         Ok(StartedSandbox { child, pid, spec: Some(File::from(write)) })
     }
@@ -95,14 +137,16 @@ impl StartedSandbox {
     }
 }
 
-/// Runs `job` in `sandbox`, whose root is `merged` in this thread's namespace.
+/// Runs `job` in `sandbox`, whose root is [`ROOT`] in this thread's namespace and
+/// whose processes are in `cgroup` (if the host has cgroups for jobs).
 pub(super) fn run_job(
     sandbox: StartedSandbox,
-    merged: &Path,
     job: SandboxJob,
     limits: &SandboxLimits,
+    cgroup: Option<&JobCgroup>,
     kill: &KillHandle,
 ) -> Result<JobComplete, SandboxError> {
+    let merged = Path::new(ROOT);
     // The sandbox's processes are the job's from here on: a kill takes them.
     kill.started(sandbox.pid);
     let (cwd, root, outputs) = match prepare_layout(merged, &job, limits) {
@@ -120,7 +164,10 @@ pub(super) fn run_job(
     }
 
     job.phases.enter(Phase::Compile);
-    let output = run_in(sandbox, &job, &cwd, limits, kill)?;
+    let mut output = run_in(sandbox, &job, &cwd, limits, kill)?;
+    if let Some(cgroup) = cgroup {
+        explain_limits(&mut output, cgroup, limits);
+    }
     job.phases.enter(Phase::Outputs);
 
     let mut collected = Vec::with_capacity(outputs.len());
@@ -171,67 +218,104 @@ fn prepare_layout<'j>(
     Ok((cwd, root, outputs))
 }
 
-fn bwrap_command(bwrap: &Path, merged: &Path, shim: &Path, spec_fd: RawFd, max_memory: u64) -> Command {
-    let mut cmd = Command::new(bwrap);
+/// The fds the shim and bubblewrap read: the job's command, and the seccomp filter.
+const SPEC_FD: RawFd = 3;
+const SECCOMP_FD: RawFd = 4;
+
+fn bwrap_command(how: &Confinement<'_>, spec_fd: RawFd, seccomp_fd: RawFd) -> Command {
+    let mut cmd = Command::new(how.bwrap);
     cmd.args([
         // The job dies with its bubblewrap, which dies with the thread that started it.
         "--die-with-parent",
         // setsid(): no ioctl(TIOCSTI) into a terminal (CVE-2017-5226).
         "--new-session",
+        // bubblewrap runs as the job's unprivileged host uid (set below), and maps it
+        // to uid 0 in the new user namespace: the job owns its files and nothing else.
+        "--unshare-user",
+        "--uid",
+        "0",
+        "--gid",
+        "0",
+        // No further user namespaces (user.max_user_namespaces = 1 inside, then a
+        // nested namespace that cannot raise it): a job cannot gain capabilities
+        // over a namespace of its own, where mount and cgroup files become reachable.
+        "--disable-userns",
+        // bubblewrap keeps every capability for a uid 0 inside unless told otherwise.
         "--cap-drop",
         "ALL",
-        "--unshare-user",
         "--unshare-cgroup",
         "--unshare-ipc",
         "--unshare-pid",
         "--unshare-net",
         "--unshare-uts",
     ]);
-    cmd.arg("--bind").arg(merged).arg("/");
-    cmd.args(["--proc", "/proc", "--dev", "/dev"]);
-    cmd.arg("--ro-bind").arg(shim).arg(SHIM_IN_SANDBOX);
-    // bubblewrap itself runs on the host as root with an empty environment: a job's
+    cmd.args(["--bind", ROOT, "/", "--proc", "/proc", "--dev", "/dev"]);
+    // bubblewrap's own read-only cover of /proc/sys is skipped when its access(W_OK)
+    // check fails, which it does for an unprivileged uid; host sysctls are then
+    // only protected by their owner. Bind the host's /proc/sys read-only over it
+    // (its values are the ones the job's own namespaces see), and cover the other
+    // writable kernel interfaces of /proc bubblewrap means to cover.
+    cmd.args(["--ro-bind", "/proc/sys", "/proc/sys"]);
+    for path in ["/proc/sysrq-trigger", "/proc/irq", "/proc/bus"] {
+        cmd.args(["--ro-bind-try", path, path]);
+    }
+    cmd.arg("--seccomp").arg(SECCOMP_FD.to_string());
+    // bubblewrap itself runs on the host with an empty environment: a job's
     // LD_PRELOAD or LD_LIBRARY_PATH must never reach the host's dynamic loader. The
     // job's environment reaches only the job, through the shim.
     cmd.env_clear();
     cmd.arg("--").arg(SHIM_IN_SANDBOX);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let kiln = nix::unistd::getpid();
-    // SAFETY: runs in the forked child before exec; it only makes syscalls (prctl,
-    // getppid, setrlimit, dup2 or fcntl) and allocates nothing, so it is
-    // async-signal-safe.
+    let (uid, gid, max_memory) = (how.identity.uid, how.identity.gid(), how.max_process_memory);
+    let cgroup_procs = how.cgroup_procs.clone();
+    // SAFETY: runs in the forked child before exec, while the sandbox thread keeps
+    // the JobCgroup (and so its cgroup.procs fds) alive. It only makes system calls
+    // (write, setrlimit, fcntl, close_range, dup2, setgroups, setresgid, setresuid,
+    // prctl, getppid) on values prepared before the fork, reports failures as raw
+    // errnos and allocates nothing, so it is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
-            // bubblewrap sets this itself, but only after it has cloned the sandbox;
-            // a kiln killed in that window would leave it running. SIGKILL when the
-            // thread that started it (the sandbox thread) ends, from the first
-            // instruction on; and if kiln already died before this, give up now.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if nix::unistd::getppid() != kiln {
-                return Err(std::io::Error::other("kiln exited while starting the sandbox"));
-            }
-            // No cgroup here, so no memory limit for the job as a whole: RLIMIT_AS
-            // bounds each process (setrlimit(2)); inherited by bubblewrap and every
-            // process of the job, which cannot raise it again without
-            // CAP_SYS_RESOURCE in the host's user namespace (--cap-drop ALL,
-            // --unshare-user). A runaway allocation then fails with ENOMEM instead
-            // of waking the host's OOM killer.
+            let check = |result: nix::libc::c_int| {
+                if result < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            // Into the sandbox's cgroup first, while still root: every process of
+            // the job is then born under its pids, memory and CPU limits.
+            crate::sandbox::cgroup::join_from_child(&cgroup_procs)?;
+            // A bound per process on top of the cgroup's per-job one, so a single
+            // runaway allocation fails with ENOMEM before the job's limit is hit.
             if max_memory > 0 {
                 let limit = nix::libc::rlimit { rlim_cur: max_memory, rlim_max: max_memory };
-                if nix::libc::setrlimit(nix::libc::RLIMIT_AS, &limit) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                check(nix::libc::setrlimit(nix::libc::RLIMIT_AS, &limit))?;
             }
-            // The shim reads its command on fd 3; bubblewrap passes fds through.
-            // dup2 onto another fd clears close-on-exec; onto itself it does not.
-            // (Both are fds this forked, single-threaded child owns.)
-            let result = if spec_fd == SPEC_FD {
-                nix::libc::fcntl(spec_fd, nix::libc::F_SETFD, 0)
-            } else {
-                nix::libc::dup2(spec_fd, SPEC_FD)
-            };
-            if result < 0 {
-                return Err(std::io::Error::last_os_error());
+            // No fd of kiln's reaches the job, whoever opened it without
+            // close-on-exec (a library, or whoever started kiln: runc's
+            // CVE-2024-21626 was a leaked fd). Copies of the two fds bubblewrap
+            // needs go above the fixed numbers first, so neither overwrites the other.
+            let spec = nix::libc::fcntl(spec_fd, nix::libc::F_DUPFD_CLOEXEC, 10);
+            let filter = nix::libc::fcntl(seccomp_fd, nix::libc::F_DUPFD_CLOEXEC, 10);
+            check(spec.min(filter))?;
+            mark_all_close_on_exec()?;
+            // dup2 onto another fd clears close-on-exec on the target.
+            check(nix::libc::dup2(spec, SPEC_FD))?;
+            check(nix::libc::dup2(filter, SECCOMP_FD))?;
+            // Become the job's uid: no supplementary groups (root's would stay
+            // otherwise), then gid, then uid, each real, effective and saved.
+            check(nix::libc::setgroups(0, std::ptr::null()))?;
+            check(nix::libc::setresgid(gid, gid, gid))?;
+            check(nix::libc::setresuid(uid, uid, uid))?;
+            // A change of uid clears the parent-death signal, so it is set after.
+            // bubblewrap sets it too, but only after it cloned the sandbox; a kiln
+            // killed in that window would leave it running. SIGKILL when the thread
+            // that started it (the sandbox thread) ends; and if kiln already died
+            // before this, give up now.
+            check(nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL, 0, 0, 0))?;
+            if nix::libc::getppid() != kiln.as_raw() {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
             }
             Ok(())
         });
@@ -239,8 +323,27 @@ fn bwrap_command(bwrap: &Path, merged: &Path, shim: &Path, spec_fd: RawFd, max_m
     cmd
 }
 
-/// The fd the shim reads the job's command from.
-const SPEC_FD: RawFd = 3;
+/// Sets close-on-exec on every fd from 3 up: `close_range(2)` with
+/// `CLOSE_RANGE_CLOEXEC` (Linux 5.11), else one `fcntl` per possible fd.
+/// Async-signal-safe: system calls only.
+fn mark_all_close_on_exec() -> std::io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: nix::libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes flags of this process's fds.
+    let ranged = unsafe { nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if ranged == 0 {
+        return Ok(());
+    }
+    let mut limit = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into `limit`, which lives for the call.
+    if unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for fd in 3..limit.rlim_cur.min(1 << 20) as RawFd {
+        // SAFETY: F_SETFD on a closed fd fails with EBADF, which is fine.
+        unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
 
 /// The job's command as the shim reads it: NUL-terminated fields (see exec_shim.c).
 fn encode_spec(job: &SandboxJob, cwd: &SandboxPath) -> Vec<u8> {
@@ -312,6 +415,32 @@ fn run_in(
         tracing::warn!(stderr = %String::from_utf8_lossy(&stderr).trim(), "the job's command did not start");
     }
     Ok(ProcessOutput { code, stdout, stderr })
+}
+
+/// Tells the client, on stderr, when a job's cgroup limit killed part of it. The
+/// exit status stays what the job's processes made of it (128 + 9 when the
+/// sandbox's first process was killed, as bubblewrap and upstream report a
+/// signal; a compiler driver reports its killed `cc1` itself): it is the job's
+/// result, not a failure of kiln's.
+fn explain_limits(output: &mut ProcessOutput, cgroup: &JobCgroup, limits: &SandboxLimits) {
+    let oom_kills = cgroup.oom_kills();
+    if oom_kills > 0 {
+        tracing::info!(oom_kills, "the job exceeded its memory limit");
+        let line = format!(
+            "kiln: the job exceeded its memory limit of {} bytes (kiln.jobs.max_memory_bytes): \
+             {oom_kills} process(es) killed\n",
+            limits.max_memory_bytes
+        );
+        output.stderr.extend_from_slice(line.as_bytes());
+    }
+    if cgroup.pids_limit_hit() {
+        tracing::info!("the job reached its process limit");
+        let line = format!(
+            "kiln: the job reached its limit of {} processes and threads (kiln.jobs.max_pids); forks failed\n",
+            limits.max_pids
+        );
+        output.stderr.extend_from_slice(line.as_bytes());
+    }
 }
 
 /// Reads up to `max` bytes, then drains the rest so the writer never blocks.

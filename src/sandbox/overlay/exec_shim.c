@@ -13,13 +13,14 @@
  * argv[0] is the executable, as bubblewrap would pass it.
  *
  * Static (no loader or libc from the toolchain root), no allocation after the
- * read, and exit code 1 with a one-line reason when the command cannot start.
+ * read, every fd above 2 closed before the exec, and exit code 1 with a one-line reason when the command cannot start.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define SPEC_FD 3
@@ -70,7 +71,11 @@ int main(void) {
         len += (size_t)n;
     }
     if (len == 0) return 0; /* discarded unused */
-    close(SPEC_FD);
+    /* Nothing but stdin, stdout and stderr reaches the job: kiln marks its own
+     * fds close-on-exec before bubblewrap, and whatever bubblewrap left open
+     * (the command pipe, the seccomp filter's) closes here. */
+    if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0)
+        for (int fd = 3; fd < 1024; fd++) close(fd);
 
     size_t pos = 0;
     char *cwd = field(buf, len, &pos);

@@ -1,7 +1,11 @@
 //! The overlay backend: overlayfs over the toolchain root, bubblewrap around the job.
 //!
 //! Each prepared sandbox is a parked thread that has entered a *private mount
-//! namespace* and mounted `overlay(lower = toolchain root, upper, work)` there. The
+//! namespace* and mounted `overlay(lower = toolchain root, upper, work)` there.
+//! The job is confined by layers that each hold on their own: an unprivileged host
+//! uid of its own ([`identity`]), no capabilities, no further user namespaces, a
+//! read-only `/proc/sys`, a seccomp filter ([`seccomp`]), a cgroup with pids,
+//! memory and CPU limits ([`crate::sandbox::cgroup`]), and no fd of kiln's. The
 //! host's mount table never sees the overlay: when the thread and the job it spawned
 //! are gone, the kernel frees the namespace and the mount with it, even after a
 //! `kill -9` of kiln (the leaked-mount problem of upstream, sccache#1688, cannot occur).
@@ -12,7 +16,11 @@
 
 mod backend;
 mod bwrap;
+mod identity;
 mod namespace;
+mod seccomp;
 
-pub use backend::{install_exec_shim, OverlayBackend, EXEC_SHIM};
-pub use bwrap::check_bwrap;
+pub use backend::{install_exec_shim, OverlayBackend, OverlayConfinement, EXEC_SHIM};
+pub use bwrap::{check_bwrap, probe_unprivileged};
+pub use identity::{IdRange, JobIdentity};
+pub use seccomp::JobSeccomp;

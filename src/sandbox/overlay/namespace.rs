@@ -1,38 +1,95 @@
 //! Entering a private mount namespace with the sandbox's overlay mounted.
 
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
+use nix::sys::stat::Mode;
 
+use crate::archive::{RootedDir, SandboxPath};
 use crate::sandbox::SandboxError;
 
-/// The directories of one overlay sandbox.
+/// The directories of one overlay sandbox on the host.
 #[derive(Debug, Clone)]
 pub(super) struct OverlayDirs {
-    pub lower: std::path::PathBuf,
-    pub upper: std::path::PathBuf,
-    pub work: std::path::PathBuf,
-    pub merged: std::path::PathBuf,
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// Where the overlay is mounted first (in the thread's namespace only).
+    pub merged: PathBuf,
 }
 
-/// Moves the *calling thread* into a new mount namespace and mounts the overlay.
+/// Where the sandbox's root appears in its thread's private namespace.
+///
+/// bubblewrap runs as the job's unprivileged uid, so every path it is given must
+/// be reachable by that uid; kiln's data directory (0700) is not. So the thread
+/// mounts a small tmpfs over `/tmp` in its own namespace (the host's `/tmp` is
+/// untouched and unseen) and binds the overlay at `/tmp/root` on it. bubblewrap
+/// later covers `/tmp` with its own tmpfs to build the sandbox, which is fine: by
+/// then the overlay is bound as the sandbox's `/`.
+pub(super) const STAGE: &str = "/tmp";
+pub(super) const ROOT: &str = "/tmp/root";
+
+/// Where the exec shim appears inside every sandbox (read-only).
+pub(super) const SHIM_IN_SANDBOX: &str = "/.kiln-exec";
+
+/// Moves the *calling thread* into a new mount namespace, mounts the overlay
+/// there, lays out what bubblewrap needs in it and makes it reachable at [`ROOT`].
 ///
 /// `unshare(CLONE_NEWNS)` affects only the calling thread (it implies `CLONE_FS`,
 /// which a thread may unshare), so this must run on a dedicated thread that never
-/// serves anything else. The new namespace is made recursively private first so the
-/// overlay cannot propagate back to the host.
-pub(super) fn enter_overlay_namespace(dirs: &OverlayDirs) -> Result<(), SandboxError> {
+/// serves anything else. The new namespace is made recursively private first so
+/// no mount can propagate back to the host.
+pub(super) fn enter_overlay_namespace(dirs: &OverlayDirs, shim: &Path) -> Result<(), SandboxError> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(SandboxError::Namespace)?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(SandboxError::Namespace)?;
     let options =
         format!("lowerdir={},upperdir={},workdir={}", dirs.lower.display(), dirs.upper.display(), dirs.work.display());
     // nosuid/nodev: nothing in a toolchain or a job's inputs may gain privileges.
-    mount(
-        Some("overlay"),
-        &dirs.merged,
-        Some("overlay"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(options.as_str()),
-    )
-    .map_err(|source| SandboxError::MountOverlay { path: dirs.merged.clone(), source })
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(Some("overlay"), &dirs.merged, Some("overlay"), hardened, Some(options.as_str()))
+        .map_err(|source| SandboxError::MountOverlay { path: dirs.merged.clone(), source })?;
+    lay_out_mount_points(&dirs.merged, shim)?;
+    // Held across the tmpfs mount below, which may cover the data dir's path (a
+    // data dir under /tmp): the overlay is bound from this fd, not by its path.
+    let merged = nix::fcntl::open(&dirs.merged, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|source| SandboxError::MountOverlay { path: dirs.merged.clone(), source })?;
+    let stage_err = |source| SandboxError::MountStage { path: STAGE.into(), source };
+    mount(Some("tmpfs"), STAGE, Some("tmpfs"), hardened | MsFlags::MS_NOEXEC, Some("mode=0755,size=64k,nr_inodes=16"))
+        .map_err(stage_err)?;
+    nix::unistd::mkdir(ROOT, Mode::from_bits_truncate(0o755)).map_err(stage_err)?;
+    let from_fd = format!("/proc/self/fd/{}", merged.as_raw_fd());
+    // Recursive: the shim's read-only bind inside comes along.
+    mount(Some(from_fd.as_str()), ROOT, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(|source| SandboxError::MountOverlay { path: ROOT.into(), source })
+}
+
+/// Creates, as root, what bubblewrap (running as the job's uid, which may write
+/// nothing in the toolchain's root-owned directories) would otherwise create itself:
+/// the `/proc` and `/dev` mount points and a `/tmp` (1777, as on any host) when the
+/// toolchain has none; and binds the exec shim, read-only, at [`SHIM_IN_SANDBOX`].
+fn lay_out_mount_points(merged: &Path, shim: &Path) -> Result<(), SandboxError> {
+    let root = RootedDir::open(merged).map_err(SandboxError::Layout)?;
+    let dir = |path: &[u8], mode| {
+        let path = SandboxPath::parse(path).map_err(SandboxError::Layout)?;
+        root.create_dir_all(&path, Mode::from_bits_truncate(mode)).map_err(SandboxError::Layout)?;
+        Ok::<_, SandboxError>(())
+    };
+    dir(b"/proc", 0o555)?;
+    dir(b"/dev", 0o755)?;
+    dir(b"/tmp", 0o1777)?;
+    let target = SandboxPath::parse(SHIM_IN_SANDBOX.as_bytes()).map_err(SandboxError::Layout)?;
+    // Created (never through a symlink: O_NOFOLLOW, resolved in the root) and
+    // closed before the bind, so the mount point is the file kiln just made.
+    root.open_in(&target, OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW, Mode::from_bits_truncate(0o555))
+        .map_err(|source| SandboxError::MountStage { path: SHIM_IN_SANDBOX.into(), source })?;
+    let target = merged.join(SHIM_IN_SANDBOX.trim_start_matches('/'));
+    let bind_err = |source| SandboxError::MountStage { path: shim.to_owned(), source };
+    mount(Some(shim), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(bind_err)?;
+    let read_only =
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(None::<&str>, &target, None::<&str>, read_only, None::<&str>).map_err(bind_err)
 }
