@@ -218,12 +218,17 @@ async fn hostile_jobs_never_reach_the_host() {
     // Writes to host paths land in the sandbox's own overlay, never on the host.
     let mut dir = tar::Builder::new(Vec::new());
     dir.append(&header(tar::EntryType::Directory, format!("{host}/").as_bytes(), 0), &b""[..]).unwrap();
+    // Kernel interfaces are read-only: a write that got through prints a marker.
+    let sysrq = || std::fs::read_to_string("/proc/sys/kernel/sysrq").ok();
+    let sysrq_before = sysrq();
     let script = format!(
         "echo x > {host}/pwned; echo x > /proc/1/root{host}/pwned2; \
-         echo x > /proc/sysrq-trigger; echo 1 > /proc/sys/kernel/sysrq; cat {host}/pwned"
+         (echo s > /proc/sysrq-trigger) 2>/dev/null && echo wrote-sysrq-trigger; \
+         (echo 0 > /proc/sys/kernel/sysrq) 2>/dev/null && echo wrote-sysrq; cat {host}/pwned"
     );
     let done = run(&client, tc, command("/bin/sh", &["-c", &script], "/work"), &[], dir.into_inner().unwrap()).await;
-    assert_eq!(String::from_utf8_lossy(&done.output.stdout), "x\n");
+    assert_eq!(String::from_utf8_lossy(&done.output.stdout), "x\n", "{}", stderr(&done));
+    assert_eq!(sysrq(), sysrq_before, "the host's kernel.sysrq");
     assert!(!host_dir.path().join("pwned").exists() && !host_dir.path().join("pwned2").exists());
 
     // Outputs that are symlinks to /etc/shadow (absolute, and through `..`) are

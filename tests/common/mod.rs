@@ -70,6 +70,10 @@ pub fn other_toolchain() -> &'static PackedToolchain {
     TC.get_or_init(|| pack("gcc-other", &["/bin/sh", "/bin/true"]))
 }
 
+/// A hook run in kiln's forked process before it execs: async-signal-safe system
+/// calls only, no allocation.
+pub type PreExec = Box<dyn FnMut() -> std::io::Result<()> + Send + Sync + 'static>;
+
 /// A kiln server process, killed when dropped.
 pub struct Kiln {
     pub child: Child,
@@ -109,6 +113,11 @@ impl Kiln {
     /// Starts kiln with `top_config` before the `[kiln]` table (upstream's keys:
     /// `scheduler_url`, `[scheduler_auth]` go after `top_config`'s own keys).
     pub fn start_with(data_dir: &Path, top_config: &str, kiln_config: &str) -> Kiln {
+        Kiln::spawn(data_dir, top_config, kiln_config, None)
+    }
+
+    /// The `kiln serve` command over `data_dir`, its config written beside it.
+    pub fn serve_command(data_dir: &Path, top_config: &str, kiln_config: &str) -> Command {
         let config_path = data_dir.with_extension("toml");
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         std::fs::write(
@@ -121,15 +130,31 @@ impl Kiln {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        command
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting kiln");
+            .stderr(Stdio::inherit());
+        command
+    }
+
+    /// Starts kiln and waits until it listens; `hook` runs in kiln's process just
+    /// before it execs (see [`Kiln::start_with_pre_exec`]).
+    fn spawn(data_dir: &Path, top_config: &str, kiln_config: &str, hook: Option<PreExec>) -> Kiln {
+        let mut command = Kiln::serve_command(data_dir, top_config, kiln_config);
+        if let Some(hook) = hook {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: `PreExec`'s contract makes it async-signal-safe.
+            unsafe {
+                command.pre_exec(hook);
+            }
+        }
+        let mut child = command.spawn().expect("starting kiln");
+        // Whatever the hook holds (descriptors) is closed here, in this process.
+        drop(command);
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut read_line = |prefix: &str| {
             let mut line = String::new();
@@ -315,9 +340,14 @@ pub fn pids_of(program: &str, needle: &str) -> Vec<i32> {
     pids
 }
 
-/// Pids of bubblewrap processes whose command line mentions `needle`.
-pub fn bwrap_pids(needle: &str) -> Vec<i32> {
-    pids_of("bwrap", needle)
+/// Pids of bubblewrap processes of sandboxes under `data_dir` (a sandbox's
+/// overlay, mounted in its bubblewrap's namespaces, names its upper dir there).
+pub fn bwrap_pids(data_dir: &str) -> Vec<i32> {
+    let upper = format!("upperdir={data_dir}/");
+    pids_of("bwrap", "")
+        .into_iter()
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).is_ok_and(|m| m.contains(&upper)))
+        .collect()
 }
 
 /// Mount points at or below `dir` in this process's mount table.
@@ -414,4 +444,59 @@ pub fn children_named(pid: i32, name: &str) -> bool {
     children
         .split_whitespace()
         .any(|child| std::fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|comm| comm.trim() == name))
+}
+
+impl Kiln {
+    /// [`Kiln::start`], running `hook` in kiln's process just before it execs,
+    /// as a supervisor would (a descriptor left open, a cgroup). `hook` runs in the
+    /// forked child: async-signal-safe system calls only, no allocation.
+    pub fn start_with_pre_exec(
+        kiln_config: &str,
+        hook: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Kiln {
+        let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
+        let mut kiln = Kiln::spawn(&tmp.path().join("data"), "", kiln_config, Some(Box::new(hook)));
+        kiln._tmp = Some(tmp);
+        kiln
+    }
+
+    /// [`Kiln::start`], with `file` open in kiln on descriptor `fd` without
+    /// close-on-exec, as a careless parent (a shell, a supervisor) may leave one:
+    /// kiln inherits it, and must keep it from its jobs.
+    pub fn start_with_inherited_fd(kiln_config: &str, file: &Path, fd: i32) -> Kiln {
+        use std::os::fd::AsRawFd;
+        // Opened close-on-exec (Rust's default); the child's copy on `fd` is not.
+        let secret = std::fs::File::open(file).unwrap();
+        Kiln::start_with_pre_exec(kiln_config, move || {
+            let raw = secret.as_raw_fd();
+            // dup2 onto another fd clears close-on-exec; onto itself it does not.
+            // SAFETY: plain system calls on descriptors this (forked) process owns.
+            let result = unsafe {
+                if raw == fd {
+                    nix::libc::fcntl(fd, nix::libc::F_SETFD, 0)
+                } else {
+                    nix::libc::dup2(raw, fd)
+                }
+            };
+            if result < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+
+    /// [`Kiln::start`], with kiln started inside the cgroup v1 whose `cgroup.procs`
+    /// is `procs` (so its own cgroup is not the hierarchy's root).
+    pub fn start_in_cgroup(kiln_config: &str, procs: &Path) -> Kiln {
+        use std::os::fd::AsRawFd;
+        let procs = std::fs::OpenOptions::new().write(true).open(procs).unwrap();
+        Kiln::start_with_pre_exec(kiln_config, move || {
+            // "0": the writing process itself (cgroups(7)).
+            // SAFETY: a plain write(2) of a static buffer to a descriptor we own.
+            if unsafe { nix::libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
