@@ -893,3 +893,22 @@ async fn without_job_cgroups_kiln_refuses_to_start_unless_told_to() {
     let kiln = Kiln::start_with_pre_exec("[kiln.sandbox]\nrequire_cgroups = false\n", hide_cgroups);
     assert_compiles(&kiln).await;
 }
+
+// --- 12. kiln started with a strict umask (systemd's UMask=0077) --------------
+
+#[actix_rt::test]
+async fn a_strict_umask_leaves_jobs_their_root_and_tmp() {
+    // SAFETY: umask(2) is a plain system call in the forked child.
+    let kiln = Kiln::start_with_pre_exec(JOB_TIMEOUT, || {
+        unsafe { nix::libc::umask(0o077) };
+        Ok(())
+    });
+    assert_compiles(&kiln).await;
+    let client = kiln.client();
+    let done =
+        run(&client, gcc_toolchain(), sh("echo ok > /tmp/probe && cat /tmp/probe && ls -ld /tmp"), &[], no_inputs())
+            .await;
+    assert_eq!(done.output.code, 0, "{}", both(&done));
+    let out = stdout(&done);
+    assert!(out.starts_with("ok\ndrwxrwxrwt"), "the job writes a 1777 /tmp:\n{}", both(&done));
+}

@@ -135,6 +135,37 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct JobCgroups(Arc<Shared>);
 
+/// Tasks and memory of kiln's own cgroup that its jobs together never get: with
+/// every builder's job at its limits at once (builders x max_pids can exceed a
+/// unit's TasksMax), kiln can still start threads, sandboxes and answer.
+const KILN_PIDS_RESERVE: u64 = 256;
+const KILN_MEMORY_RESERVE: u64 = 512 << 20;
+
+/// Caps this instance (the parent of all of this kiln's job cgroups) at kiln's
+/// own cgroup's limits minus [`KILN_PIDS_RESERVE`] and [`KILN_MEMORY_RESERVE`],
+/// where its own cgroup has limits.
+fn reserve_for_kiln(
+    own: &CgroupDir,
+    instance: &CgroupDir,
+    controllers: &[Controller],
+    v2: bool,
+) -> Result<(), CgroupError> {
+    let limit = |file: &str| own.read(file).ok().and_then(|v| v.trim().parse::<u64>().ok());
+    if controllers.contains(&Controller::Pids) {
+        if let Some(max) = limit("pids.max") {
+            instance.write("pids.max", &max.saturating_sub(KILN_PIDS_RESERVE).max(1).to_string())?;
+        }
+    }
+    if controllers.contains(&Controller::Memory) {
+        let file = if v2 { "memory.max" } else { "memory.limit_in_bytes" };
+        // v1 says "no limit" with a huge number, v2 with "max".
+        if let Some(max) = limit(file).filter(|&max| max < 1 << 62) {
+            instance.write(file, &max.saturating_sub(KILN_MEMORY_RESERVE).max(MIN_MEMORY_BYTES).to_string())?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes instance names unique within the process (several [`JobCgroups`] in tests).
 static INSTANCE_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -219,6 +250,10 @@ impl JobCgroups {
                     return Err(failed.err().unwrap_or(CgroupError::Lock { path, source: Errno::EWOULDBLOCK }));
                 }
             };
+            if let Err(e) = reserve_for_kiln(&own.dir, &instance, &own.controllers, v2) {
+                let _ = jobs_root.try_remove_child(&instance_name);
+                return Err(e);
+            }
             shared.hierarchies.push(Hierarchy {
                 controllers: own.controllers,
                 jobs_root,

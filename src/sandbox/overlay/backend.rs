@@ -99,6 +99,12 @@ impl SandboxBackend for OverlayBackend {
             for d in [&dirs.upper, &dirs.work, &dirs.merged] {
                 tokio::fs::create_dir(d).await.map_err(|source| SandboxError::CreateDir { path: d.clone(), source })?;
             }
+            // The overlay's root takes the upper dir's mode: 0755 whatever kiln's
+            // umask, so the job's uid can reach its own root.
+            let root_mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+            tokio::fs::set_permissions(&dirs.upper, root_mode)
+                .await
+                .map_err(|source| SandboxError::CreateDir { path: dirs.upper.clone(), source })?;
             let (ready_tx, ready_rx) = oneshot::channel();
             let (job_tx, job_rx) = mpsc::sync_channel::<RunRequest>(1);
             let thread = SandboxThread { id, dirs, confinement, identity, limits };

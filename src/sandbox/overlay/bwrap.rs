@@ -164,7 +164,7 @@ pub(super) fn run_job(
     }
 
     job.phases.enter(Phase::Compile);
-    let mut output = run_in(sandbox, &job, &cwd, limits, kill)?;
+    let mut output = run_in(sandbox, &job, &cwd, limits, cgroup, kill)?;
     if let Some(cgroup) = cgroup {
         explain_limits(&mut output, cgroup, limits);
     }
@@ -218,10 +218,6 @@ fn prepare_layout<'j>(
     Ok((cwd, root, outputs))
 }
 
-/// The fds the shim and bubblewrap read: the job's command, and the seccomp filter.
-const SPEC_FD: RawFd = 3;
-const SECCOMP_FD: RawFd = 4;
-
 fn bwrap_command(how: &Confinement<'_>, spec_fd: RawFd, seccomp_fd: RawFd) -> Command {
     let mut cmd = Command::new(how.bwrap);
     cmd.args([
@@ -259,19 +255,22 @@ fn bwrap_command(how: &Confinement<'_>, spec_fd: RawFd, seccomp_fd: RawFd) -> Co
     for path in ["/proc/sysrq-trigger", "/proc/irq", "/proc/bus"] {
         cmd.args(["--ro-bind-try", path, path]);
     }
-    cmd.arg("--seccomp").arg(SECCOMP_FD.to_string());
+    // Both fds keep the numbers they have here: the child clears close-on-exec on
+    // them and on nothing else, so no other fd (std's own exec-error pipe
+    // included) is ever overwritten.
+    cmd.arg("--seccomp").arg(seccomp_fd.to_string());
     // bubblewrap itself runs on the host with an empty environment: a job's
     // LD_PRELOAD or LD_LIBRARY_PATH must never reach the host's dynamic loader. The
     // job's environment reaches only the job, through the shim.
     cmd.env_clear();
-    cmd.arg("--").arg(SHIM_IN_SANDBOX);
+    cmd.arg("--").arg(SHIM_IN_SANDBOX).arg(spec_fd.to_string());
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let kiln = nix::unistd::getpid();
     let (uid, gid, max_memory) = (how.identity.uid, how.identity.gid(), how.max_process_memory);
     let cgroup_procs = how.cgroup_procs.clone();
     // SAFETY: runs in the forked child before exec, while the sandbox thread keeps
     // the JobCgroup (and so its cgroup.procs fds) alive. It only makes system calls
-    // (write, setrlimit, fcntl, close_range, dup2, setgroups, setresgid, setresuid,
+    // (write, setrlimit, fcntl, close_range, setgroups, setresgid, setresuid,
     // prctl, getppid) on values prepared before the fork, reports failures as raw
     // errnos and allocates nothing, so it is async-signal-safe.
     unsafe {
@@ -294,15 +293,10 @@ fn bwrap_command(how: &Confinement<'_>, spec_fd: RawFd, seccomp_fd: RawFd) -> Co
             }
             // No fd of kiln's reaches the job, whoever opened it without
             // close-on-exec (a library, or whoever started kiln: runc's
-            // CVE-2024-21626 was a leaked fd). Copies of the two fds bubblewrap
-            // needs go above the fixed numbers first, so neither overwrites the other.
-            let spec = nix::libc::fcntl(spec_fd, nix::libc::F_DUPFD_CLOEXEC, 10);
-            let filter = nix::libc::fcntl(seccomp_fd, nix::libc::F_DUPFD_CLOEXEC, 10);
-            check(spec.min(filter))?;
+            // CVE-2024-21626 was a leaked fd), but the two bubblewrap and the shim read.
             mark_all_close_on_exec()?;
-            // dup2 onto another fd clears close-on-exec on the target.
-            check(nix::libc::dup2(spec, SPEC_FD))?;
-            check(nix::libc::dup2(filter, SECCOMP_FD))?;
+            check(nix::libc::fcntl(spec_fd, nix::libc::F_SETFD, 0))?;
+            check(nix::libc::fcntl(seccomp_fd, nix::libc::F_SETFD, 0))?;
             // Become the job's uid: no supplementary groups (root's would stay
             // otherwise), then gid, then uid, each real, effective and saved.
             check(nix::libc::setgroups(0, std::ptr::null()))?;
@@ -371,6 +365,7 @@ fn run_in(
     job: &SandboxJob,
     cwd: &SandboxPath,
     limits: &SandboxLimits,
+    cgroup: Option<&JobCgroup>,
     kill: &KillHandle,
 ) -> Result<ProcessOutput, SandboxError> {
     // Writing the command and closing the pipe starts the job. A shim that died
@@ -399,6 +394,12 @@ fn run_in(
     let status = status.map_err(SandboxError::Wait)?;
 
     if let Some(signal) = status.signal() {
+        // On cgroup v2 an OOM kills the whole job (memory.oom.group), bubblewrap
+        // with it: the job's own result, 128 + SIGKILL as bubblewrap reports a
+        // killed job, not a failure of the machinery.
+        if signal == nix::libc::SIGKILL && !kill.is_cancelled() && cgroup.is_some_and(|c| c.oom_kills() > 0) {
+            return Ok(ProcessOutput { code: 128 + signal, stdout, stderr });
+        }
         return Err(if kill.is_cancelled() {
             SandboxError::TimedOut(job.timeout)
         } else {

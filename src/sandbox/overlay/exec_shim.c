@@ -3,17 +3,19 @@
  *
  * kiln starts bubblewrap when it prepares a sandbox, long before a job exists,
  * so that setting up namespaces and mounts is off the job's path. bubblewrap
- * runs this program, which waits on fd 3 for the job: once kiln has unpacked
+ * runs this program, which waits for the job on the fd its first argument
+ * names (3 if none): once kiln has unpacked
  * the inputs it writes the job's command there and closes the pipe, and this
  * program changes to its directory and execs it with its environment only.
  * EOF before any byte means the sandbox was given up unused: exit quietly.
  *
- * The command on fd 3, every field NUL-terminated:
+ * The command on that fd, every field NUL-terminated:
  *   cwd, executable, argument count, arguments..., variable count, KEY=VALUE...
  * argv[0] is the executable, as bubblewrap would pass it.
  *
  * Static (no loader or libc from the toolchain root), no allocation after the
- * read, every fd above 2 closed before the exec, and exit code 1 with a one-line reason when the command cannot start.
+ * read, every fd above 2 closed before the exec, and exit code 1 with a
+ * one-line reason when the command cannot start.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,7 +25,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define SPEC_FD 3
+#define DEFAULT_SPEC_FD 3
 /* A command line plus environment larger than this is refused by kiln first. */
 #define MAX_SPEC (64u << 20)
 
@@ -53,7 +55,14 @@ static size_t count(char *buf, size_t len, size_t *pos) {
     return (size_t)n;
 }
 
-int main(void) {
+int main(int shim_argc, char **shim_argv) {
+    int spec_fd = DEFAULT_SPEC_FD;
+    if (shim_argc > 1) {
+        char *end;
+        long fd = strtol(shim_argv[1], &end, 10);
+        if (*end || fd < 3 || fd > 65535) fail("bad command fd from kiln", shim_argv[1]);
+        spec_fd = (int)fd;
+    }
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap);
     if (!buf) fail("out of memory", NULL);
@@ -64,7 +73,7 @@ int main(void) {
             buf = realloc(buf, cap);
             if (!buf) fail("out of memory", NULL);
         }
-        ssize_t n = read(SPEC_FD, buf + len, cap - len);
+        ssize_t n = read(spec_fd, buf + len, cap - len);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) fail("reading the command from kiln", strerror(errno));
         if (n == 0) break;

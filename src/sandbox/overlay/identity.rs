@@ -39,18 +39,32 @@ impl IdRange {
         JobIdentity { uid: self.base + (n % u64::from(self.count.max(1))) as u32 }
     }
 
-    /// Host accounts (from `/etc/passwd` and `/etc/group`) whose id falls inside the
-    /// range: a job would share their uid or gid.
+    /// Host accounts (`/etc/passwd`, `/etc/group`) whose id falls inside the range,
+    /// and subordinate ranges (`/etc/subuid`, `/etc/subgid`, handed to rootless
+    /// containers) that overlap it: a job would share their ids.
     pub fn clashes(self) -> Vec<String> {
-        let end = u64::from(self.base) + u64::from(self.count);
+        let (start, end) = (u64::from(self.base), u64::from(self.base) + u64::from(self.count));
         let mut found = Vec::new();
         for file in ["/etc/passwd", "/etc/group"] {
             let Ok(text) = std::fs::read_to_string(file) else { continue };
             for line in text.lines() {
                 let mut fields = line.split(':');
                 let (Some(name), Some(_), Some(id)) = (fields.next(), fields.next(), fields.next()) else { continue };
-                if id.parse::<u64>().is_ok_and(|id| (u64::from(self.base)..end).contains(&id)) {
+                if id.parse::<u64>().is_ok_and(|id| (start..end).contains(&id)) {
                     found.push(format!("{name} ({id}, {file})"));
+                }
+            }
+        }
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            let Ok(text) = std::fs::read_to_string(file) else { continue };
+            for line in text.lines() {
+                let mut fields = line.split(':');
+                let (Some(name), Some(first), Some(count)) = (fields.next(), fields.next(), fields.next()) else {
+                    continue;
+                };
+                let (Ok(first), Ok(count)) = (first.parse::<u64>(), count.parse::<u64>()) else { continue };
+                if first < end && start < first + count {
+                    found.push(format!("{name} ({first}..+{count}, {file})"));
                 }
             }
         }

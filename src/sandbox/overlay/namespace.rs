@@ -75,16 +75,20 @@ fn lay_out_mount_points(merged: &Path, shim: &Path) -> Result<(), SandboxError> 
     let root = RootedDir::open(merged).map_err(SandboxError::Layout)?;
     let dir = |path: &[u8], mode| {
         let path = SandboxPath::parse(path).map_err(SandboxError::Layout)?;
-        root.create_dir_all(&path, Mode::from_bits_truncate(mode)).map_err(SandboxError::Layout)?;
-        Ok::<_, SandboxError>(())
+        root.create_dir_all(&path, Mode::from_bits_truncate(mode)).map_err(SandboxError::Layout)
     };
     dir(b"/proc", 0o555)?;
     dir(b"/dev", 0o755)?;
-    dir(b"/tmp", 0o1777)?;
+    // Whatever the toolchain's /tmp was (or the umask made of a new one), the job
+    // (not root on the host) must be able to write there, as on any host.
+    let tmp = dir(b"/tmp", 0o1777)?;
+    nix::sys::stat::fchmod(&tmp, Mode::from_bits_truncate(0o1777))
+        .map_err(|source| SandboxError::MountStage { path: "/tmp".into(), source })?;
     let target = SandboxPath::parse(SHIM_IN_SANDBOX.as_bytes()).map_err(SandboxError::Layout)?;
     // Created (never through a symlink: O_NOFOLLOW, resolved in the root) and
     // closed before the bind, so the mount point is the file kiln just made.
-    root.open_in(&target, OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW, Mode::from_bits_truncate(0o555))
+    // O_RDONLY: opening an existing file for writing would copy it up.
+    root.open_in(&target, OFlag::O_CREAT | OFlag::O_RDONLY | OFlag::O_NOFOLLOW, Mode::from_bits_truncate(0o555))
         .map_err(|source| SandboxError::MountStage { path: SHIM_IN_SANDBOX.into(), source })?;
     let target = merged.join(SHIM_IN_SANDBOX.trim_start_matches('/'));
     let bind_err = |source| SandboxError::MountStage { path: shim.to_owned(), source };
