@@ -912,3 +912,29 @@ async fn a_strict_umask_leaves_jobs_their_root_and_tmp() {
     let out = stdout(&done);
     assert!(out.starts_with("ok\ndrwxrwxrwt"), "the job writes a 1777 /tmp:\n{}", both(&done));
 }
+
+// --- 13. `kiln check` on a cgroup v2 host reads, it does not rearrange --------
+
+#[test]
+fn kiln_check_on_a_cgroup_v2_host_changes_nothing() {
+    // A mount namespace of its own where /sys/fs/cgroup is the host's cgroup2
+    // hierarchy (controller-less here: they are all bound to v1).
+    let script = format!(
+        "mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup && \
+         ls /sys/fs/cgroup > /dev/stderr && {} check",
+        env!("CARGO_BIN_EXE_kiln")
+    );
+    let before: BTreeSet<OsString> = std::fs::read_dir("/sys/fs/cgroup/unified")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let out = std::process::Command::new("unshare").args(["-m", "sh", "-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("job cgroups")).unwrap_or_default();
+    assert!(line.starts_with("[FAIL]") && line.contains("pids controller"), "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let after: BTreeSet<OsString> = std::fs::read_dir("/sys/fs/cgroup/unified")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(!after.contains(std::ffi::OsStr::new("kiln-server")), "kiln check moved processes");
+    assert!(after.is_subset(&before), "kiln check made cgroups: {:?}", after.difference(&before).collect::<Vec<_>>());
+}

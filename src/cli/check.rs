@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::{Backend, Config};
 use crate::host_check::overlayfs_available;
 use crate::observe::views::human_bytes;
-use crate::sandbox::cgroup::{CgroupOptions, JobCgroups};
+use crate::sandbox::cgroup::JobCgroups;
 use crate::sandbox::overlay::{check_bwrap, probe_unprivileged, IdRange};
 
 /// Where the Docker Engine API listens.
@@ -134,8 +134,8 @@ fn job_confinement(config: &Config, bwrap: &Path) -> Vec<Finding> {
             "move kiln.sandbox.uid_base to a range no account uses",
         ),
     });
-    findings.push(match JobCgroups::detect(config.kiln.jobs.cgroup_limits(), &CgroupOptions::default()) {
-        Ok(cgroups) => Finding::ok("job cgroups", cgroups.describe()),
+    findings.push(match JobCgroups::probe(config.kiln.jobs.cgroup_limits()) {
+        Ok(found) => Finding::ok("job cgroups", found),
         Err(e) => Finding::bad(
             "job cgroups",
             if sandbox.require_cgroups { Verdict::Fail } else { Verdict::Warn },

@@ -192,6 +192,44 @@ impl JobCgroups {
         }
     }
 
+    /// What [`detect`](Self::detect) would set up, for `kiln check`: on a v2 host
+    /// it changes nothing (no process moved, no controller enabled, no sweep): it
+    /// reads which controllers kiln's cgroup offers and checks it may write its
+    /// `cgroup.subtree_control` and `cgroup.procs`. On v1 it is `detect`, whose
+    /// instance directory goes with the result.
+    pub fn probe(limits: CgroupLimits) -> Result<String, CgroupError> {
+        limits.validate()?;
+        let mounts = procfs::cgroup_mounts(&read_proc(procfs::MOUNTINFO)?)?;
+        let entries = procfs::cgroup_entries(&read_proc(procfs::PROC_CGROUP)?)?;
+        let Some(mount) = mounts.iter().find(|m| m.v2 && m.mount_point == Path::new(v2::UNIFIED_MOUNT)) else {
+            return Ok(Self::detect(limits, &CgroupOptions::default())?.describe());
+        };
+        let own = v2_own(&entries)?;
+        let relative = procfs::relative_own_path(&own, &mount.mount_point, &mount.root)?;
+        let dir = CgroupDir::open(&mount.mount_point, &relative, true)?;
+        let available = dir.read("cgroup.controllers")?;
+        for controller in ["pids", "memory"].into_iter().chain((limits.max_cpus > 0).then_some("cpu")) {
+            if !available.split_whitespace().any(|c| c == controller) {
+                return Err(CgroupError::ControllerUnavailable {
+                    controller,
+                    path: dir.path().join("cgroup.controllers"),
+                });
+            }
+        }
+        for file in ["cgroup.subtree_control", "cgroup.procs"] {
+            let path = dir.path().join(file);
+            nix::unistd::access(&path, nix::unistd::AccessFlags::W_OK)
+                .map_err(|source| CgroupError::Open { path, source })?;
+        }
+        Ok(format!(
+            "cgroup v2: {} delegated, controllers {}; per job: {} pids, {} MiB memory",
+            dir.path().display(),
+            available.trim(),
+            limits.max_pids,
+            limits.max_memory_bytes >> 20
+        ))
+    }
+
     /// Uses the cgroup v2 hierarchy mounted at `mount` (e.g. `/sys/fs/cgroup/unified`
     /// on a hybrid host), `own` being kiln's cgroup in it (`/` for its root,
     /// `/system.slice/kiln.service`). For tests, and for hybrid hosts with controllers
