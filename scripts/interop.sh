@@ -17,11 +17,15 @@
 #   two        two kiln servers behind one scheduler: both receive jobs
 #   baseline   upstream `sccache-dist server` on the same server.toml; prints
 #              both wall times
+#   rust       a Cargo workspace built with RUSTC_WRAPPER=sccache through plain
+#              `kiln serve`: the library crates' rustc runs are distributed (the
+#              client uploads its rustc sysroot as the toolchain), each .rlib is
+#              byte-identical to a local build's, and the program runs
 # Pick some with INTEROP_CASES="local upstream" (default: all).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CASES=${INTEROP_CASES:-"local overflow badtoken upstream docker two baseline"}
+CASES=${INTEROP_CASES:-"local overflow badtoken upstream docker two baseline rust"}
 FILES=${INTEROP_FILES:-24}
 WORK=$(mktemp -d /tmp/kiln-interop.XXXXXX)
 KILN_TIMES=""
@@ -245,6 +249,72 @@ case_baseline() {
   echo "wall time for $FILES compiles (-j$(( $(nproc) + 1 ))):"
   echo "  kiln                 ${KILN_TIMES:-not run (add the upstream case)}"
   echo "  sccache-dist server  $TIMES"
+  stop_all
+}
+
+# --- the Rust workspace -------------------------------------------------------
+# Two library crates and a program: sccache distributes rustc runs of library
+# crates (a binary needs the local linker).
+make_rust_project() {
+  local dir=$WORK/rust
+  mkdir -p "$dir/geometry/src" "$dir/report/src" "$dir/app/src"
+  printf '[workspace]\nmembers = ["geometry", "report", "app"]\nresolver = "2"\n' >"$dir/Cargo.toml"
+  printf '[package]\nname = "geometry"\nversion = "0.1.0"\nedition = "2021"\n' >"$dir/geometry/Cargo.toml"
+  cat >"$dir/geometry/src/lib.rs" <<'EOF'
+/// A rectangle, with the usual measures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rect { pub w: f64, pub h: f64 }
+impl Rect {
+    pub fn area(self) -> f64 { self.w * self.h }
+    pub fn diagonal(self) -> f64 { (self.w * self.w + self.h * self.h).sqrt() }
+}
+pub fn largest(rects: &[Rect]) -> Option<Rect> {
+    rects.iter().copied().max_by(|a, b| a.area().total_cmp(&b.area()))
+}
+EOF
+  printf '[package]\nname = "report"\nversion = "0.1.0"\nedition = "2021"\n[dependencies]\ngeometry = { path = "../geometry" }\n' \
+    >"$dir/report/Cargo.toml"
+  cat >"$dir/report/src/lib.rs" <<'EOF'
+use geometry::Rect;
+pub fn describe(rects: &[Rect]) -> String {
+    let total: f64 = rects.iter().map(|r| r.area()).sum();
+    match geometry::largest(rects) {
+        Some(big) => format!("{} rects, total area {total:.2}, largest {:.2} (diagonal {:.3})", rects.len(), big.area(), big.diagonal()),
+        None => "no rects".to_owned(),
+    }
+}
+EOF
+  printf '[package]\nname = "app"\nversion = "0.1.0"\nedition = "2021"\n[dependencies]\nreport = { path = "../report" }\ngeometry = { path = "../geometry" }\n' \
+    >"$dir/app/Cargo.toml"
+  cat >"$dir/app/src/main.rs" <<'EOF'
+fn main() {
+    let rects = [geometry::Rect { w: 3.0, h: 4.0 }, geometry::Rect { w: 1.5, h: 2.0 }];
+    println!("{}", report::describe(&rects));
+}
+EOF
+  RUST_PROJECT=$dir
+}
+
+case_rust() {
+  log "rust: a Cargo workspace with RUSTC_WRAPPER=sccache through plain \`kiln serve\`"
+  make_rust_project
+  # The reference: the same build, locally, without sccache.
+  (cd "$RUST_PROJECT" && CARGO_TARGET_DIR=$WORK/rust-local cargo build --release --offline -q)
+  start_kiln kiln-rust
+  start_client "$ROOT/examples/sccache/client-local.toml"
+  (cd "$RUST_PROJECT" && RUSTC_WRAPPER=sccache CARGO_TARGET_DIR=$WORK/rust-dist timeout 900 cargo build --release --offline -q) \
+    || die "cargo build through sccache and kiln failed"
+  local total errors; total=$(dist_total); errors=$(dist_errors)
+  [ "$total" -ge 2 ] || die "only $total rustc runs were distributed ($(stats | tr -d '\n' | head -c 600))"
+  [ "$errors" -eq 0 ] || die "$errors rustc runs fell back to local"
+  for lib in geometry report; do
+    local ours theirs
+    ours=$(ls "$WORK"/rust-dist/release/deps/lib$lib-*.rlib) theirs=$(ls "$WORK"/rust-local/release/deps/lib$lib-*.rlib)
+    cmp -s "$ours" "$theirs" || die "lib$lib.rlib built on kiln differs from the local build's"
+  done
+  local out; out=$("$WORK/rust-dist/release/app")
+  [ "$out" = "$("$WORK/rust-local/release/app")" ] || die "the program built through kiln prints \"$out\""
+  echo "rust: $total rustc runs distributed, .rlib files byte-identical, the program prints: $out"
   stop_all
 }
 
