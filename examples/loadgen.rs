@@ -66,6 +66,10 @@ struct Args {
     /// The server's pid, for RSS and CPU time.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// A cgroup holding the server alone (cgroup v1 cpuacct, or v2): its CPU time,
+    /// the sandboxes' and the compiles' included, whoever reaps them.
+    #[arg(long)]
+    server_cgroup: Option<PathBuf>,
     /// Local runs per kind for the bare-compile baseline.
     #[arg(long, default_value_t = 20)]
     bare_runs: usize,
@@ -153,6 +157,16 @@ struct Report {
     server_rss_kib_before: Option<u64>,
     server_rss_kib_after: Option<u64>,
     server_cpu_secs: Option<f64>,
+    /// CPU of the server and of its reaped children (bubblewrap and everything in
+    /// the sandboxes, the compiles included) during the load.
+    server_cpu_with_children_secs: Option<f64>,
+    /// CPU of one bare local compile (the first kind), from the children's rusage.
+    bare_cpu_ms: f64,
+    /// CPU of the server's cgroup during the load (`--server-cgroup`).
+    server_cgroup_cpu_secs: Option<f64>,
+    /// Server CPU per job beyond the compile itself: the cgroup's CPU (else the
+    /// server's with its reaped children) per job, minus `bare_cpu_ms`.
+    server_cpu_per_job_beyond_compile_ms: Option<f64>,
 }
 
 fn percentiles(mut ms: Vec<f64>) -> Percentiles {
@@ -308,16 +322,39 @@ impl Target {
     }
 }
 
-/// (RSS in KiB, CPU seconds) of a process.
-fn process_usage(pid: u32) -> Option<(u64, f64)> {
+/// (RSS in KiB, CPU seconds, CPU seconds with reaped children) of a process.
+fn process_usage(pid: u32) -> Option<(u64, f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+    // Fields after the parenthesised command name: utime, stime, cutime, cstime are
+    // the 14th to 17th.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    let own = tick(11)? + tick(12)?;
+    let children = tick(13)? + tick(14)?;
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-    Some((rss, ticks / hz))
+    Some((rss, own / hz, (own + children) / hz))
+}
+
+/// CPU seconds used so far by the processes of a cgroup (v1 `cpuacct.usage` in
+/// ns, v2 `cpu.stat` `usage_usec`).
+fn cgroup_cpu_secs(dir: &Path) -> Option<f64> {
+    if let Ok(ns) = std::fs::read_to_string(dir.join("cpuacct.usage")) {
+        return ns.trim().parse::<f64>().ok().map(|ns| ns / 1e9);
+    }
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    let usec = stat.lines().find_map(|l| l.strip_prefix("usage_usec "))?;
+    usec.trim().parse::<f64>().ok().map(|us| us / 1e6)
+}
+
+/// CPU seconds of this process's reaped children so far.
+fn children_cpu_secs() -> f64 {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
+    usage.map_or(0.0, |u| {
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        secs(u.user_time()) + secs(u.system_time())
+    })
 }
 
 async fn bare_compile(spec: &JobSpec) -> anyhow::Result<f64> {
@@ -365,10 +402,15 @@ async fn main() -> anyhow::Result<()> {
 
     // The physical limit: each kind compiled locally, one at a time.
     let mut bare: Vec<Vec<f64>> = Vec::new();
-    for spec in &specs {
+    let mut bare_cpu_ms = 0.0;
+    for (i, spec) in specs.iter().enumerate() {
         let mut runs = Vec::new();
+        let cpu_before = children_cpu_secs();
         for _ in 0..args.bare_runs {
             runs.push(bare_compile(spec).await?);
+        }
+        if i == 0 {
+            bare_cpu_ms = (children_cpu_secs() - cpu_before) * 1000.0 / args.bare_runs.max(1) as f64;
         }
         bare.push(runs);
     }
@@ -413,6 +455,7 @@ async fn main() -> anyhow::Result<()> {
     *target.server.borrow_mut() = warmup.server.borrow().clone();
 
     let before = args.server_pid.and_then(process_usage);
+    let cgroup_before = args.server_cgroup.as_deref().and_then(cgroup_cpu_secs);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.max_secs);
     let next = Rc::new(AtomicUsize::new(0));
@@ -458,6 +501,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let wall = started.elapsed().as_secs_f64();
     let after = args.server_pid.and_then(process_usage);
+    let cgroup_cpu = cgroup_before.zip(args.server_cgroup.as_deref().and_then(cgroup_cpu_secs)).map(|(b, a)| a - b);
 
     // The throughput baseline: the same jobs, locally, with the same parallelism.
     let local_jobs_per_sec = if args.no_local {
@@ -518,6 +562,12 @@ async fn main() -> anyhow::Result<()> {
         server_rss_kib_before: before.map(|b| b.0),
         server_rss_kib_after: after.map(|a| a.0),
         server_cpu_secs: before.zip(after).map(|(b, a)| a.1 - b.1),
+        server_cpu_with_children_secs: before.zip(after).map(|(b, a)| a.2 - b.2),
+        bare_cpu_ms,
+        server_cgroup_cpu_secs: cgroup_cpu,
+        server_cpu_per_job_beyond_compile_ms: cgroup_cpu
+            .or(before.zip(after).map(|(b, a)| a.2 - b.2))
+            .map(|cpu| cpu * 1000.0 / samples.len().max(1) as f64 - bare_cpu_ms),
     };
     if let Some(path) = &args.plot {
         plot(path, &samples).with_context(|| format!("writing {}", path.display()))?;
@@ -563,10 +613,15 @@ fn print_report(r: &Report) {
     }
     if let (Some(b), Some(a)) = (r.server_rss_kib_before, r.server_rss_kib_after) {
         println!(
-            "server RSS {:.1} MiB → {:.1} MiB, CPU {:.2} s",
+            "server RSS {:.1} MiB → {:.1} MiB, CPU {:.2} s ({:.2} s with children, {:.2} s its cgroup); \
+             per job beyond the compile ({:.1} ms bare): {:.1} ms",
             b as f64 / 1024.0,
             a as f64 / 1024.0,
-            r.server_cpu_secs.unwrap_or(0.0)
+            r.server_cpu_secs.unwrap_or(0.0),
+            r.server_cpu_with_children_secs.unwrap_or(0.0),
+            r.server_cgroup_cpu_secs.unwrap_or(0.0),
+            r.bare_cpu_ms,
+            r.server_cpu_per_job_beyond_compile_ms.unwrap_or(0.0)
         );
     }
 }

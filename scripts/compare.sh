@@ -4,6 +4,12 @@
 #
 #   scripts/compare.sh                      # as root, 127.0.0.1 only
 #   COMPARE_JOBS=400 COMPARE_MIX=tiny,medium scripts/compare.sh
+#   COMPARE_ROUNDS=3 COMPARE_BASE=origin/main COMPARE_TARGETS=kiln-overlay,upstream-overlay \
+#     scripts/compare.sh                    # A B A B ...: medians and spreads over rounds
+#
+# COMPARE_BASE builds that revision of kiln (a git worktree, its own target dir) and
+# runs it as one more target, kiln-overlay-base, interleaved with the others in every
+# round: a change's cost is measured against the code before it, in the same run.
 #
 # Targets, each in turn on 127.0.0.1:10501 behind sccache-dist scheduler:
 #   kiln-overlay     kiln serve, [builder] type = "overlay"
@@ -24,6 +30,9 @@ source "$ROOT/scripts/common.sh"
 trap cleanup EXIT
 
 JOBS=${COMPARE_JOBS:-200}
+ROUNDS=${COMPARE_ROUNDS:-1}
+BASE=${COMPARE_BASE:-}
+TARGETS=${COMPARE_TARGETS:-kiln-overlay,kiln-docker,upstream-overlay,upstream-docker}
 MIX=${COMPARE_MIX:-tiny}
 CLIENTS_MANY=${COMPARE_CLIENTS:-$(( 2 * $(nproc) ))}
 OUT=$ROOT/target/compare
@@ -35,17 +44,41 @@ build_kiln --example loadgen
 LOADGEN=$KILN_TARGET/examples/loadgen
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json
+KILN_CURRENT=$KILN
+if [ -n "$BASE" ]; then
+  log "building kiln at $BASE (the baseline)"
+  git -C "$ROOT" worktree add --detach "$WORK/base-src" "$BASE" >/dev/null
+  (cd "$WORK/base-src" && CARGO_TARGET_DIR="$ROOT/target/compare-base" cargo build --locked --release --bin kiln)
+  KILN_BASE=$ROOT/target/compare-base/release/kiln
+  git -C "$ROOT" worktree remove --force "$WORK/base-src"
+  TARGETS="kiln-overlay-base,$TARGETS"
+fi
+ROUND=1
+
+# server_cgroup <target> <pid>: moves the server into a cgroup of its own and prints
+# it, so its CPU time counts its sandboxes and compiles however they are reaped
+# (bubblewrap's pid 1 reaps a job's processes; rusage alone loses them).
+server_cgroup() {
+  local base
+  if [ -f /sys/fs/cgroup/cpuacct/cpuacct.usage ]; then base=/sys/fs/cgroup/cpuacct
+  elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then base=/sys/fs/cgroup
+  else return 0; fi
+  local dir=$base/kiln-compare-$1-r$ROUND
+  mkdir -p "$dir" && echo "$2" >"$dir/cgroup.procs" && echo "$dir"
+}
 
 # loadgen_runs <target> <server pid> [timeout secs]: the 1-client and the many-client run.
 loadgen_runs() {
-  local name=$1 pid=$2 limit=${3:-600} clients
+  local name=$1 pid=$2 limit=${3:-600} clients cgroup
+  cgroup=$(server_cgroup "$name" "$pid" || true)
   for clients in 1 "$CLIENTS_MANY"; do
     log "$name: $JOBS jobs ($MIX), $clients client(s)"
     timeout "$limit" "$LOADGEN" --scheduler http://127.0.0.1:10600 --client-token "$TOKEN" --clients "$clients" \
-      --jobs "$JOBS" --mix "$MIX" --server-pid "$pid" --max-secs 600 --json >"$OUT/$name-c$clients.json" \
+      --jobs "$JOBS" --mix "$MIX" --server-pid "$pid" ${cgroup:+--server-cgroup "$cgroup"} --max-secs 600 --json \
+      >"$OUT/$name-r$ROUND-c$clients.json" \
       2>"$WORK/$name-c$clients.loadgen.log" || {
         echo "$name with $clients client(s) did not complete: $(tail -n 3 "$WORK/$name-c$clients.loadgen.log")" >&2
-        rm -f "$OUT/$name-c$clients.json"
+        rm -f "$OUT/$name-r$ROUND-c$clients.json"
         return 1
       }
   done
@@ -83,40 +116,66 @@ busybox_image() {
   tar -C "$dir" -c busybox | docker import - aidanhs/busybox >/dev/null
 }
 
-run_kiln kiln-overlay overlay
-if docker_answers; then run_kiln kiln-docker docker; else log "kiln-docker: SKIPPED (no docker daemon)"; fi
-run_upstream upstream-overlay overlay
-if docker_answers && busybox_image; then
-  # 0.19's docker builder can hang on its first job (mozilla/sccache#2805): bounded.
-  run_upstream upstream-docker docker 180
-else
-  log "upstream-docker: SKIPPED (no docker daemon or no busybox image)"
-fi
+# run_target <target>: one run of one target, if it can run here.
+run_target() {
+  case $1 in
+    kiln-overlay) KILN=$KILN_CURRENT run_kiln kiln-overlay overlay ;;
+    kiln-overlay-base) KILN=$KILN_BASE run_kiln kiln-overlay-base overlay ;;
+    kiln-docker)
+      if docker_answers; then KILN=$KILN_CURRENT run_kiln kiln-docker docker; else log "kiln-docker: SKIPPED (no docker daemon)"; fi ;;
+    upstream-overlay) run_upstream upstream-overlay overlay ;;
+    upstream-docker)
+      if docker_answers && busybox_image; then
+        # 0.19's docker builder can hang on its first job (mozilla/sccache#2805): bounded.
+        run_upstream upstream-docker docker 180
+      else
+        log "upstream-docker: SKIPPED (no docker daemon or no busybox image)"
+      fi ;;
+    *) die "unknown target $1" ;;
+  esac
+}
+
+for ROUND in $(seq 1 "$ROUNDS"); do
+  for target in ${TARGETS//,/ }; do
+    log "round $ROUND/$ROUNDS: $target"
+    run_target "$target"
+  done
+done
+
+# The servers are gone: their cgroups are empty.
+rmdir /sys/fs/cgroup/cpuacct/kiln-compare-* /sys/fs/cgroup/kiln-compare-* 2>/dev/null || true
 
 log "results ($OUT)"
-python3 - "$OUT" "$CLIENTS_MANY" <<'EOF'
-import json, os, sys
-out, many = sys.argv[1], sys.argv[2]
-targets = ["kiln-overlay", "kiln-docker", "upstream-overlay", "upstream-docker"]
-def load(name, clients):
-    path = os.path.join(out, f"{name}-c{clients}.json")
+python3 - "$OUT" "$CLIENTS_MANY" "$ROUNDS" "$TARGETS" <<'EOF'
+import json, os, statistics, sys
+out, many, rounds, targets = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(",")
+def load(name, r, clients):
+    path = os.path.join(out, f"{name}-r{r}-c{clients}.json")
     return json.load(open(path)) if os.path.exists(path) else None
-base = load("upstream-overlay", 1)
-base_overhead = base and base["kinds"][0]["overhead_p50_ms"]
-print(f"| target | p50 ms (1 client) | p95 ms | bare gcc p50 ms | overhead p50 ms | overhead vs upstream overlay | jobs/s ({many} clients) | local jobs/s | throughput vs local | server RSS after |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+def spread(values, fmt="{:.1f}"):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    med = fmt.format(statistics.median(values))
+    return med if len(values) == 1 else f"{med} [{fmt.format(min(values))}–{fmt.format(max(values))}]"
+def per_round(name, f, clients=1):
+    return [f(d) if d else None for d in (load(name, r, clients) for r in range(1, rounds + 1))]
+overhead = lambda d: d["kinds"][0]["overhead_p50_ms"]
+print(f"{rounds} round(s), targets interleaved in each; median [min–max] over rounds.\n")
+print(f"| target | p50 ms (1 client) | bare gcc p50 ms | overhead p50 ms | overhead vs upstream overlay | server CPU/job beyond the compile, ms | jobs/s ({many} clients) | throughput vs local | server RSS after |")
+print("|---|---|---|---|---|---|---|---|---|")
+base = per_round("upstream-overlay", overhead)
 for name in targets:
-    one, lots = load(name, 1), load(name, many)
-    if not one:
-        print(f"| {name} | did not run or did not complete | | | | | | | | |")
+    if not any(load(name, r, 1) for r in range(1, rounds + 1)):
+        print(f"| {name} | did not run or did not complete | | | | | | | |")
         continue
-    k = one["kinds"][0]
-    ratio = f"{k['overhead_p50_ms'] / base_overhead:.2f}" if base_overhead else "n/a"
-    rss = (lots or one).get("server_rss_kib_after")
-    rss = f"{rss / 1024:.1f} MiB" if rss else "n/a"
-    tput = f"{lots['jobs_per_sec']:.1f}" if lots else "n/a"
-    local = f"{lots['local_jobs_per_sec']:.1f}" if lots and lots.get("local_jobs_per_sec") else "n/a"
-    tr = f"{lots['throughput_ratio']:.2f}" if lots and lots.get("throughput_ratio") else "n/a"
-    print(f"| {name} | {k['kiln']['p50_ms']:.1f} | {k['kiln']['p95_ms']:.1f} | {k['bare']['p50_ms']:.1f} | "
-          f"{k['overhead_p50_ms']:.1f} | {ratio} | {tput} | {local} | {tr} | {rss} |")
+    mine = per_round(name, overhead)
+    ratios = [m / b for m, b in zip(mine, base) if m is not None and b]
+    print(f"| {name} | {spread(per_round(name, lambda d: d['kinds'][0]['kiln']['p50_ms']))} "
+          f"| {spread(per_round(name, lambda d: d['kinds'][0]['bare']['p50_ms']))} | {spread(mine)} "
+          f"| {spread(ratios, '{:.2f}')} "
+          f"| {spread(per_round(name, lambda d: d.get('server_cpu_per_job_beyond_compile_ms')))} "
+          f"| {spread(per_round(name, lambda d: d['jobs_per_sec'], many))} "
+          f"| {spread(per_round(name, lambda d: d.get('throughput_ratio'), many), '{:.2f}')} "
+          f"| {spread(per_round(name, lambda d: (d.get('server_rss_kib_after') or 0) / 1024, many))} MiB |")
 EOF
