@@ -39,10 +39,19 @@ cleanup() {
     for _ in $(seq 1 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$PID" 2>/dev/null || true
     # bubblewrap outlives kiln (see below); these are this script's own.
-    pkill -KILL -f "^[^ ]*bwrap .*$DATA" 2>/dev/null || true
+    kiln_bwraps | xargs -r kill -KILL 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+# kiln_bwraps [ppid]: bubblewrap processes of this kiln (their mount table holds one
+# of its sandbox overlays, upperdir below the data dir), children of ppid if given.
+kiln_bwraps() {
+    local pid
+    for pid in $(pgrep -x bwrap ${1:+-P "$1"} || true); do
+        grep -qF "upperdir=$DATA/" "/proc/$pid/mountinfo" 2>/dev/null && echo "$pid"
+    done
+    return 0
+}
 SCHED=
 for _ in $(seq 1 100); do
     SCHED=$(sed -n 's/^kiln scheduler listening on //p' "$WORK/stdout")
@@ -60,10 +69,10 @@ measure() {
     # Host mounts under the data dir (kiln mounts only in private namespaces: 0).
     mounts=$(grep -c " $DATA" /proc/self/mountinfo || true)
     # bubblewrap processes of this kiln (prepared sandboxes wait in bwrap).
-    bwraps=$(pgrep -f "^[^ ]*bwrap .*$DATA" | wc -l || true)
+    bwraps=$(kiln_bwraps | wc -l)
     dirs=$(find "$DATA/sandboxes" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
     # bubblewrap processes kiln no longer parents (reparented to init): leaked.
-    orphans=$(pgrep -P 1 -f "^[^ ]*bwrap .*$DATA" | wc -l || true)
+    orphans=$(kiln_bwraps 1 | wc -l)
     echo "$rss $fds $threads $mounts $bwraps $dirs $orphans"
 }
 
