@@ -198,8 +198,7 @@ pub struct JobConfig {
     /// `pids.max`): a fork bomb stops here, not at the host's limit.
     pub max_pids: u64,
     /// Overlay backend: CPUs one job may use at most (its cgroup's quota); 0 = no
-    /// quota. Each job has a cgroup of its own either way, so under load the CPU
-    /// is shared between jobs, not between their processes.
+    /// quota, and jobs then share the CPU as kiln's own processes do.
     pub max_cpus: u32,
     /// A request body must arrive completely within this time (slow clients).
     pub body_timeout_secs: u64,

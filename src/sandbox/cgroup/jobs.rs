@@ -48,6 +48,19 @@ impl CgroupLimits {
     }
 }
 
+/// Whether job cgroups go into the cpu hierarchy: only to enforce a quota.
+///
+/// A cgroup is one scheduling entity: all of a kiln's job cgroups sit under one
+/// parent that weighs, against every other task beside kiln's own cgroup, what one
+/// task weighs. Without a quota, jobs stay where kiln's processes are and compete
+/// as processes, as they did without cgroups: measured (scripts/compare.sh, 4
+/// clients, the load generator on the same host), per-job cpu cgroups took
+/// throughput from 0.91 to 0.85 of kiln before cgroups, for no limit at all
+/// (BENCHMARKS.md).
+pub(super) fn uses_cpu_controller(limits: CgroupLimits) -> bool {
+    limits.max_cpus > 0
+}
+
 /// What to do when a controller kiln asks for is not mounted or not delegated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MissingControllers {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::dir::CgroupDir;
-use super::jobs::{Controller, OwnCgroup, CPU_PERIOD_US};
+use super::jobs::{uses_cpu_controller, Controller, OwnCgroup, CPU_PERIOD_US};
 use super::procfs::{relative_own_path, CgroupEntry, CgroupMount};
 use super::{CgroupError, CgroupLimits, MissingControllers};
 
@@ -48,12 +48,10 @@ pub(super) fn find(
     limits: CgroupLimits,
     missing_controllers: MissingControllers,
 ) -> Result<(Vec<OwnCgroup>, Vec<Controller>), CgroupError> {
-    let wanted = [
-        (Controller::Freezer, false),
-        (Controller::Pids, true),
-        (Controller::Memory, true),
-        (Controller::Cpu, limits.max_cpus > 0),
-    ];
+    let wanted =
+        [(Controller::Freezer, false), (Controller::Pids, true), (Controller::Memory, true), (Controller::Cpu, true)]
+            .into_iter()
+            .filter(|&(controller, _)| controller != Controller::Cpu || uses_cpu_controller(limits));
     let mut found: Vec<(PathBuf, PathBuf, Vec<Controller>)> = Vec::new();
     let mut missing = Vec::new();
     for (controller, required) in wanted {

@@ -39,7 +39,9 @@ pub(super) fn prepare(
     let own = CgroupDir::open(mount, relative, true)?;
     let available = own.read("cgroup.controllers")?;
     let available: Vec<&str> = available.split_whitespace().collect();
-    let wanted = [(Controller::Pids, true), (Controller::Memory, true), (Controller::Cpu, limits.max_cpus > 0)];
+    let wanted = [(Controller::Pids, true), (Controller::Memory, true), (Controller::Cpu, true)]
+        .into_iter()
+        .filter(|&(controller, _)| controller != Controller::Cpu || super::jobs::uses_cpu_controller(limits));
     let mut controllers = Vec::new();
     let mut missing = Vec::new();
     for (controller, required) in wanted {
