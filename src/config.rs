@@ -547,6 +547,13 @@ impl ToolchainConfig {
     }
 }
 
+impl SandboxConfig {
+    /// The host ids overlay jobs run as (`uid_base`, `uid_count`).
+    pub fn job_ids(&self) -> crate::sandbox::overlay::IdRange {
+        crate::sandbox::overlay::IdRange { base: self.uid_base, count: self.uid_count }
+    }
+}
+
 impl JobConfig {
     pub fn extract_limits(&self) -> ExtractLimits {
         ExtractLimits {

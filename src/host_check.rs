@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::config::{Backend, Config};
 use crate::sandbox::docker::check_daemon;
-use crate::sandbox::overlay::{check_bwrap, probe_unprivileged, IdRange};
+use crate::sandbox::overlay::{check_bwrap, probe_unprivileged};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostCheckError {
@@ -61,7 +61,7 @@ pub fn check_host(config: &Config) -> Result<HostFacts, HostCheckError> {
     }
     let (bwrap_path, version) = check_bwrap(&bwrap_path).map_err(HostCheckError::Bubblewrap)?;
     let sandbox = &config.kiln.sandbox;
-    let id = IdRange { base: sandbox.uid_base, count: sandbox.uid_count }.nth(0);
+    let id = sandbox.job_ids().nth(0);
     probe_unprivileged(&bwrap_path, id).map_err(HostCheckError::UserNamespaces)?;
     Ok(HostFacts { bwrap_path: Some(bwrap_path), sandbox: version })
 }

@@ -22,7 +22,7 @@ use crate::protocol::{HeartbeatServerHttpRequest, JobKey, ServerCertificateHttpR
 use crate::quarantine::Quarantine;
 use crate::sandbox::cgroup::{CgroupOptions, JobCgroups};
 use crate::sandbox::docker::start_docker_backend;
-use crate::sandbox::overlay::{install_exec_shim, IdRange, JobSeccomp, OverlayBackend, OverlayConfinement};
+use crate::sandbox::overlay::{install_exec_shim, JobSeccomp, OverlayBackend, OverlayConfinement};
 use crate::sandbox::SharedBackend;
 use crate::scheduler::{LocalScheduler, Scheduler};
 use crate::stats::Stats;
@@ -91,7 +91,7 @@ fn overlay_confinement(
 ) -> Result<OverlayConfinement, ServerError> {
     let (jobs, sandbox) = (&config.kiln.jobs, &config.kiln.sandbox);
     let seccomp = JobSeccomp::compile().map_err(ServerError::Seccomp)?;
-    let ids = IdRange { base: sandbox.uid_base, count: sandbox.uid_count };
+    let ids = sandbox.job_ids();
     let clashes = ids.clashes();
     if !clashes.is_empty() {
         tracing::warn!(

@@ -225,8 +225,8 @@ fn move_aside(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
 
 /// Processes whose mount table holds one of kiln's sandbox overlays (its
 /// `upperdir` below `dir`): the bubblewrap processes of kiln's sandboxes and the
-/// jobs in them, and nothing an operator runs there.
-fn processes_mentioning(dir: &Path) -> Vec<Pid> {
+/// jobs in them, and nothing an operator runs there. Public for the tests.
+pub fn processes_mentioning(dir: &Path) -> Vec<Pid> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut needle = b"upperdir=".to_vec();
     needle.extend_from_slice(dir.as_os_str().as_bytes());

@@ -10,7 +10,7 @@ use crate::config::{Backend, Config};
 use crate::host_check::overlayfs_available;
 use crate::observe::views::human_bytes;
 use crate::sandbox::cgroup::JobCgroups;
-use crate::sandbox::overlay::{check_bwrap, probe_unprivileged, IdRange};
+use crate::sandbox::overlay::{check_bwrap, probe_unprivileged};
 
 /// Where the Docker Engine API listens.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -73,17 +73,18 @@ pub fn check(config: &Config) -> Vec<Finding> {
         Backend::Overlay { bwrap_path } => bwrap_path,
         Backend::Docker => PathBuf::from("bwrap"),
     };
-    findings.push(match check_bwrap(&bwrap) {
+    let checked = check_bwrap(&bwrap);
+    findings.push(match &checked {
         Ok((path, version)) => Finding::ok("bubblewrap", format!("{version} at {}", path.display())),
         Err(e) => Finding::bad(
             "bubblewrap",
             if docker_backend { Verdict::Warn } else { Verdict::Fail },
-            e,
+            e.clone(),
             "`apt-get install bubblewrap` (or `dnf install bubblewrap`), or set bwrap_path in [builder]",
         ),
     });
     if !docker_backend {
-        findings.extend(job_confinement(config, &bwrap));
+        findings.extend(job_confinement(config, checked.ok().map(|(path, _)| path)));
     }
     findings.push(match docker_ping(Path::new(DOCKER_SOCKET)) {
         Ok(version) => Finding::ok("docker", format!("the daemon at {DOCKER_SOCKET} answers ({version})")),
@@ -107,13 +108,13 @@ pub fn check(config: &Config) -> Vec<Finding> {
     findings
 }
 
-/// What confines overlay jobs: bubblewrap as an unprivileged uid, the uid range,
-/// and the jobs' cgroups.
-fn job_confinement(config: &Config, bwrap: &Path) -> Vec<Finding> {
+/// What confines overlay jobs: bubblewrap (found and checked: `bwrap`) as an
+/// unprivileged uid, the uid range, and the jobs' cgroups.
+fn job_confinement(config: &Config, bwrap: Option<PathBuf>) -> Vec<Finding> {
     let sandbox = &config.kiln.sandbox;
-    let ids = IdRange { base: sandbox.uid_base, count: sandbox.uid_count };
+    let ids = sandbox.job_ids();
     let mut findings = Vec::new();
-    if let Ok((bwrap, _)) = check_bwrap(bwrap) {
+    if let Some(bwrap) = bwrap {
         findings.push(match probe_unprivileged(&bwrap, ids.nth(0)) {
             Ok(()) => Finding::ok("user namespaces", format!("bubblewrap makes a sandbox as uid {}", ids.base)),
             Err(e) => Finding::bad(

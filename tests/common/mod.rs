@@ -343,10 +343,10 @@ pub fn pids_of(program: &str, needle: &str) -> Vec<i32> {
 /// Pids of bubblewrap processes of sandboxes under `data_dir` (a sandbox's
 /// overlay, mounted in its bubblewrap's namespaces, names its upper dir there).
 pub fn bwrap_pids(data_dir: &str) -> Vec<i32> {
-    let upper = format!("upperdir={data_dir}/");
-    pids_of("bwrap", "")
+    kiln::actors::cleaner::processes_mentioning(Path::new(data_dir))
         .into_iter()
-        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).is_ok_and(|m| m.contains(&upper)))
+        .map(|pid| pid.as_raw())
+        .filter(|&pid| comm(pid).as_deref() == Some("bwrap"))
         .collect()
 }
 

@@ -188,7 +188,7 @@ pub(super) fn run_job(
     Ok(JobComplete { output, outputs: collected })
 }
 
-/// Checks the command and lays out the root: inputs, cwd, /tmp, outputs' parents.
+/// Checks the command and lays out the root: inputs, cwd, outputs' parents.
 #[allow(clippy::type_complexity)]
 fn prepare_layout<'j>(
     merged: &Path,
@@ -203,10 +203,7 @@ fn prepare_layout<'j>(
     extract_tar_into(ZlibDecoder::new(&job.inputs_zlib[..]), &root, &limits.inputs).map_err(SandboxError::Inputs)?;
     let dir_mode = Mode::from_bits_truncate(0o755);
     root.create_dir_all(&cwd, dir_mode).map_err(SandboxError::Layout)?;
-    // gcc needs a writable /tmp; the toolchain may not have brought one.
-    let tmp = root
-        .create_dir_all(&SandboxPath::parse(b"/tmp").map_err(SandboxError::Layout)?, Mode::from_bits_truncate(0o1777));
-    tmp.map_err(SandboxError::Layout)?;
+    // /tmp (1777) was made when the sandbox was prepared (namespace.rs).
     let mut outputs = Vec::with_capacity(job.outputs.len());
     for name in &job.outputs {
         let path = SandboxPath::parse_relative_to(&cwd, name.as_bytes()).map_err(bad_path)?;
