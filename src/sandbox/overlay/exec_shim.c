@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_SPEC_FD 3
@@ -102,7 +103,16 @@ int main(int shim_argc, char **shim_argv) {
     if (chdir(cwd) != 0) fail("cannot change to the job's directory", strerror(errno));
     /* execvp looks in the job's PATH: the job's environment is the current one. */
     environ = envp;
-    execvp(executable, argv);
+    /* ETXTBSY: kiln wrote the executable (a job's input) moments ago, and another
+     * sandbox's bubblewrap, forked by kiln meanwhile, may still hold that write fd
+     * between its fork and its exec (close-on-exec closes it only then). The
+     * window is that short: retry for at most a second. */
+    for (int tries = 0; tries < 100; tries++) {
+        execvp(executable, argv);
+        if (errno != ETXTBSY) break;
+        struct timespec pause = {0, 10 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
     fprintf(stderr, "kiln-exec: execvp %s: %s\n", executable, strerror(errno));
     _exit(1);
 }
