@@ -79,6 +79,9 @@ struct Args {
     /// Mix in failing and hostile jobs and check each gets its answer.
     #[arg(long)]
     soak: bool,
+    /// Offer h2 in ALPN, as the sccache client (reqwest) does; the server picks.
+    #[arg(long)]
+    http2: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -260,6 +263,8 @@ struct Target {
     server: std::cell::RefCell<Option<(ServerId, Rc<Client>)>>,
     cert_source: Client,
     busy_retries: AtomicUsize,
+    /// Offer h2 to the server (`--http2`).
+    http2: bool,
 }
 
 impl Target {
@@ -316,7 +321,12 @@ impl Target {
             }
         }
         let cert = self.cert_source.server_certificate(server_id).await?;
-        let client = Rc::new(Client::trusting(format!("https://{}", server_id.addr()), &cert.cert_pem)?);
+        let url = format!("https://{}", server_id.addr());
+        let client = match self.http2 {
+            true => Client::trusting_offering_h2(url, &cert.cert_pem)?,
+            false => Client::trusting(url, &cert.cert_pem)?,
+        };
+        let client = Rc::new(client);
         *self.server.borrow_mut() = Some((server_id, client.clone()));
         Ok(client)
     }
@@ -433,6 +443,7 @@ async fn main() -> anyhow::Result<()> {
         server: Default::default(),
         cert_source: Client::new(args.scheduler.clone()),
         busy_retries: AtomicUsize::new(0),
+        http2: args.http2,
     });
     // The first job goes through the scheduler either way: it names the server and
     // its certificate, and brings the toolchain (the cold start).
@@ -447,6 +458,7 @@ async fn main() -> anyhow::Result<()> {
         server: Default::default(),
         cert_source: Client::new(args.scheduler.clone()),
         busy_retries: AtomicUsize::new(0),
+        http2: args.http2,
     };
     if !warmup.run(&specs[0]).await.context("the first job")?.0 {
         bail!("the first job did not compile");

@@ -105,6 +105,15 @@ impl Client {
         Ok(Self::from_parts(base_url, awc::Client::builder().connector(connector).timeout(REQUEST_TIMEOUT).finish()))
     }
 
+    /// As [`Client::trusting`], but offering `h2` before `http/1.1` in ALPN, as
+    /// reqwest (the sccache client's HTTP library) does: the server picks.
+    pub fn trusting_offering_h2(base_url: impl Into<String>, cert_pem: &[u8]) -> Result<Self, crate::tls::TlsError> {
+        let mut tls = (*crate::tls::client_config_trusting(cert_pem)?).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let connector = awc::Connector::new().rustls_0_23(std::sync::Arc::new(tls)).timeout(CONNECT_TIMEOUT);
+        Ok(Self::from_parts(base_url, awc::Client::builder().connector(connector).timeout(REQUEST_TIMEOUT).finish()))
+    }
+
     fn from_parts(base_url: impl Into<String>, http: awc::Client) -> Self {
         let mut base_url = base_url.into();
         while base_url.ends_with('/') {

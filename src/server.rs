@@ -14,7 +14,10 @@ use crate::actors::builder::BuilderDeps;
 use crate::actors::upstream_scheduler::SharedLinkHealth;
 use crate::actors::{Builder, Cleaner, JobQueue, SandboxPool, SweepStale, ToolchainCache, Unpacker, UpstreamScheduler};
 use crate::config::{parse_scheduler_url, Backend, Config, SchedulerAuth, INSECURE_SERVER_TOKEN};
-use crate::http::{body_memory_permits, configure, configure_ops, configure_scheduler, AppState, HttpLimits};
+use crate::http::{
+    body_memory_permits, configure, configure_ops, configure_scheduler, listen_h1, AppState, ConnectionLimits,
+    HttpLimits,
+};
 use crate::jobs::JobTable;
 use crate::observe::signals::Reload;
 use crate::observe::{Lifecycle, Observer, Ops};
@@ -331,21 +334,19 @@ pub async fn serve_with(
     });
     spawn_job_expiry(state.clone(), Duration::from_secs(kiln.jobs.assigned_ttl_secs));
 
+    let tls = match kiln.tls {
+        true => Some(cert.server_config().map_err(ServerError::Tls)?),
+        false => None,
+    };
     let app_state = state.clone();
-    let server = HttpServer::new(move || App::new().app_data(app_state.clone()).configure(configure))
+    let server = actix_server::Server::build()
         .workers(builders.clamp(1, 4))
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
         // SIGTERM drains first (observe::signals), then stops the servers.
-        .disable_signals()
-        // Drop a request's handler as soon as its client hangs up, so a running job
-        // is cancelled instead of holding a builder until its timeout. Build clients
-        // never half-close while they wait for an answer.
-        .h1_allow_half_closed(false)
-        .tcp_nodelay(true);
-    let server = match kiln.tls {
-        true => server.listen_rustls_0_23(listener, cert.server_config().map_err(ServerError::Tls)?),
-        false => server.listen(listener),
-    }
+        .disable_signals();
+    let server = listen_h1(server, listener, tls, ConnectionLimits::default(), move || {
+        App::new().app_data(app_state.clone()).configure(configure)
+    })
     .map_err(|source| ServerError::Bind { addr: bind, source })?
     .run();
 

@@ -308,3 +308,65 @@ async fn the_job_environment_reaches_the_job_and_never_the_host() {
 fn empty_tar() -> Vec<u8> {
     InputsBuilder::new().finish().unwrap()
 }
+
+/// Issue 14: a client that offers h2 (curl, and reqwest in the sccache client)
+/// gets every early answer intact: kiln answers before reading a body it refuses,
+/// and over h2 that answer was lost in a stream reset. kiln speaks HTTP/1.1 only.
+#[actix_rt::test]
+async fn early_answers_reach_clients_that_offer_h2() {
+    let kiln = Kiln::start("");
+    let mut tls = (*kiln::tls::client_config_trusting(&kiln.cert_pem).unwrap()).clone();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let http = awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(std::sync::Arc::new(tls)))
+        .timeout(std::time::Duration::from_secs(30))
+        .finish();
+    // Over the h2 stream window (64 KiB), so the client is still sending when the answer comes.
+    let body = Bytes::from(vec![0x5a; 1 << 20]);
+    let job_id = next_job_id();
+    let cases = [
+        (Endpoint::RunJob.path(job_id), Some("Bearer not-a-token".to_owned()), 401),
+        (Endpoint::RunJob.path(job_id), None, 401),
+        // A job never assigned: answered by the protocol (JobNotFound), with 200.
+        (Endpoint::RunJob.path(job_id), Some(format!("Bearer {}", token(job_id))), 200),
+        ("/no/such/endpoint".to_owned(), None, 404),
+    ];
+    for (path, authorization, expected) in &cases {
+        let mut request = http.post(format!("{}{path}", kiln.addr));
+        if let Some(authorization) = authorization {
+            request = request.insert_header(("authorization", authorization.as_str()));
+        }
+        let mut response = request.send_body(body.clone()).await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        assert_eq!(response.version(), awc::http::Version::HTTP_11, "POST {path}");
+        let answer = response.body().await.unwrap_or_else(|e| panic!("POST {path}: the answer's body: {e}"));
+        assert_eq!(response.status().as_u16(), *expected, "POST {path}: {}", description(&answer));
+    }
+
+    // curl, the client the issue was found with, if this machine has it.
+    let Ok(curl) = which("curl") else { return };
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &body).unwrap();
+    for (path, authorization, expected) in &cases[..2] {
+        let mut command = std::process::Command::new(&curl);
+        command.args(["-sk", "--http2", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "-X", "POST"]);
+        if let Some(authorization) = authorization {
+            command.args(["-H", &format!("authorization: {authorization}")]);
+        }
+        let output = command
+            .arg("--data-binary")
+            .arg(format!("@{}", file.path().display()))
+            .arg(format!("{}{path}", kiln.addr))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout), format!("{expected} 1.1"), "curl --http2 POST {path}");
+    }
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .ok_or(())
+}

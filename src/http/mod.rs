@@ -4,12 +4,14 @@
 
 mod body;
 mod error;
+mod https;
 mod ops;
 mod routes;
 mod scheduler_api;
 mod status_page;
 
 pub use error::ApiError;
+pub use https::{listen_h1, ConnectionLimits};
 pub use ops::configure as configure_ops;
 pub use routes::{body_memory_permits, configure, AppState, HttpLimits};
 pub use scheduler_api::configure_scheduler;
