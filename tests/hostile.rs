@@ -311,3 +311,38 @@ async fn a_client_sending_one_byte_a_second_gets_408_and_holds_no_builder() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive within 2s"), "{answer}");
 }
+
+/// Issue 14: control characters a client sends (in the executable, an argument,
+/// an env key, a cwd) never reach kiln's text log raw: no forged lines, no escape
+/// sequences for the operator's terminal.
+#[actix_rt::test]
+async fn control_characters_from_clients_are_escaped_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("kiln.log");
+    let kiln = Kiln::start_logging_to("", &log);
+    let client = kiln.client();
+    let forged = "2026-11-29T00:00:00.000000Z ERROR kiln: FORGED";
+    let osc = "\u{1b}]0;pwned\u{7}";
+    let mut job = command(&format!("/bin/true\n{forged}"), &["-c", osc], &format!("/work\r\n{forged}"));
+    job.env_vars.push((format!("KEY\n{forged}{osc}"), "v".into()));
+    let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+    let request = RunJobHttpRequest { command: job, outputs: vec![format!("out\n{forged}")] };
+    // Refused or failed, either way logged with the client's strings in it.
+    let _ = client.run_job(job_id, &token(job_id), &request, &empty_tar()).await;
+    let mut inputs = InputsBuilder::new();
+    inputs.add_file(&format!("/work/x\u{1b}[2J\n{forged}"), b"data").unwrap();
+    let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+    let simple = RunJobHttpRequest { command: command("/bin/true", &[], "/work"), outputs: vec![] };
+    let _ = client.run_job(job_id, &token(job_id), &simple, &inputs.finish().unwrap()).await;
+    assert_compiles(&kiln).await;
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("FORGED"), "the client's strings were logged (escaped):\n{text}");
+    for line in text.lines() {
+        assert!(!line.starts_with(forged), "a client forged a log line:\n{text}");
+    }
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\r') && !text.contains('\u{7}'),
+        "raw control characters:\n{text:?}"
+    );
+}

@@ -485,6 +485,19 @@ impl Kiln {
         })
     }
 
+    /// [`Kiln::start`], with kiln's log (its stderr) going to `log`.
+    pub fn start_logging_to(kiln_config: &str, log: &Path) -> Kiln {
+        use std::os::fd::AsRawFd;
+        let log = std::fs::File::create(log).unwrap();
+        Kiln::start_with_pre_exec(kiln_config, move || {
+            // SAFETY: dup2(2) onto stderr, of a descriptor this (forked) process owns.
+            if unsafe { nix::libc::dup2(log.as_raw_fd(), 2) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+
     /// [`Kiln::start`], with kiln started inside the cgroup v1 whose `cgroup.procs`
     /// is `procs` (so its own cgroup is not the hierarchy's root).
     pub fn start_in_cgroup(kiln_config: &str, procs: &Path) -> Kiln {
