@@ -3,7 +3,13 @@
 //!
 //! A `DashMap` rather than an actor: every request touches it once, briefly, from
 //! whichever HTTP worker serves it, and no operation spans an await.
+//!
+//! A job token never expires (upstream signs `exp: 0`), so the table also
+//! remembers which ids it has seen: a token is good for one job, and posting
+//! assign_job again with it after the job ran is refused ([`UsedIds`]).
 
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
@@ -21,20 +27,26 @@ pub struct AssignedJob {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("job {0} is already assigned to this server")]
+#[error("job {0} was already assigned to this server: a job id and its token are good for one job")]
 pub struct DuplicateJob(pub JobId);
 
 #[derive(Debug, Default)]
 pub struct JobTable {
     jobs: DashMap<JobId, AssignedJob>,
+    used: Mutex<UsedIds>,
 }
 
 impl JobTable {
     /// Records a job; `ready` as told to the scheduler in the assign_job answer.
+    /// An id this table has seen before (assigned now, or run) is refused.
     pub fn assign(&self, job_id: JobId, toolchain: Toolchain, ready: bool) -> Result<(), DuplicateJob> {
         match self.jobs.entry(job_id) {
             Entry::Occupied(_) => Err(DuplicateJob(job_id)),
             Entry::Vacant(slot) => {
+                // Under the entry's shard lock: two assigns of one id cannot both pass.
+                if !self.used.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).first_use(job_id) {
+                    return Err(DuplicateJob(job_id));
+                }
                 slot.insert(AssignedJob { toolchain, ready, assigned_at: Instant::now() });
                 Ok(())
             }
@@ -50,7 +62,8 @@ impl JobTable {
         self.jobs.get(&job_id).map(|job| job.toolchain.clone())
     }
 
-    /// Removes the job for running it: a job runs at most once.
+    /// Removes the job for running it (run_job claims it before reading its body):
+    /// a job runs at most once, and a second run_job of the same id finds nothing.
     pub fn take(&self, job_id: JobId) -> Option<AssignedJob> {
         self.jobs.remove(&job_id).map(|(_, job)| job)
     }
@@ -68,5 +81,113 @@ impl JobTable {
 
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()
+    }
+}
+
+/// The job ids this server has been given, to refuse a token used twice.
+///
+/// Job ids come from a scheduler's counter: upstream's starts at a random 64-bit
+/// base per scheduler start and counts up, and so does kiln's own. So ids fall in
+/// a few series (one per scheduler start), each growing. Per series this keeps the
+/// ids seen within [`UsedIds::WINDOW`] below the highest one, and refuses anything
+/// older than that: a scheduler sends assign_job right after it allocates an id,
+/// so it never sends one `WINDOW` ids behind another it already sent.
+#[derive(Debug, Default)]
+pub struct UsedIds {
+    /// Most recently used series last.
+    series: VecDeque<IdSeries>,
+}
+
+#[derive(Debug)]
+struct IdSeries {
+    /// Ids are kept as offsets from this, which sits [`UsedIds::SERIES_SPAN`] * 2
+    /// below the series' first id: offsets never wrap, so they sort.
+    base: u64,
+    /// The highest offset seen.
+    highest: u64,
+    /// Offsets seen in `highest - WINDOW ..= highest`.
+    seen: BTreeSet<u64>,
+}
+
+impl UsedIds {
+    /// How far behind a series' highest id an id may still arrive.
+    pub const WINDOW: u64 = 1 << 16;
+    /// Ids this far apart belong to different series (different scheduler starts):
+    /// two random 64-bit bases are this close with probability 2^-23.
+    const SERIES_SPAN: u64 = 1 << 40;
+    /// Series kept; the least recently used is forgotten (a scheduler restarted
+    /// this many times since: its ids are long gone from every client).
+    const MAX_SERIES: usize = 64;
+
+    /// Records `job_id`; false if it was seen before or is too old to tell.
+    pub fn first_use(&mut self, job_id: JobId) -> bool {
+        let id = job_id.0;
+        let found = self
+            .series
+            .iter()
+            .position(|series| id.wrapping_sub(series.base).abs_diff(series.highest) < Self::SERIES_SPAN);
+        let Some(index) = found else {
+            if self.series.len() == Self::MAX_SERIES {
+                self.series.pop_front();
+            }
+            let first = 2 * Self::SERIES_SPAN;
+            let base = id.wrapping_sub(first);
+            self.series.push_back(IdSeries { base, highest: first, seen: BTreeSet::from([first]) });
+            return true;
+        };
+        let mut series = self.series.remove(index).expect("index from position");
+        let offset = id.wrapping_sub(series.base);
+        let fresh = if offset <= series.highest {
+            series.highest - offset < Self::WINDOW && series.seen.insert(offset)
+        } else {
+            series.highest = offset;
+            series.seen.insert(offset);
+            series.seen = series.seen.split_off(&(offset - (Self::WINDOW - 1)));
+            true
+        };
+        self.series.push_back(series);
+        fresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_good_once_per_series_and_old_ids_are_refused() {
+        let mut used = UsedIds::default();
+        let base = u64::MAX - 10; // a series that wraps
+        for n in 0..20u64 {
+            assert!(used.first_use(JobId(base.wrapping_add(n))), "id {n}");
+        }
+        // Out of order within the window is fine once; again never.
+        assert!(!used.first_use(JobId(base.wrapping_add(3))));
+        let mut gapped = UsedIds::default();
+        assert!(gapped.first_use(JobId(1000)));
+        assert!(gapped.first_use(JobId(1002)));
+        assert!(gapped.first_use(JobId(1001)));
+        assert!(!gapped.first_use(JobId(1001)));
+        // Far behind the highest id: refused, even if never seen.
+        assert!(gapped.first_use(JobId(1000 + UsedIds::WINDOW + 5)));
+        assert!(!gapped.first_use(JobId(1003)));
+        // Another scheduler start: a fresh series, the old one still remembered.
+        assert!(gapped.first_use(JobId(1 << 62)));
+        assert!(gapped.first_use(JobId((1 << 62) + 1)));
+        assert!(!gapped.first_use(JobId(1002)));
+        assert!(!gapped.first_use(JobId(1 << 62)));
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let mut used = UsedIds::default();
+        for n in 0..(4 * UsedIds::WINDOW) {
+            assert!(used.first_use(JobId(n)));
+        }
+        assert!(used.series[0].seen.len() <= UsedIds::WINDOW as usize);
+        for s in 1..(UsedIds::MAX_SERIES as u64 + 5) {
+            assert!(used.first_use(JobId(s << 50)));
+        }
+        assert_eq!(used.series.len(), UsedIds::MAX_SERIES);
     }
 }

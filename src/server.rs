@@ -8,15 +8,13 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
-use tokio::sync::Semaphore;
 
 use crate::actors::builder::BuilderDeps;
 use crate::actors::upstream_scheduler::SharedLinkHealth;
 use crate::actors::{Builder, Cleaner, JobQueue, SandboxPool, SweepStale, ToolchainCache, Unpacker, UpstreamScheduler};
 use crate::config::{parse_scheduler_url, Backend, Config, SchedulerAuth, INSECURE_SERVER_TOKEN};
 use crate::http::{
-    body_memory_permits, configure, configure_ops, configure_scheduler, listen_h1, AppState, ConnectionLimits,
-    HttpLimits,
+    configure, configure_ops, configure_scheduler, listen_h1, AppState, BodyBudget, ConnectionLimits, HttpLimits,
 };
 use crate::jobs::JobTable;
 use crate::observe::signals::Reload;
@@ -328,7 +326,7 @@ pub async fn serve_with(
         },
         incoming_dir: config.incoming_dir(),
         next_upload: AtomicU64::new(0),
-        body_memory: Arc::new(Semaphore::new(body_memory_permits(kiln.jobs.max_buffered_request_bytes) as usize)),
+        body_memory: BodyBudget::new(kiln.jobs.max_buffered_request_bytes),
         scheduler,
         link_health,
     });

@@ -370,3 +370,31 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
         .find(|candidate| candidate.is_file())
         .ok_or(())
 }
+
+/// Issue 14: a job token is good for one job. Job tokens never expire (upstream
+/// signs `exp: 0`), so posting assign_job again with a token whose job ran used
+/// to create the job again, outside any scheduler's slot count.
+#[actix_rt::test]
+async fn a_job_token_runs_one_job() {
+    let kiln = Kiln::start("");
+    let client = kiln.client();
+    let job_id = ready_job(&kiln).await;
+    let request = RunJobHttpRequest { command: command("/bin/sh", &["-c", "echo ran"], "/work"), outputs: vec![] };
+    let RunJobResult::Complete(done) = client.run_job(job_id, &token(job_id), &request, &empty_tar()).await.unwrap()
+    else {
+        panic!("the job was not found")
+    };
+    assert_eq!(done.output.stdout, b"ran\n");
+
+    for _ in 0..3 {
+        let toolchain = Toolchain { archive_id: gcc_toolchain().archive_id.clone() };
+        match client.assign_job(job_id, &token(job_id), &toolchain).await {
+            Err(kiln::client::ClientError::Server { status: 409, description }) => {
+                assert!(description.contains("one job"), "{description}")
+            }
+            other => panic!("a replayed job token got {other:?}"),
+        }
+        let again = client.run_job(job_id, &token(job_id), &request, &empty_tar()).await.unwrap();
+        assert_eq!(again, RunJobResult::JobNotFound, "a replayed job ran");
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use kiln::client::InputsBuilder;
-use kiln::protocol::{RunJobHttpRequest, RunJobResult};
+use kiln::protocol::{Endpoint, RunJobHttpRequest, RunJobResult};
 
 fn empty_inputs() -> Vec<u8> {
     InputsBuilder::new().finish().unwrap()
@@ -288,4 +288,51 @@ async fn a_toolchain_whose_root_breaks_is_unpacked_again_then_quarantined() {
 
     // Other toolchains are not affected.
     gcc_version_job(&kiln, other_toolchain()).await.expect("another toolchain still runs");
+}
+
+/// Issue 14: one job token cannot hold the request-body budget. Four run_job
+/// posts of one job, each declaring a body (chunked: up to the limit) and sending
+/// ten bytes of it, used to reserve the whole budget before reading anything, and
+/// every other client's run_job got 503 until the body timeout. Now a body holds
+/// what has arrived, and only one body per job id is read at all.
+#[actix_rt::test]
+async fn one_job_token_cannot_hold_the_request_body_budget() {
+    use std::io::Write;
+    // Plain HTTP (tls = false), so the test writes the requests itself.
+    let kiln = Kiln::start(
+        "tls = false\n[kiln.jobs]\nmax_request_bytes = 1048576\nmax_buffered_request_bytes = 1048576\nbody_timeout_secs = 60\n",
+    );
+    let client = kiln.client();
+    let attacker = assign_and_submit(&client, gcc_toolchain()).await;
+    let addr: std::net::SocketAddr = kiln.addr.trim_start_matches("http://").parse().unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n",
+        Endpoint::RunJob.path(attacker),
+        token(attacker)
+    );
+    let held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.write_all(head.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    // Another client's job, with a body of 300 KiB, runs.
+    let mut inputs = InputsBuilder::new();
+    inputs.add_file("/work/blob", &incompressible(300 << 10)).unwrap();
+    let inputs = inputs.finish().unwrap();
+    let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+    let request = RunJobHttpRequest {
+        command: command("/bin/sh", &["-c", "[ -s blob ] && echo present"], "/work"),
+        outputs: vec![],
+    };
+    match client.run_job(job_id, &token(job_id), &request, &inputs).await {
+        Ok(RunJobResult::Complete(done)) => {
+            assert_eq!(String::from_utf8_lossy(&done.output.stdout), "present\n")
+        }
+        other => panic!("another client's job did not run while one token held bodies open: {other:?}"),
+    }
+    drop(held);
 }

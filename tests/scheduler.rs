@@ -201,6 +201,23 @@ async fn upstream_link_heartbeats_and_reports_every_job_state() {
             .await;
     assert!(complete.is_some(), "no Complete after a hang-up: {:?}", states_of(&recorded, third));
 
+    // A run_job refused before its job starts still ends the job at the scheduler,
+    // in the only order it takes: a Pending job, and a Ready one.
+    let garbage = bytes::Bytes::from_static(b"\x05\x00\x00\x00not bincode");
+    let server = kiln.client();
+    let pending = next_job_id();
+    let other = kiln::protocol::Toolchain { archive_id: "0".repeat(64) };
+    assert!(server.assign_job(pending, &token(pending), &other).await.unwrap().need_toolchain);
+    let ready = next_job_id();
+    assert!(!server.assign_job(ready, &token(ready), &gcc()).await.unwrap().need_toolchain);
+    for job_id in [pending, ready] {
+        let path = protocol::Endpoint::RunJob.path(job_id);
+        let (status, _) = server.post_raw(&path, Some(&token(job_id)), garbage.clone()).await.unwrap();
+        assert_eq!(status, 400);
+    }
+    assert_eq!(states_of(&recorded, pending), [JobState::Ready, JobState::Started, JobState::Complete]);
+    assert_eq!(states_of(&recorded, ready), [JobState::Started, JobState::Complete]);
+
     let status = kiln.status().await;
     assert_eq!(status["scheduler_link"]["connected"], true, "{status}");
 
@@ -267,4 +284,31 @@ async fn a_scheduler_that_does_not_answer_job_states_does_not_hold_jobs_up() {
     .expect("the job waited for the scheduler");
     assert!(matches!(answer, RunJobResult::Complete(ref done) if done.output.code == 0), "{answer:?}");
     released.notify_waiters();
+}
+
+/// Issue 14: a run_job refused before its job starts (here a malformed body) ends
+/// the job at once: its slot is free for the next alloc_job, not held until the
+/// unclaimed-job timeout.
+#[actix_rt::test]
+async fn refused_run_jobs_free_their_slots_at_once() {
+    let kiln = Kiln::start("builders = 1\n");
+    let scheduler = kiln.scheduler_client();
+    let server = kiln.client();
+    let token = kiln::config::INSECURE_CLIENT_TOKEN;
+    // Three rounds of filling both slots with jobs whose run_job is refused.
+    for round in 0..3 {
+        for slot in 0..2 {
+            let job_alloc = match scheduler.alloc_job(token, &gcc()).await.unwrap() {
+                AllocJobHttpResponse::Success { job_alloc, .. } => job_alloc,
+                AllocJobHttpResponse::Fail { msg } => panic!("round {round}, slot {slot}: {msg}"),
+            };
+            let path = protocol::Endpoint::RunJob.path(job_alloc.job_id);
+            let garbage = bytes::Bytes::from_static(b"\x05\x00\x00\x00not bincode");
+            let (status, _) = server.post_raw(&path, Some(&job_alloc.auth), garbage).await.unwrap();
+            assert_eq!(status, 400, "a malformed run_job body");
+        }
+        assert_eq!(scheduler.scheduler_status().await.unwrap().in_progress, 0, "round {round}");
+    }
+    let status = kiln.status().await;
+    assert_eq!(status["assigned_jobs"], 0, "{status}");
 }

@@ -3,11 +3,13 @@
 //! actix-web's `PayloadConfig` does not bound a raw `Payload` stream and its
 //! request timeout covers only the head, so both bounds are enforced here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::ApiError;
@@ -15,7 +17,6 @@ use super::ApiError;
 /// Reads a body chunk by chunk, failing past `limit` bytes or after `deadline`.
 pub struct BoundedBody {
     payload: web::Payload,
-    declared: Option<u64>,
     limit: u64,
     read: u64,
     deadline: Instant,
@@ -33,13 +34,7 @@ impl BoundedBody {
         if declared.is_some_and(|len| len > limit) {
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        Ok(BoundedBody { payload, declared, limit, read: 0, deadline: Instant::now() + timeout, timeout })
-    }
-
-    /// The body's size as far as it is known before reading: its Content-Length,
-    /// else the limit.
-    pub fn expected_len(&self) -> u64 {
-        self.declared.unwrap_or(self.limit)
+        Ok(BoundedBody { payload, limit, read: 0, deadline: Instant::now() + timeout, timeout })
     }
 
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
@@ -62,6 +57,32 @@ impl BoundedBody {
         Ok(())
     }
 
+    /// Reads the body into memory, taking its bytes from `budget` as they arrive
+    /// (not as declared: a client that declares much and sends little holds
+    /// little). Past the budget the rest is discarded and the answer is 503.
+    pub async fn read_all_within(mut self, budget: &BodyBudget) -> Result<(Bytes, HeldBytes), ApiError> {
+        let mut body = BytesMut::new();
+        let mut held = HeldBytes { permit: None, kib: 0 };
+        while let Some(chunk) = self.next_chunk().await? {
+            body.extend_from_slice(&chunk);
+            let needed = kib(body.len() as u64) - held.kib;
+            if needed == 0 {
+                continue;
+            }
+            let Ok(more) = budget.permits.clone().try_acquire_many_owned(needed) else {
+                drop((body, held)); // nothing kept while the rest is read and dropped
+                self.discard().await?;
+                return Err(ApiError::TooManyBodies { limit: budget.limit });
+            };
+            held.kib += needed;
+            match &mut held.permit {
+                Some(permit) => permit.merge(more),
+                None => held.permit = Some(more),
+            }
+        }
+        Ok((body.freeze(), held))
+    }
+
     pub async fn read_all(mut self) -> Result<Bytes, ApiError> {
         let mut body = BytesMut::new();
         while let Some(chunk) = self.next_chunk().await? {
@@ -69,4 +90,30 @@ impl BoundedBody {
         }
         Ok(body.freeze())
     }
+}
+
+/// Request-body bytes that may be held in memory at once, across all requests
+/// (`kiln.jobs.max_buffered_request_bytes`).
+#[derive(Debug, Clone)]
+pub struct BodyBudget {
+    /// One permit per KiB (a u32 count of bytes would cap at 4 GiB).
+    permits: Arc<Semaphore>,
+    limit: u64,
+}
+
+impl BodyBudget {
+    pub fn new(limit: u64) -> Self {
+        BodyBudget { permits: Arc::new(Semaphore::new(kib(limit) as usize)), limit }
+    }
+}
+
+/// Bytes of a [`BodyBudget`] one body holds; given back on drop.
+#[derive(Debug)]
+pub struct HeldBytes {
+    permit: Option<OwnedSemaphorePermit>,
+    kib: u32,
+}
+
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }

@@ -10,8 +10,9 @@ mod routes;
 mod scheduler_api;
 mod status_page;
 
+pub use body::BodyBudget;
 pub use error::ApiError;
 pub use https::{listen_h1, ConnectionLimits};
 pub use ops::configure as configure_ops;
-pub use routes::{body_memory_permits, configure, AppState, HttpLimits};
+pub use routes::{configure, AppState, HttpLimits};
 pub use scheduler_api::configure_scheduler;

@@ -9,10 +9,9 @@ use actix::Addr;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use super::body::BoundedBody;
+use super::body::{BodyBudget, BoundedBody};
 use super::ApiError;
 use crate::actors::{
     CacheError, HasToolchain, JobError, JobQueue, JobRequest, StoreToolchain, SubmitJob, ToolchainCache,
@@ -23,7 +22,7 @@ use crate::protocol::{
     self, ArchiveHasher, AssignJobResult, JobId, JobKey, JobState, RunJobResult, SubmitToolchainResult, Toolchain,
     BINCODE_CONTENT_TYPE, MAX_SMALL_MESSAGE,
 };
-use crate::scheduler::{CompleteOnDrop, Scheduler};
+use crate::scheduler::{ClaimedJob, Scheduler};
 use crate::stats::Stats;
 
 /// Request size and time bounds, from the config.
@@ -49,19 +48,14 @@ pub struct AppState {
     /// Where toolchain uploads are staged (same file system as the cache).
     pub incoming_dir: PathBuf,
     pub next_upload: AtomicU64,
-    /// KiB of run_job bodies that may be held in memory at once.
-    pub body_memory: Arc<Semaphore>,
+    /// run_job bodies held in memory at once.
+    pub body_memory: BodyBudget,
     /// Where job state transitions go.
     pub scheduler: Scheduler,
     /// What the status endpoint says about the scheduler link, if there is one.
     pub link_health: Option<crate::actors::upstream_scheduler::SharedLinkHealth>,
     /// Metrics, live activity and the serving/draining lifecycle.
     pub ops: Arc<crate::observe::Ops>,
-}
-
-/// Semaphore permits are KiB of request body (a u32 count of bytes would cap at 4 GiB).
-pub fn body_memory_permits(bytes: u64) -> u32 {
-    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -248,59 +242,69 @@ async fn run_job(
     let job_span = span.clone();
     async move {
         let job_id = authorize(&state, &req, &path)?;
-        let body = BoundedBody::new(&req, payload, state.limits.max_request_bytes, state.limits.body_timeout)?;
         // Counted until answered, so a drain waits for this job.
-        let _in_flight = match state.ops.lifecycle.start_job() {
-            Ok(in_flight) => in_flight,
-            Err(draining) => {
-                body.discard().await?;
-                return Err(draining.into());
-            }
-        };
-        if state.jobs.toolchain_of(job_id).is_none() {
-            tracing::warn!("run_job for a job this server does not know");
-            body.discard().await?;
-            return encoded_response(&req, &RunJobResult::JobNotFound);
-        }
-        // Held until the answer is sent: the body lives that long, in the job.
-        let permits = body_memory_permits(body.expected_len());
-        let Ok(_memory) = state.body_memory.clone().try_acquire_many_owned(permits) else {
-            body.discard().await?; // read and dropped chunk by chunk: no memory kept
-            return Err(ApiError::TooManyBodies { limit: state.limits.max_buffered_request_bytes });
-        };
-        let body = body.read_all().await?;
-        let (request, inputs) = protocol::split_run_job_body(&body)?;
-        let inputs_zlib = body.slice(body.len() - inputs.len()..);
-        // A job runs once: the second run_job of the same id finds nothing.
+        let in_flight = state.ops.lifecycle.start_job();
+        // Claimed before anything is read or reserved: a second run_job of this id,
+        // at once or later, finds nothing; and from here every way out ends the
+        // job at the scheduler, which frees its slot.
         let Some(job) = state.jobs.take(job_id) else {
+            tracing::warn!("run_job for a job this server does not know (never assigned, expired, or already run)");
+            BoundedBody::new(&req, payload, state.limits.max_request_bytes, state.limits.body_timeout)?
+                .discard()
+                .await?;
             return encoded_response(&req, &RunJobResult::JobNotFound);
         };
-        tracing::info!(executable = %request.command.executable, inputs_bytes = inputs_zlib.len(), "job accepted");
-        // The scheduler only takes Pending → Ready → Started → Complete.
-        if !job.ready {
-            state.scheduler.report(job_id, JobState::Ready).await;
-        }
-        state.scheduler.report(job_id, JobState::Started).await;
-        let started = CompleteOnDrop::new(state.scheduler.clone(), job_id);
-        let request = JobRequest {
-            job_id,
-            archive_id: job.toolchain.archive_id,
-            command: request.command,
-            outputs: request.outputs,
-            inputs_zlib,
-            span: job_span,
-            phases: JobPhases::starting(Phase::Queue),
+        let mut claimed = ClaimedJob::new(state.scheduler.clone(), job_id, job.ready);
+        let outcome = match &in_flight {
+            Ok(_) => run_claimed(&state, &req, payload, job, &mut claimed, job_span).await,
+            Err(_) => refuse_draining(&state, &req, payload).await,
         };
-        let outcome = async {
-            let answer =
-                state.queue.send(SubmitJob(request)).await.map_err(|_| ApiError::Unavailable("job queue"))??;
-            // A dropped sender means the builder died with the job.
-            Ok::<_, ApiError>(answer.await.map_err(|_| JobError::BuilderCrashed)??)
+        claimed.complete().await;
+        if let Err(e) = &outcome {
+            tracing::info!(error = %crate::report::ErrorChain(e), "the job ends unrun; its scheduler slot is free");
         }
-        .await;
-        started.complete().await;
+        drop(in_flight);
         encoded_response(&req, &RunJobResult::Complete(outcome?))
     }
     .instrument(span)
     .await
+}
+
+/// Reads a claimed job's body, runs the job and waits for its result.
+async fn run_claimed(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    job: crate::jobs::AssignedJob,
+    claimed: &mut ClaimedJob,
+    job_span: tracing::Span,
+) -> Result<crate::protocol::JobComplete, ApiError> {
+    let body = BoundedBody::new(req, payload, state.limits.max_request_bytes, state.limits.body_timeout)?;
+    // Held until the job is answered: the body lives that long, in the job.
+    let (body, _memory) = body.read_all_within(&state.body_memory).await?;
+    let (request, inputs) = protocol::split_run_job_body(&body)?;
+    let inputs_zlib = body.slice(body.len() - inputs.len()..);
+    tracing::info!(executable = %request.command.executable, inputs_bytes = inputs_zlib.len(), "job accepted");
+    claimed.start().await;
+    let request = JobRequest {
+        job_id: claimed.job_id(),
+        archive_id: job.toolchain.archive_id,
+        command: request.command,
+        outputs: request.outputs,
+        inputs_zlib,
+        span: job_span,
+        phases: JobPhases::starting(Phase::Queue),
+    };
+    let answer = state.queue.send(SubmitJob(request)).await.map_err(|_| ApiError::Unavailable("job queue"))??;
+    // A dropped sender means the builder died with the job.
+    Ok(answer.await.map_err(|_| JobError::BuilderCrashed)??)
+}
+
+async fn refuse_draining(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<crate::protocol::JobComplete, ApiError> {
+    BoundedBody::new(req, payload, state.limits.max_request_bytes, state.limits.body_timeout)?.discard().await?;
+    Err(crate::observe::Draining.into())
 }

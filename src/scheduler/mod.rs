@@ -44,42 +44,87 @@ impl Scheduler {
             Scheduler::Local(local) => local.update(job_id, state),
         }
     }
-
-    /// Reports a transition without waiting, for paths that cannot await (drop).
-    pub fn report_in_background(&self, job_id: JobId, state: JobState) {
-        match self {
-            Scheduler::Upstream(link) => link.do_send(ReportJobState { job_id, state }),
-            Scheduler::Local(local) => local.update(job_id, state),
-        }
-    }
 }
 
-/// Reports `Complete` for a started job on every way out of `run_job`, including
-/// the handler being dropped when its client hangs up: the scheduler counts the
-/// job against this server's capacity until it hears `Complete`.
-pub struct CompleteOnDrop {
+/// A job this server has claimed for running (run_job took it from the job
+/// table): on every way out of run_job (done, refused, timed out, the client
+/// gone) the scheduler hears every state the job has left up to `Complete`, so
+/// its slot is free at once. Upstream's scheduler only takes
+/// `Pending → Ready → Started → Complete`, one step at a time, in order.
+pub struct ClaimedJob {
     scheduler: Option<Scheduler>,
     job_id: JobId,
+    /// The last state the scheduler was told.
+    told: JobState,
 }
 
-impl CompleteOnDrop {
-    pub fn new(scheduler: Scheduler, job_id: JobId) -> Self {
-        CompleteOnDrop { scheduler: Some(scheduler), job_id }
+impl ClaimedJob {
+    /// `ready`: whether the scheduler already knows the job as `Ready`.
+    pub fn new(scheduler: Scheduler, job_id: JobId, ready: bool) -> Self {
+        let told = if ready { JobState::Ready } else { JobState::Pending };
+        ClaimedJob { scheduler: Some(scheduler), job_id, told }
     }
 
-    /// Reports `Complete` and waits for the scheduler, before the answer goes out
-    /// (so the client's next job finds the slot free, as with upstream's server).
+    pub fn job_id(&self) -> JobId {
+        self.job_id
+    }
+
+    /// Reports `Started` (after `Ready`, if the scheduler does not know that yet).
+    pub async fn start(&mut self) {
+        self.advance_to(JobState::Started).await;
+    }
+
+    /// Reports every state up to `Complete` and waits for the scheduler, before
+    /// the answer goes out (so the client's next job finds the slot free, as with
+    /// upstream's server).
     pub async fn complete(mut self) {
-        if let Some(scheduler) = self.scheduler.take() {
-            scheduler.report(self.job_id, JobState::Complete).await;
+        self.advance_to(JobState::Complete).await;
+        self.scheduler = None;
+    }
+
+    async fn advance_to(&mut self, target: JobState) {
+        let Some(scheduler) = self.scheduler.clone() else { return };
+        while let Some(next) = next_state(self.told).filter(|_| self.told != target) {
+            scheduler.report(self.job_id, next).await;
+            self.told = next;
         }
     }
 }
 
-impl Drop for CompleteOnDrop {
+/// The state after `state` in the only order the scheduler accepts.
+fn next_state(state: JobState) -> Option<JobState> {
+    match state {
+        JobState::Pending => Some(JobState::Ready),
+        JobState::Ready => Some(JobState::Started),
+        JobState::Started => Some(JobState::Complete),
+        JobState::Complete => None,
+    }
+}
+
+impl Drop for ClaimedJob {
+    /// The handler was dropped (its client hung up): report the rest in the
+    /// background, in order.
     fn drop(&mut self) {
-        if let Some(scheduler) = self.scheduler.take() {
-            scheduler.report_in_background(self.job_id, JobState::Complete);
+        let Some(scheduler) = self.scheduler.take() else { return };
+        let (job_id, mut told) = (self.job_id, self.told);
+        if told == JobState::Complete {
+            return;
+        }
+        match scheduler {
+            Scheduler::Local(local) => {
+                while let Some(next) = next_state(told) {
+                    local.update(job_id, next);
+                    told = next;
+                }
+            }
+            upstream @ Scheduler::Upstream(_) => {
+                actix_rt::spawn(async move {
+                    while let Some(next) = next_state(told) {
+                        upstream.report(job_id, next).await;
+                        told = next;
+                    }
+                });
+            }
         }
     }
 }
