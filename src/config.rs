@@ -241,6 +241,17 @@ pub struct LocalSchedulerConfig {
     /// Plain HTTP, like upstream's scheduler; loopback unless you mean otherwise.
     pub listen: SocketAddr,
     pub client_auth: ClientAuth,
+    /// A placed job whose client starts neither its toolchain upload nor its
+    /// run_job within this many seconds loses its slot. Upstream's scheduler
+    /// waits 60 s (Ready) and 300 s (Pending); this one is also the server, so
+    /// it knows at once that nothing is happening.
+    pub unclaimed_secs: u64,
+}
+
+impl LocalSchedulerConfig {
+    pub fn unclaimed(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.unclaimed_secs)
+    }
 }
 
 /// The sandbox backend with its settings resolved.
@@ -332,7 +343,11 @@ impl Default for SandboxConfig {
 
 impl Default for LocalSchedulerConfig {
     fn default() -> Self {
-        LocalSchedulerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 10600)), client_auth: ClientAuth::Insecure }
+        LocalSchedulerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 10600)),
+            client_auth: ClientAuth::Insecure,
+            unclaimed_secs: 10,
+        }
     }
 }
 
@@ -362,6 +377,9 @@ impl Config {
         }
         if self.cache_dir.as_ref().is_some_and(|dir| !dir.is_absolute()) {
             return invalid("cache_dir", "must be an absolute path");
+        }
+        if kiln.scheduler.unclaimed_secs == 0 {
+            return invalid("kiln.scheduler.unclaimed_secs", "must be at least 1");
         }
         if let Some(url) = &self.scheduler_url {
             parse_scheduler_url(url).map_err(|reason| ConfigError::Invalid { key: "scheduler_url", reason })?;

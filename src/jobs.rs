@@ -24,6 +24,8 @@ pub struct AssignedJob {
     /// waits for its toolchain).
     pub ready: bool,
     assigned_at: Instant,
+    /// A submit_toolchain for it is being received.
+    uploading: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +49,7 @@ impl JobTable {
                 if !self.used.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).first_use(job_id) {
                     return Err(DuplicateJob(job_id));
                 }
-                slot.insert(AssignedJob { toolchain, ready, assigned_at: Instant::now() });
+                slot.insert(AssignedJob { toolchain, ready, assigned_at: Instant::now(), uploading: false });
                 Ok(())
             }
         }
@@ -56,6 +58,19 @@ impl JobTable {
     /// Marks the job `Ready`; true if it was `Pending` (the scheduler must hear of it).
     pub fn mark_ready(&self, job_id: JobId) -> bool {
         self.jobs.get_mut(&job_id).is_some_and(|mut job| !std::mem::replace(&mut job.ready, true))
+    }
+
+    /// Marks the job's toolchain upload as under way until the guard is dropped.
+    pub fn start_upload(&self, job_id: JobId) -> Upload<'_> {
+        if let Some(mut job) = self.jobs.get_mut(&job_id) {
+            job.uploading = true;
+        }
+        Upload { table: self, job_id }
+    }
+
+    /// Whether the job is assigned and its toolchain upload under way.
+    pub fn is_uploading(&self, job_id: JobId) -> bool {
+        self.jobs.get(&job_id).is_some_and(|job| job.uploading)
     }
 
     pub fn toolchain_of(&self, job_id: JobId) -> Option<Toolchain> {
@@ -81,6 +96,20 @@ impl JobTable {
 
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()
+    }
+}
+
+/// A toolchain upload under way; see [`JobTable::start_upload`].
+pub struct Upload<'a> {
+    table: &'a JobTable,
+    job_id: JobId,
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        if let Some(mut job) = self.table.jobs.get_mut(&self.job_id) {
+            job.uploading = false;
+        }
     }
 }
 

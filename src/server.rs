@@ -292,6 +292,7 @@ pub async fn serve_with(
                 &kiln.scheduler.client_auth,
                 key.clone(),
                 job_id_base,
+                kiln.scheduler.unclaimed(),
             ));
             (Scheduler::Local(local.clone()), None, Some(local))
         }

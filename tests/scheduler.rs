@@ -312,3 +312,34 @@ async fn refused_run_jobs_free_their_slots_at_once() {
     let status = kiln.status().await;
     assert_eq!(status["assigned_jobs"], 0, "{status}");
 }
+
+/// Issue 14: alloc_job calls whose client never uploads the toolchain (made-up
+/// toolchain ids) held every slot for upstream's 300 s; kiln's own scheduler
+/// frees them after `unclaimed_secs`.
+#[actix_rt::test]
+async fn jobs_nobody_claims_free_their_slots_in_seconds() {
+    let kiln = Kiln::start("builders = 1\n[kiln.scheduler]\nunclaimed_secs = 2\n");
+    let scheduler = kiln.scheduler_client();
+    let token = kiln::config::INSECURE_CLIENT_TOKEN;
+    let made_up = |n: usize| Toolchain { archive_id: format!("{n:064x}") };
+    let gcc = gcc(); // packed before the clock starts
+    for n in 0..2 {
+        let AllocJobHttpResponse::Success { need_toolchain: true, .. } =
+            scheduler.alloc_job(token, &made_up(n)).await.unwrap()
+        else {
+            panic!("a free slot was refused, or a made-up toolchain was found");
+        };
+    }
+    assert!(matches!(scheduler.alloc_job(token, &gcc).await.unwrap(), AllocJobHttpResponse::Fail { .. }));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match scheduler.alloc_job(token, &gcc).await.unwrap() {
+            AllocJobHttpResponse::Success { .. } => break,
+            AllocJobHttpResponse::Fail { msg } => {
+                assert!(std::time::Instant::now() < deadline, "slots still held after 10 s: {msg}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    assert_eq!(kiln.status().await["assigned_jobs"], 1, "the unclaimed jobs are forgotten by the server too");
+}

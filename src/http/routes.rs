@@ -165,6 +165,8 @@ async fn submit_toolchain(
             return encoded_response(&req, &SubmitToolchainResult::JobNotFound);
         };
         let archive_id = toolchain.archive_id;
+        // Until this upload ends, kiln's own scheduler keeps the job's slot.
+        let _upload = state.jobs.start_upload(job_id);
         let has = state.cache.send(HasToolchain { archive_id: archive_id.clone() }).await;
         if has.map_err(|_| ApiError::Unavailable("toolchain cache"))? {
             // Another job brought it meanwhile.

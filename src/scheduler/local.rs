@@ -1,11 +1,14 @@
 //! kiln's own scheduler: the client-facing half of upstream's
 //! `sccache-dist scheduler`, for the one server it runs in.
 //!
-//! It places jobs on this server only, with upstream's rules: at most
+//! It places jobs on this server only, with upstream's rule: at most
 //! `cpus + 1 + cpus/8` jobs at once (more answer `Fail`, and the client compiles
-//! locally), and jobs nobody claims expire (`Ready` after 60 s, `Pending` after
-//! 300 s). A `Mutex` rather than an actor: every call is a few map operations,
-//! never held across an await.
+//! locally). Unlike upstream's, it sees the server's side of every job, so a job
+//! nobody claims loses its slot after `kiln.scheduler.unclaimed_secs` (10 s),
+//! not after upstream's 60 s (`Ready`) or 300 s (`Pending`): a `Pending` job
+//! keeps it while its toolchain upload is being received, and a job started
+//! keeps it until it completes. A `Mutex` rather than an actor: every call is a
+//! few map operations, never held across an await.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,10 +20,6 @@ use crate::jobs::JobTable;
 use crate::protocol::{
     JobId, JobKey, JobState, ProtocolError, SchedulerStatusResult, ServerCertificateHttpResponse, ServerId,
 };
-
-/// Upstream's deadlines for jobs that were placed but never claimed.
-const UNCLAIMED_READY_TIMEOUT: Duration = Duration::from_secs(60);
-const UNCLAIMED_PENDING_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why `alloc_job` gets no job.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +63,8 @@ pub struct LocalScheduler {
     capacity: usize,
     client_token: String,
     key: JobKey,
+    /// How long a placed job may wait for its upload or its run_job.
+    unclaimed: Duration,
     next_job: AtomicU64,
     jobs: Mutex<HashMap<JobId, Tracked>>,
 }
@@ -85,6 +86,7 @@ impl LocalScheduler {
         client_auth: &ClientAuth,
         key: JobKey,
         job_id_base: u64,
+        unclaimed: Duration,
     ) -> Self {
         let client_token = match client_auth {
             ClientAuth::Insecure => INSECURE_CLIENT_TOKEN.to_owned(),
@@ -97,6 +99,7 @@ impl LocalScheduler {
             capacity: crate::config::scheduler_capacity(num_cpus),
             client_token,
             key,
+            unclaimed,
             next_job: AtomicU64::new(job_id_base),
             jobs: Mutex::new(HashMap::new()),
         }
@@ -123,7 +126,7 @@ impl LocalScheduler {
     /// from `table` first, so they free their slots.
     pub fn reserve(&self, table: &JobTable) -> Result<Reservation, ReserveError> {
         let mut jobs = self.jobs.lock().expect("scheduler lock");
-        Self::expire(&mut jobs, table);
+        self.expire(&mut jobs, table);
         if jobs.len() >= self.capacity {
             return Err(ReserveError::Full { in_progress: jobs.len(), capacity: self.capacity });
         }
@@ -157,7 +160,7 @@ impl LocalScheduler {
 
     pub fn status(&self, table: &JobTable) -> SchedulerStatusResult {
         let mut jobs = self.jobs.lock().expect("scheduler lock");
-        Self::expire(&mut jobs, table);
+        self.expire(&mut jobs, table);
         SchedulerStatusResult { num_servers: 1, num_cpus: self.num_cpus as u64, in_progress: jobs.len() as u64 }
     }
 
@@ -170,15 +173,21 @@ impl LocalScheduler {
         &self.cert.cert_digest
     }
 
-    fn expire(jobs: &mut HashMap<JobId, Tracked>, table: &JobTable) {
+    /// Frees the slots of jobs placed longer than `unclaimed` ago whose client
+    /// has done nothing since: not started its toolchain upload (`Pending`), not
+    /// sent its run_job (`Ready`). An upload under way counts as activity.
+    fn expire(&self, jobs: &mut HashMap<JobId, Tracked>, table: &JobTable) {
         let mut expired = Vec::new();
         jobs.retain(|&job_id, job| {
-            let timeout = match job.state {
-                JobState::Ready => UNCLAIMED_READY_TIMEOUT,
-                JobState::Pending => UNCLAIMED_PENDING_TIMEOUT,
+            match job.state {
+                JobState::Pending if table.is_uploading(job_id) => {
+                    job.since = Instant::now();
+                    return true;
+                }
+                JobState::Pending | JobState::Ready => {}
                 JobState::Started | JobState::Complete => return true,
-            };
-            let keep = job.since.elapsed() < timeout;
+            }
+            let keep = job.since.elapsed() < self.unclaimed;
             if !keep {
                 expired.push(job_id);
             }
@@ -186,7 +195,8 @@ impl LocalScheduler {
         });
         for job_id in expired {
             table.take(job_id);
-            tracing::warn!(%job_id, "a job placed here was never claimed; its slot is free again");
+            tracing::warn!(%job_id, unclaimed = ?self.unclaimed,
+                "a job placed here was not claimed in time (no toolchain upload, no run_job); its slot is free again");
         }
     }
 }
@@ -198,7 +208,15 @@ mod tests {
     fn scheduler(cpus: usize) -> LocalScheduler {
         let cert = ServerCertificateHttpResponse { cert_digest: vec![1; 32], cert_pem: b"pem".to_vec() };
         let server_id = ServerId("127.0.0.1:10501".parse().unwrap());
-        LocalScheduler::new(server_id, cert, cpus, &ClientAuth::Insecure, JobKey::from_bytes(&[7; 32]).unwrap(), 100)
+        LocalScheduler::new(
+            server_id,
+            cert,
+            cpus,
+            &ClientAuth::Insecure,
+            JobKey::from_bytes(&[7; 32]).unwrap(),
+            100,
+            Duration::from_millis(300),
+        )
     }
 
     #[test]
@@ -216,6 +234,28 @@ mod tests {
         }
         assert_eq!(sched.status(&table).in_progress, 2);
         assert!(sched.reserve(&table).is_ok());
+    }
+
+    #[test]
+    fn unclaimed_jobs_free_their_slots_unless_an_upload_is_under_way() {
+        use crate::protocol::Toolchain;
+        let (sched, table) = (scheduler(1), JobTable::default());
+        let toolchain = Toolchain { archive_id: "made-up".into() };
+        let idle = sched.reserve(&table).unwrap().job_id;
+        table.assign(idle, toolchain.clone(), false).unwrap();
+        let uploading = sched.reserve(&table).unwrap().job_id;
+        table.assign(uploading, toolchain, false).unwrap();
+        let upload = table.start_upload(uploading);
+        assert!(sched.reserve(&table).is_err(), "both slots taken");
+        std::thread::sleep(Duration::from_millis(400));
+        // The idle job is gone from the scheduler and from the server's table.
+        assert_eq!(sched.status(&table).in_progress, 1);
+        assert!(table.toolchain_of(idle).is_none());
+        assert!(table.toolchain_of(uploading).is_some());
+        // Once its upload ends (failed here), the other one gets the same grace.
+        drop(upload);
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(sched.status(&table).in_progress, 0);
     }
 
     #[test]

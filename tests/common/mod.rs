@@ -119,13 +119,19 @@ impl Kiln {
     /// The `kiln serve` command over `data_dir`, its config written beside it.
     pub fn serve_command(data_dir: &Path, top_config: &str, kiln_config: &str) -> Command {
         let config_path = data_dir.with_extension("toml");
+        // kiln's own scheduler listens on a free port, in the test's own table if it has one.
+        const TABLE: &str = "[kiln.scheduler]\n";
+        let kiln_config = match kiln_config.contains(TABLE) {
+            true => kiln_config.replacen(TABLE, &format!("{TABLE}listen = \"127.0.0.1:0\"\n"), 1),
+            false => format!("{kiln_config}\n{TABLE}listen = \"127.0.0.1:0\"\n"),
+        };
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         std::fs::write(
             &config_path,
             format!(
                 "public_addr = \"127.0.0.1:0\"\n{top_config}\n[kiln]\ndata_dir = \"{}\"\njob_token_key = \"{KEY_HEX}\"\n\
                  metrics_listen = \"127.0.0.1:0\"\n\
-                 {kiln_config}\n[kiln.scheduler]\nlisten = \"127.0.0.1:0\"\n",
+                 {kiln_config}",
                 data_dir.display()
             ),
         )
