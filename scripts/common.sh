@@ -98,11 +98,11 @@ EOF
 }
 
 # kiln_config <name> <port> <overlay|docker>: server_config plus kiln's own data
-# dir (one kiln per data dir: it is locked) and operator port (server port + 100;
-# the default 10601 is one per box).
+# dir, where the docker backend keeps its state (upstream's docker builder has no
+# build_dir). The operator port follows public_addr's: server port + 100.
 kiln_config() {
   local cfg; cfg=$(server_config "$@")
-  printf '\n[kiln]\ndata_dir = "%s"\nmetrics_listen = "127.0.0.1:%d"\n' "$WORK/$1" "$(($2 + 100))" >>"$cfg"
+  printf '\n[kiln]\ndata_dir = "%s"\n' "$WORK/$1" >>"$cfg"
   echo "$cfg"
 }
 

@@ -223,8 +223,10 @@ case_docker() {
 case_two() {
   log "two: two kiln servers behind one scheduler"
   start_scheduler
-  start_kiln kiln-a "$(kiln_config kiln-a 10501 overlay)"
-  start_kiln kiln-b "$(kiln_config kiln-b 10502 overlay)"
+  # Plain upstream server.toml files, each with its own cache_dir and build_dir:
+  # kiln locks those (not its default data_dir), operator ports 10601 and 10602.
+  start_kiln kiln-a "$(server_config kiln-a 10501 overlay)"
+  start_kiln kiln-b "$(server_config kiln-b 10502 overlay)"
   wait_servers 2
   start_client "$ROOT/examples/sccache/client.toml"
   compile_all out-two

@@ -23,6 +23,9 @@ const GIB: u64 = 1024 * MIB;
 /// trees stay far below, hostile ones are cut off before they cost anything.
 const MAX_PATH_DEPTH: usize = 128;
 
+/// The default operator port is the build-server port plus this.
+pub const METRICS_PORT_OFFSET: u16 = 100;
+
 /// The bearer token upstream's server sends with `scheduler_auth = DANGEROUSLY_INSECURE`.
 pub const INSECURE_SERVER_TOKEN: &str = "dangerously_insecure_server";
 /// The token upstream's client sends when its config names no `auth`, which a
@@ -144,8 +147,10 @@ pub struct KilnConfig {
     pub tls: bool,
     /// Plain-HTTP address of the operator endpoints (`/metrics`, `/status`,
     /// `/healthz`, `/api/v1/kiln/status`, `POST /api/v1/kiln/gc`); they are also
-    /// served on the build-server address.
-    pub metrics_listen: SocketAddr,
+    /// served on the build-server address. Unset: 127.0.0.1 on the build-server
+    /// port + 100 (10601 for 10501), so kilns on one host with upstream's
+    /// config files, which set only their own `public_addr`, each get their own.
+    pub metrics_listen: Option<SocketAddr>,
     /// On SIGTERM/SIGINT, jobs in flight get this long to finish before kiln exits.
     pub drain_timeout_secs: u64,
     /// Log filter (`RUST_LOG` syntax) when `RUST_LOG` is unset; re-read on SIGHUP.
@@ -283,7 +288,7 @@ impl Default for KilnConfig {
             builders: 0,
             job_token_key: None,
             tls: true,
-            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 10601)),
+            metrics_listen: None,
             drain_timeout_secs: 60,
             log_level: "info".to_owned(),
             toolchains: ToolchainConfig::default(),
@@ -467,6 +472,28 @@ impl Config {
     /// Where the build-server API listens.
     pub fn bind_addr(&self) -> SocketAddr {
         self.bind_address.unwrap_or(self.public_addr)
+    }
+
+    /// Where the operator endpoints listen: `kiln.metrics_listen`, else loopback
+    /// on the build-server port + 100 (any free port when that is 0, as in tests).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.kiln.metrics_listen.unwrap_or_else(|| {
+            let port = match self.bind_addr().port() {
+                0 => 0,
+                port => port.checked_add(METRICS_PORT_OFFSET).unwrap_or(0),
+            };
+            SocketAddr::from(([127, 0, 0, 1], port))
+        })
+    }
+
+    /// The directories this config has kiln write to (each locked, one kiln per
+    /// directory): the build dir and the toolchain cache's. `kiln.data_dir` only
+    /// as the default of either, so two kilns with upstream's files that set
+    /// their own `cache_dir` and `build_dir` share nothing.
+    pub fn used_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.build_dir(), self.cache_base().to_owned()];
+        dirs.dedup();
+        dirs
     }
 
     pub fn backend(&self) -> Backend {

@@ -20,7 +20,7 @@ pub const LOCK_FILE: &str = "kiln.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another kiln{} is already using {dir:?} (it holds {lock:?}); stop it or give this one another data_dir", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    #[error("another kiln{} is already using {dir:?} (it holds {lock:?}); stop it, or give this one directories of its own (kiln.data_dir, or cache_dir and builder.build_dir)", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Held { dir: PathBuf, lock: PathBuf, holder: Option<u32> },
     #[error("cannot lock {path:?}")]
     Io {

@@ -151,7 +151,10 @@ fn serve(config_path: Option<PathBuf>, log_format: LogFormat) -> anyhow::Result<
         println!("kiln operations listening on http://{}", listening.metrics);
     }));
     use kiln::server::ServerError;
-    if let Err(e @ (ServerError::Locked(_) | ServerError::Cgroups(_) | ServerError::Seccomp(_))) = &served {
+    if let Err(
+        e @ (ServerError::Locked(_) | ServerError::Cgroups(_) | ServerError::Seccomp(_) | ServerError::Bind { .. }),
+    ) = &served
+    {
         // One line, as the host checks say theirs: nothing is wrong but the setup.
         eprintln!("kiln cannot start: {}", kiln::report::ErrorChain(e));
         std::process::exit(1);

@@ -48,9 +48,11 @@ pub enum ServerError {
     Locked(#[from] crate::data_lock::LockError),
     #[error("an actor stopped during startup")]
     Startup,
-    #[error("listening on {addr} failed")]
+    #[error("cannot listen on {addr} ({key}){}", taken_hint(source, key))]
     Bind {
         addr: SocketAddr,
+        /// The config key that sets this address.
+        key: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -67,6 +69,16 @@ pub enum ServerError {
          (systemd: Delegate=yes), or set kiln.sandbox.require_cgroups = false to run jobs without them"
     )]
     Cgroups(#[source] crate::sandbox::cgroup::CgroupError),
+}
+
+/// When the address is taken, what to do about it, in the same line.
+fn taken_hint(source: &std::io::Error, key: &str) -> String {
+    match source.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            format!(": another process (another kiln?) listens there; set {key} to a free address")
+        }
+        _ => String::new(),
+    }
 }
 
 /// Creates `dir` if needed and makes it 0700: what kiln keeps (other clients'
@@ -154,10 +166,9 @@ pub async fn serve_with(
 ) -> Result<(), ServerError> {
     // Before anything touches the data dirs: the sweep below would kill another
     // kiln's sandboxes and empty its directories.
-    let cache_root = config.archives_dir().parent().map(std::path::Path::to_path_buf);
-    let dirs = [Some(config.kiln.data_dir.clone()), Some(config.build_dir()), cache_root];
-    let _lock = crate::data_lock::DataDirLock::acquire(dirs.iter().flatten().map(|d| d.as_path()))?;
-    for dir in [&config.kiln.data_dir, &config.build_dir(), &config.archives_dir()] {
+    let used = config.used_dirs();
+    let _lock = crate::data_lock::DataDirLock::acquire(used.iter().map(|d| d.as_path()))?;
+    for dir in used.iter().chain([&config.archives_dir()]) {
         make_private(dir).map_err(|source| ServerError::DataDir { path: dir.clone(), source })?;
     }
     let stats = Arc::new(Stats::default());
@@ -252,13 +263,14 @@ pub async fn serve_with(
     // Bound before anything names this server: with port 0 (tests), the server id
     // the scheduler hands out must carry the real port.
     let bind = config.bind_addr();
-    let listener = std::net::TcpListener::bind(bind).map_err(|source| ServerError::Bind { addr: bind, source })?;
-    let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr: bind, source })?;
+    let bind_err = |source| ServerError::Bind { addr: bind, key: "public_addr / bind_address", source };
+    let listener = std::net::TcpListener::bind(bind).map_err(bind_err)?;
+    let bound = listener.local_addr().map_err(bind_err)?;
     // Accepted sockets inherit TCP_NODELAY from the listener, so it covers the TLS
     // handshake too (actix-web sets it only after the handshake): with Nagle on,
     // the handshake's small writes wait for delayed ACKs, milliseconds per request.
     nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true)
-        .map_err(|e| ServerError::Bind { addr: bind, source: e.into() })?;
+        .map_err(|e| bind_err(e.into()))?;
     let server_id = match config.public_addr.port() {
         0 => ServerId(SocketAddr::new(config.public_addr.ip(), bound.port())),
         _ => ServerId(config.public_addr),
@@ -346,17 +358,17 @@ pub async fn serve_with(
     let server = listen_h1(server, listener, tls, ConnectionLimits::default(), move || {
         App::new().app_data(app_state.clone()).configure(configure)
     })
-    .map_err(|source| ServerError::Bind { addr: bind, source })?
+    .map_err(bind_err)?
     .run();
 
-    let metrics_addr = kiln.metrics_listen;
+    let metrics_addr = config.metrics_addr();
     let ops_state = state.clone();
     let ops_server = HttpServer::new(move || App::new().app_data(ops_state.clone()).configure(configure_ops))
         .workers(1)
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
         .disable_signals()
         .bind(metrics_addr)
-        .map_err(|source| ServerError::Bind { addr: metrics_addr, source })?;
+        .map_err(|source| ServerError::Bind { addr: metrics_addr, key: "kiln.metrics_listen", source })?;
     let metrics = ops_server.addrs().first().copied().unwrap_or(metrics_addr);
     let ops_server = ops_server.run();
 
@@ -372,7 +384,7 @@ pub async fn serve_with(
             .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
             .disable_signals()
             .bind(addr)
-            .map_err(|source| ServerError::Bind { addr, source })?;
+            .map_err(|source| ServerError::Bind { addr, key: "kiln.scheduler.listen", source })?;
             listening.scheduler = server.addrs().first().copied();
             Some(server.run())
         }

@@ -336,3 +336,75 @@ async fn one_job_token_cannot_hold_the_request_body_budget() {
     }
     drop(held);
 }
+
+/// A port on 127.0.0.1 that is free, and so is the one 100 above it (the
+/// default operator port).
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 100)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair");
+}
+
+/// An upstream `sccache-dist server` config, with no [kiln] table, its own
+/// cache_dir and build_dir under `dir`.
+fn upstream_style_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let path = dir.join(format!("server-{port}.toml"));
+    let text = format!(
+        "public_addr = \"127.0.0.1:{port}\"\nscheduler_url = \"http://127.0.0.1:9\"\ncache_dir = \"{d}/{port}/cache\"\n\
+         [builder]\ntype = \"overlay\"\nbuild_dir = \"{d}/{port}/build\"\nbwrap_path = \"/usr/bin/bwrap\"\n\
+         [scheduler_auth]\ntype = \"token\"\ntoken = \"server-token\"\n",
+        d = dir.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `kiln serve --config <config>`: the child once it listens, or its stderr if it exits.
+fn serve(config: &std::path::Path) -> Result<std::process::Child, String> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    if line.starts_with("kiln listening on") {
+        return Ok(child);
+    }
+    let out = child.wait_with_output().unwrap();
+    Err(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Issue 14: two kilns on one host, each with an upstream-style server.toml that
+/// sets its own cache_dir and build_dir (as upstream accepts), both start: only
+/// the directories a config uses are locked, and the operator port follows
+/// public_addr's. A taken port is named with the key that moves it.
+#[test]
+fn two_kilns_with_upstream_style_configs_share_a_host() {
+    let dir = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
+    let (a, b) = (free_port_pair(), free_port_pair());
+    let mut first = serve(&upstream_style_config(dir.path(), a)).expect("the first kiln");
+    let second = serve(&upstream_style_config(dir.path(), b));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let third = (port > 100).then(|| serve(&upstream_style_config(dir.path(), port - 100)));
+    let _ = first.kill();
+    let _ = first.wait();
+    let mut second = second.unwrap_or_else(|stderr| panic!("a second kiln with its own directories failed:\n{stderr}"));
+    let _ = second.kill();
+    let _ = second.wait();
+    if let Some(third) = third {
+        let stderr = third.err().expect("a kiln whose operator port is taken started");
+        let line = stderr.lines().find(|l| l.starts_with("kiln cannot start: ")).unwrap_or_else(|| panic!("{stderr}"));
+        assert!(line.contains(&format!("127.0.0.1:{port}")) && line.contains("set kiln.metrics_listen"), "{line}");
+    }
+}

@@ -41,7 +41,7 @@ pub fn ops_url(config: &Config, url: Option<&str>) -> String {
     if let Some(url) = url {
         return url.trim_end_matches('/').to_owned();
     }
-    let mut addr = config.kiln.metrics_listen;
+    let mut addr = config.metrics_addr();
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
