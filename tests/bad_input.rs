@@ -66,20 +66,24 @@ async fn malformed_bodies_are_refused_with_400_or_413() {
     assert_eq!(status, 400, "{}", description(&body));
 
     // Truncated run_job bodies: a cut prefix, and a header length beyond the body.
-    let job_id = ready_job(&kiln).await;
-    let path = Endpoint::RunJob.path(job_id);
-    let (status, body) = client.post_raw(&path, Some(&token(job_id)), Bytes::from_static(&[0, 0])).await.unwrap();
-    assert_eq!(status, 400, "{}", description(&body));
+    // A refused run_job ends its job, so each gets a job of its own.
     let request = RunJobHttpRequest { command: command("/usr/bin/gcc", &["--version"], "/"), outputs: vec![] };
     let framed = frame_run_job_body(&request, b"").unwrap();
-    let (status, body) = client
-        .post_raw(&path, Some(&token(job_id)), Bytes::copy_from_slice(&framed[..framed.len() - 3]))
-        .await
-        .unwrap();
-    assert_eq!(status, 400, "{}", description(&body));
+    for truncated in [Bytes::from_static(&[0, 0]), Bytes::copy_from_slice(&framed[..framed.len() - 3])] {
+        let job_id = ready_job(&kiln).await;
+        let path = Endpoint::RunJob.path(job_id);
+        let (status, body) = client.post_raw(&path, Some(&token(job_id)), truncated).await.unwrap();
+        assert_eq!(status, 400, "{}", description(&body));
+        // The job ended with the refusal.
+        let (status, body) = client.post_raw(&path, Some(&token(job_id)), Bytes::from(framed.clone())).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(protocol::decode::<RunJobResult>(&body, 1 << 20).unwrap(), RunJobResult::JobNotFound);
+    }
 
     // Over the configured limit: 413 with a message naming it.
+    let job_id = ready_job(&kiln).await;
     let oversized = vec![0u8; 2 << 20];
+    let path = Endpoint::RunJob.path(job_id);
     let (status, body) = client.post_raw(&path, Some(&token(job_id)), oversized.into()).await.unwrap();
     assert_eq!(status, 413);
     assert!(description(&body).contains("1048576"), "{}", description(&body));

@@ -403,7 +403,7 @@ fn two_kilns_with_upstream_style_configs_share_a_host() {
     let _ = second.kill();
     let _ = second.wait();
     if let Some(third) = third {
-        let stderr = third.err().expect("a kiln whose operator port is taken started");
+        let stderr = third.expect_err("a kiln whose operator port is taken started");
         let line = stderr.lines().find(|l| l.starts_with("kiln cannot start: ")).unwrap_or_else(|| panic!("{stderr}"));
         assert!(line.contains(&format!("127.0.0.1:{port}")) && line.contains("set kiln.metrics_listen"), "{line}");
     }
