@@ -217,6 +217,11 @@ case_docker() {
   compile_all out-docker
   expect_all_distributed
   same_objects out-docker
+  # Real sccache jobs (their cwd a new top-level directory) must reuse containers.
+  local reused
+  reused=$(curl -sf http://127.0.0.1:10601/api/v1/kiln/status | python3 -c 'import json,sys; print(json.load(sys.stdin)["containers_reused"])')
+  [ "$reused" -gt 0 ] || die "docker: no container was reused (containers_reused = $reused)"
+  echo "docker: containers reused $reused times"
   stop_all
 }
 

@@ -229,6 +229,7 @@ pub async fn serve_with(
     };
     let max_idle = (builders * 2).max(warm);
     let backend_name = backend.name();
+    let stopping_backend = backend.clone();
     let pool = SandboxPool::new(backend, warm, max_idle, cleaner.clone(), stats.clone()).start();
     let ops_pool = pool.clone();
     let queue = JobQueue::new(kiln.jobs.queue_len, stats.clone()).start();
@@ -411,6 +412,7 @@ pub async fn serve_with(
     let handles = servers.iter().map(|s| s.handle()).collect();
     actix_rt::spawn(crate::observe::signals::run(signals, lifecycle, handles, config.clone(), reload));
     futures_util::future::try_join_all(servers).await.map_err(ServerError::Http)?;
+    stopping_backend.shut_down().await;
     Ok(())
 }
 

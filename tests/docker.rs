@@ -419,3 +419,94 @@ async fn a_container_removed_mid_job_fails_that_job_and_is_replaced() {
     let status = kiln.status().await;
     assert!(status["containers_destroyed"].as_u64().unwrap() >= 1, "{status}");
 }
+
+/// Leaves a shared-memory segment (with a secret in it), a semaphore set and a
+/// message queue behind.
+const LEAVE_IPC_C: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <sys/ipc.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
+int main(void) {
+    int shm = shmget(IPC_PRIVATE, 1 << 20, IPC_CREAT | 0666);
+    char *p = shmat(shm, 0, 0);
+    if (p != (void *)-1) { strcpy(p, "job A's secret"); shmdt(p); }
+    int sem = semget(IPC_PRIVATE, 1, IPC_CREAT | 0666);
+    int msg = msgget(IPC_PRIVATE, IPC_CREAT | 0666);
+    printf("ipc %d %d %d\n", shm, sem, msg);
+    return shm < 0 || sem < 0 || msg < 0;
+}
+"#;
+
+/// Issue 15: a job whose cwd is a new top-level directory (as a client's own
+/// /work or /home/... is) failed the reset (the job user cannot remove entries of
+/// root's `/`), so every such container was destroyed; and SysV IPC objects
+/// outlived the reset, readable by the next job. Now the container is reset, reused,
+/// and the next job finds neither.
+#[actix_rt::test]
+async fn new_top_level_dirs_and_sysv_ipc_do_not_outlive_a_job() {
+    if !docker_ready() {
+        return;
+    }
+    // One container, so consecutive jobs share it.
+    let kiln = DockerKiln::start(&format!("builders = 1\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\n"));
+    let client = kiln.client();
+    // Built here (the test toolchain has no libc headers), run through the dynamic
+    // loader (inputs arrive without the execute bit).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ipc.c"), LEAVE_IPC_C).unwrap();
+    let built =
+        std::process::Command::new("gcc").arg("-o").arg(dir.path().join("ipc")).arg(dir.path().join("ipc.c")).status();
+    assert!(built.unwrap().success());
+    let mut inputs = kiln::client::InputsBuilder::new();
+    inputs.add_file("/work/proj/ipc", &std::fs::read(dir.path().join("ipc")).unwrap()).unwrap();
+    let script = "cat /etc/hostname; /lib64/ld-linux-x86-64.so.2 ./ipc";
+    let first =
+        run(&client, gcc_toolchain(), command("/bin/sh", &["-c", script], "/work/proj"), &[], inputs.finish().unwrap())
+            .await;
+    assert_eq!(first.output.code, 0, "{}", stderr(&first));
+    let out = stdout(&first);
+    let container = out.lines().next().unwrap().to_owned();
+    assert!(out.contains("ipc "), "{out}");
+
+    let project = CProject::new();
+    let look = "cat /etc/hostname; cat /proc/sysvipc/shm /proc/sysvipc/sem /proc/sysvipc/msg; ls -A /work";
+    let second = sh(&kiln, look, &project).await;
+    let out = stdout(&second);
+    assert!(out.starts_with(&container), "the container was not reused: {out} vs {container}\n{}", stderr(&second));
+    // Each /proc/sysvipc file is its header line alone; /work is empty.
+    assert_eq!(out.lines().count(), 4, "the first job's IPC objects or files survived:\n{out}");
+    let status = kiln.status().await;
+    assert_eq!(status["containers_destroyed"], 0, "{status}");
+    assert!(status["containers_reused"].as_u64().unwrap() >= 1, "{status}");
+}
+
+/// Issue 15: a clean stop (SIGTERM: kiln drains and exits 0) removes the warm
+/// containers and images it made; only a kill -9 leaves them for the next start.
+#[actix_rt::test]
+async fn a_clean_stop_removes_the_pool() {
+    if !docker_ready() {
+        return;
+    }
+    let mut kiln = DockerKiln::start(&format!("builders = 1\n{DOCKER_CONFIG}min_idle = 2\n"));
+    assert_compiles_docker(&kiln).await;
+    let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
+    let engine = kiln::sandbox::docker::Engine::connect("unix:///var/run/docker.sock", owner).await.unwrap();
+    assert!(!engine.list_containers().await.unwrap().is_empty());
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(kiln.pid()), nix::sys::signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = kiln.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kiln did not stop within 60 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "a clean stop exits 0: {status}");
+    let left = engine.list_containers().await.unwrap();
+    assert!(left.is_empty(), "containers outlived a clean stop: {:?}", left.iter().map(|c| &c.id).collect::<Vec<_>>());
+    assert!(engine.list_images().await.unwrap().is_empty(), "the image outlived a clean stop");
+}

@@ -90,6 +90,8 @@ pub struct ContainerPool {
     epoch: u64,
     healthy: bool,
     health_check_running: bool,
+    /// kiln is stopping ([`ShutDown`]): nothing is started or handed out again.
+    stopping: bool,
     clock: u64,
     stats: Arc<Stats>,
 }
@@ -116,6 +118,7 @@ impl ContainerPool {
             epoch: 0,
             healthy,
             health_check_running: false,
+            stopping: false,
             clock: 0,
             stats,
         }
@@ -333,7 +336,7 @@ impl ContainerPool {
     }
 
     fn check_health(&mut self, ctx: &mut Context<Self>) {
-        if self.health_check_running {
+        if self.health_check_running || self.stopping {
             return;
         }
         self.health_check_running = true;
@@ -560,5 +563,38 @@ impl Handler<ContainerDestroyed> for ContainerPool {
             }
         }
         self.refill(&msg.archive_id, ctx);
+    }
+}
+
+/// kiln is stopping cleanly (its jobs drained): removes every container and image
+/// this pool made, and starts none again. The startup sweep is only for what a
+/// killed kiln left.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShutDown;
+
+impl Handler<ShutDown> for ContainerPool {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: ShutDown, _: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        self.healthy = false;
+        // Containers still starting come back of an old epoch: removed, not pooled.
+        self.epoch += 1;
+        for (archive_id, _) in self.toolchains.drain() {
+            tracing::debug!(%archive_id, "docker pool stopped");
+        }
+        self.busy.clear();
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let Some(engine) = engine else { return };
+            match engine.remove_everything().await {
+                Ok((containers, images)) => {
+                    tracing::info!(containers, images, "kiln is stopping: removed its docker containers and images")
+                }
+                Err(e) => tracing::warn!(error = %ErrorChain(&e),
+                    "kiln is stopping: removing its docker containers failed; the next start removes them"),
+            }
+        })
     }
 }

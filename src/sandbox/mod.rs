@@ -51,6 +51,12 @@ pub trait SandboxBackend: Send + Sync + 'static {
 
     /// Prepares a sandbox over `toolchain` so a job can start in it at once.
     fn prepare(&self, toolchain: ToolchainRoot) -> BoxFuture<'static, Result<Box<dyn Sandbox>, SandboxError>>;
+
+    /// kiln is stopping cleanly, its jobs drained: remove what the backend keeps
+    /// running between jobs. What a killed kiln left, the next start sweeps.
+    fn shut_down(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A prepared sandbox. It runs one job; afterwards only its leftovers remain.

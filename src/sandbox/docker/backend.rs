@@ -12,7 +12,7 @@ use futures_util::FutureExt;
 use super::engine::{Engine, HELPER_PATH};
 use super::error::DockerError;
 use super::job::{collect_outputs, prepare};
-use crate::actors::container_pool::{ContainerDestroyed, ContainerPool, ReturnContainer, TakeContainer};
+use crate::actors::container_pool::{ContainerDestroyed, ContainerPool, ReturnContainer, ShutDown, TakeContainer};
 use crate::protocol::{JobComplete, ProcessOutput};
 use crate::report::ErrorChain;
 use crate::sandbox::{
@@ -91,7 +91,20 @@ impl SandboxBackend for DockerBackend {
         }
         .boxed()
     }
+
+    fn shut_down(&self) -> BoxFuture<'static, ()> {
+        let pool = self.pool.clone();
+        async move {
+            if tokio::time::timeout(SHUT_DOWN_TIMEOUT, pool.send(ShutDown)).await.is_err() {
+                tracing::warn!(timeout = ?SHUT_DOWN_TIMEOUT, "removing the docker pool took too long; the next start removes it");
+            }
+        }
+        .boxed()
+    }
 }
+
+/// How long a clean stop waits for the docker pool's containers to be removed.
+const SHUT_DOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct DockerSandbox {
     lease: Lease,

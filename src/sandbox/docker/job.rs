@@ -169,7 +169,15 @@ impl Layout {
                     return Err(format!("/{} is a toolchain file or symlink, not a directory", prefix.display()))
                 }
                 InImage::Missing => {
-                    self.append_dir(&prefix, 0o755).map_err(|e| format!("packing /{}: {e}", prefix.display()))?;
+                    // A new top-level directory (a cwd such as /work) belongs to root,
+                    // sticky and open to all like /tmp: the job user cannot remove an
+                    // entry of root's `/`, so a job-owned one would fail the reset and
+                    // cost the container. This one stays, and the reset empties it.
+                    let appended = match prefix.components().count() {
+                        1 => self.append_top_dir(&prefix),
+                        _ => self.append_dir(&prefix, 0o755),
+                    };
+                    appended.map_err(|e| format!("packing /{}: {e}", prefix.display()))?;
                     self.created.insert(prefix.clone());
                 }
             }
@@ -186,6 +194,13 @@ impl Layout {
         header.set_size(size);
         header.set_mtime(mtime);
         header
+    }
+
+    fn append_top_dir(&mut self, path: &Path) -> std::io::Result<()> {
+        let mut header = self.header(EntryType::Directory, 0o1777, 0, 0);
+        header.set_uid(0);
+        header.set_gid(0);
+        self.tar.append_data(&mut header, path, std::io::empty())
     }
 
     fn append_dir(&mut self, path: &Path, mode: u32) -> std::io::Result<()> {

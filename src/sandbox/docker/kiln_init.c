@@ -12,10 +12,13 @@
  *                      stop it) it SIGKILLs every other process. Other signals are
  *                      ignored, so a job cannot stop the container.
  *   kiln-init reset    run by kiln's cleaner (docker exec, as the job user) between jobs:
- *                      kills every process but pid 1 and itself, then removes every file
- *                      and directory the job user owns. The toolchain is owned by root
- *                      and the job user has no capabilities, so what it owns is exactly
- *                      what jobs added. Exit 0: the container is as it was created.
+ *                      kills every process but pid 1 and itself, removes every SysV IPC
+ *                      object (shared memory, semaphores, message queues: they outlive
+ *                      their processes, and the next job, maybe another client's, could
+ *                      attach them), then removes every file and directory the job user
+ *                      owns. The toolchain is owned by root and the job user has no
+ *                      capabilities, so what it owns is exactly what jobs added. Exit 0:
+ *                      the container is as it was created.
  *
  * kill(-1, sig) sends to every process the caller may signal except itself and the
  * namespace's init (kill(2)): for a caller running as the job user that is exactly the
@@ -29,6 +32,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ipc.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -141,10 +148,56 @@ static int purge(int dirfd, uid_t uid, int top) {
     return failed;
 }
 
+/* The ids listed in /proc/sysvipc/<kind> (second column; this IPC namespace's),
+ * each removed with `rm`; returns how many are listed, or -1 if unreadable. */
+static int remove_ipc(const char *kind, int (*rm)(int id)) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/sysvipc/%s", kind);
+    FILE *f = fopen(path, "re");
+    if (!f) return -1;
+    char line[512];
+    int listed = 0;
+    if (!fgets(line, sizeof line, f)) { /* the header line */
+        fclose(f);
+        return 0;
+    }
+    while (fgets(line, sizeof line, f)) {
+        long key, id;
+        if (sscanf(line, "%ld %ld", &key, &id) != 2) continue;
+        listed++;
+        rm((int)id);
+    }
+    fclose(f);
+    return listed;
+}
+
+static int rm_shm(int id) { return shmctl(id, IPC_RMID, NULL); }
+static int rm_sem(int id) { return semctl(id, 0, IPC_RMID); }
+static int rm_msg(int id) { return msgctl(id, IPC_RMID, NULL); }
+
+/* Removes every SysV IPC object; 0 once none is left. */
+static int purge_ipc(void) {
+    static const char *kinds[] = {"shm", "sem", "msg"};
+    int (*rms[])(int) = {rm_shm, rm_sem, rm_msg};
+    int left = 0;
+    for (int i = 0; i < 3; i++) {
+        remove_ipc(kinds[i], rms[i]);
+        /* Listed again: what is still there could not be removed (not the job's). */
+        int still = remove_ipc(kinds[i], rms[i]);
+        if (still != 0) left += still < 0 ? 1 : still;
+    }
+    return left;
+}
+
 static int reset(void) {
     if (kill_others(0) != 0) {
         fprintf(stderr, "kiln-init: processes survive SIGKILL\n");
         return 2;
+    }
+    int ipc_left = purge_ipc();
+    if (ipc_left) {
+        fprintf(stderr, "kiln-init: %d SysV IPC objects could not be removed\n", ipc_left);
+        return 4;
     }
     int root = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (root < 0) return 3;
