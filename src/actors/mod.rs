@@ -24,3 +24,39 @@ pub use toolchain_cache::{
 };
 pub use unpacker::{DescribeRoots, EvictIdleRoots, ForgetRoot, UnpackFailed, UnpackToolchain, Unpacker};
 pub use upstream_scheduler::{ReportJobState, UpstreamScheduler};
+
+#[cfg(test)]
+mod tests {
+    /// actors.md cannot drift: every `impl Handler<M> for A` under src/actors/ is
+    /// named in A's row of its "Who owns what" table.
+    #[test]
+    fn actors_md_names_every_message_each_actor_handles() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let doc = std::fs::read_to_string(root.join("actors.md")).unwrap();
+        let row_of = |actor: &str| {
+            let start = format!("| **{actor}**");
+            doc.lines().find(|line| line.starts_with(&start)).map(str::to_owned)
+        };
+        let mut missing = Vec::new();
+        let mut handlers = 0;
+        for entry in std::fs::read_dir(root.join("src/actors")).unwrap() {
+            let path = entry.unwrap().path();
+            let source = std::fs::read_to_string(&path).unwrap();
+            for line in source.lines().map(str::trim_start) {
+                let Some(rest) = line.strip_prefix("impl Handler<") else { continue };
+                let Some((message, rest)) = rest.split_once("> for ") else { continue };
+                let actor = rest.split(|c: char| !c.is_alphanumeric() && c != '_').next().unwrap_or_default();
+                handlers += 1;
+                match row_of(actor) {
+                    None => missing.push(format!("{actor} has no row (it handles {message})")),
+                    Some(row) if !row.contains(&format!("`{message}`")) => {
+                        missing.push(format!("{actor}'s row does not name `{message}`"))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        assert!(handlers >= 20, "found only {handlers} handlers: has the code moved?");
+        assert!(missing.is_empty(), "actors.md has drifted from src/actors:\n{}", missing.join("\n"));
+    }
+}
