@@ -10,11 +10,14 @@
 //! - [`http`]: the actix-web facade; turns requests into messages.
 //! - [`actors`]: ToolchainCache, Unpacker, SandboxPool, JobQueue, Builder (supervised),
 //!   Cleaner, and ContainerPool for the docker backend. `actors.md` shows how they talk.
+//! - [`scheduler`]: where job states go: kiln's own scheduler ([`scheduler::LocalScheduler`])
+//!   or the link to upstream's ([`scheduler::UpstreamScheduler`], an actor); [`jobs`]:
+//!   the jobs placed on this server and the ids it has seen.
 //! - [`sandbox`]: the [`sandbox::SandboxBackend`] trait, the overlay backend
 //!   (overlayfs + bubblewrap) and the docker backend (containers through bollard).
 //! - [`archive`]: hostile-input-safe tar extraction and in-root path resolution.
 //! - [`server`]: assembles everything; [`config`]: the typed configuration;
-//!   [`data_lock`]: one kiln per data directory; [`quarantine`]: toolchains whose
+//!   [`data_lock`]: one kiln per directory; [`quarantine`]: toolchains whose
 //!   jobs keep failing in the machinery are re-unpacked, then refused for a while;
 //!   [`host_check`]: startup checks; [`package`]: `kiln package-toolchain`.
 //! - [`client`]: a Rust client of the protocol, for tests, benches and load tools.

@@ -10,8 +10,7 @@ use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::builder::BuilderDeps;
-use crate::actors::upstream_scheduler::SharedLinkHealth;
-use crate::actors::{Builder, Cleaner, JobQueue, SandboxPool, SweepStale, ToolchainCache, Unpacker, UpstreamScheduler};
+use crate::actors::{Builder, Cleaner, JobQueue, SandboxPool, SweepStale, ToolchainCache, Unpacker};
 use crate::config::{parse_scheduler_url, Backend, Config, SchedulerAuth, INSECURE_SERVER_TOKEN};
 use crate::http::{
     configure, configure_ops, configure_scheduler, listen_h1, AppState, BodyBudget, ConnectionLimits, HttpLimits,
@@ -25,7 +24,7 @@ use crate::sandbox::cgroup::{CgroupOptions, JobCgroups};
 use crate::sandbox::docker::start_docker_backend;
 use crate::sandbox::overlay::{install_exec_shim, JobSeccomp, OverlayBackend, OverlayConfinement};
 use crate::sandbox::SharedBackend;
-use crate::scheduler::{LocalScheduler, Scheduler};
+use crate::scheduler::{LocalScheduler, Scheduler, SharedLinkHealth, UpstreamScheduler};
 use crate::stats::Stats;
 use crate::tls::ServerCert;
 
@@ -334,7 +333,6 @@ pub async fn serve_with(
         limits: HttpLimits {
             max_archive_bytes: kiln.toolchains.max_archive_bytes,
             max_request_bytes: kiln.jobs.max_request_bytes,
-            max_buffered_request_bytes: kiln.jobs.max_buffered_request_bytes,
             body_timeout: kiln.jobs.body_timeout(),
             upload_timeout: Duration::from_secs(kiln.toolchains.upload_timeout_secs),
         },
@@ -342,7 +340,6 @@ pub async fn serve_with(
         next_upload: AtomicU64::new(0),
         body_memory: BodyBudget::new(kiln.jobs.max_buffered_request_bytes),
         scheduler,
-        link_health,
     });
     spawn_job_expiry(state.clone(), Duration::from_secs(kiln.jobs.assigned_ttl_secs));
 

@@ -8,11 +8,13 @@ mod https;
 mod ops;
 mod routes;
 mod scheduler_api;
+mod state;
 mod status_page;
 
 pub use body::BodyBudget;
 pub use error::ApiError;
 pub use https::{listen_h1, ConnectionLimits};
 pub use ops::configure as configure_ops;
-pub use routes::{configure, AppState, HttpLimits};
+pub use routes::configure;
+pub use state::{AppState, HttpLimits};
 pub use scheduler_api::configure_scheduler;

@@ -6,7 +6,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::routes::AppState;
+use super::state::AppState;
 use super::status_page;
 use super::ApiError;
 use crate::observe::{metrics, StatusDocument};

@@ -1,62 +1,24 @@
-//! The build-server endpoints of the sccache-dist protocol, plus kiln's status.
+//! The build-server endpoints of the sccache-dist protocol; the operator endpoints
+//! (ops.rs) are served beside them.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
-use actix::Addr;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
-use super::body::{BodyBudget, BoundedBody};
+use super::body::BoundedBody;
+use super::state::AppState;
 use super::ApiError;
-use crate::actors::{
-    CacheError, HasToolchain, JobError, JobQueue, JobRequest, StoreToolchain, SubmitJob, ToolchainCache,
-};
-use crate::jobs::JobTable;
+use crate::actors::{CacheError, HasToolchain, JobError, JobRequest, StoreToolchain, SubmitJob};
 use crate::observe::{JobPhases, Phase};
 use crate::protocol::{
-    self, ArchiveHasher, AssignJobResult, JobId, JobKey, JobState, RunJobResult, SubmitToolchainResult, Toolchain,
+    self, ArchiveHasher, AssignJobResult, JobId, JobState, RunJobResult, SubmitToolchainResult, Toolchain,
     BINCODE_CONTENT_TYPE, MAX_SMALL_MESSAGE,
 };
-use crate::scheduler::{ClaimedJob, Scheduler};
+use crate::scheduler::ClaimedJob;
 use crate::stats::Stats;
-
-/// Request size and time bounds, from the config.
-#[derive(Debug, Clone, Copy)]
-pub struct HttpLimits {
-    pub max_archive_bytes: u64,
-    pub max_request_bytes: u64,
-    pub max_buffered_request_bytes: u64,
-    /// Deadline for assign_job and run_job bodies.
-    pub body_timeout: Duration,
-    /// Deadline for a toolchain upload (much larger bodies).
-    pub upload_timeout: Duration,
-}
-
-/// What every handler shares.
-pub struct AppState {
-    pub key: JobKey,
-    pub jobs: JobTable,
-    pub cache: Addr<ToolchainCache>,
-    pub queue: Addr<JobQueue>,
-    pub stats: Arc<Stats>,
-    pub limits: HttpLimits,
-    /// Where toolchain uploads are staged (same file system as the cache).
-    pub incoming_dir: PathBuf,
-    pub next_upload: AtomicU64,
-    /// run_job bodies held in memory at once.
-    pub body_memory: BodyBudget,
-    /// Where job state transitions go.
-    pub scheduler: Scheduler,
-    /// What the status endpoint says about the scheduler link, if there is one.
-    pub link_health: Option<crate::actors::upstream_scheduler::SharedLinkHealth>,
-    /// Metrics, live activity and the serving/draining lifecycle.
-    pub ops: Arc<crate::observe::Ops>,
-}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(

@@ -10,7 +10,8 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::body::BoundedBody;
-use super::routes::{assign, encoded_response, AppState};
+use super::routes::{assign, encoded_response};
+use super::state::AppState;
 use super::ApiError;
 use crate::protocol::{self, AllocJobHttpResponse, JobAlloc, Toolchain, MAX_SMALL_MESSAGE};
 use crate::scheduler::{LocalScheduler, ReserveError};

@@ -12,7 +12,7 @@ use super::activity::{BuilderView, ErrorRecord, JobRecord};
 use super::lifecycle::Lifecycle;
 use super::observer::Observer;
 use super::views::{Freed, PoolView, StoreView};
-use crate::actors::upstream_scheduler::{LinkHealth, SharedLinkHealth};
+use crate::scheduler::{LinkHealth, SharedLinkHealth};
 use crate::actors::{
     DescribeCache, DescribePool, DescribeRoots, DiscardIdle, EvictIdleRoots, SandboxPool, ToolchainCache, TrimCache,
     Unpacker,

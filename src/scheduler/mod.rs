@@ -7,6 +7,7 @@
 //! transitions stay in process.
 
 mod local;
+pub mod upstream;
 
 pub use local::{ClientAuthError, LocalScheduler, Reservation, ReserveError};
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 
-use crate::actors::upstream_scheduler::{ReportJobState, UpstreamScheduler};
+pub use upstream::{LinkHealth, ReportJobState, SharedLinkHealth, UpstreamScheduler};
 use crate::protocol::{JobId, JobState};
 
 /// How long a job waits for the scheduler to take one of its state reports.

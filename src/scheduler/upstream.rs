@@ -1,4 +1,5 @@
-//! UpstreamScheduler: kiln's link to upstream's `sccache-dist scheduler`.
+//! UpstreamScheduler: kiln's link to upstream's `sccache-dist scheduler` (an actor;
+//! it lives here, beside [`super::LocalScheduler`], as the other kind of scheduler).
 //!
 //! It heartbeats every 30 s (10 s after a failure), as upstream's server does, so
 //! the scheduler knows this server, its capacity, its job-token key and its TLS
