@@ -12,7 +12,7 @@
 //!   Cleaner, and ContainerPool for the docker backend. `actors.md` shows how they talk.
 //! - [`scheduler`]: where job states go: kiln's own scheduler ([`scheduler::LocalScheduler`])
 //!   or the link to upstream's ([`scheduler::UpstreamScheduler`], an actor); [`jobs`]:
-//!   the jobs placed on this server and the ids it has seen.
+//!   a job's request, result and failure kind, and the table of jobs placed here.
 //! - [`sandbox`]: the [`sandbox::SandboxBackend`] trait, the overlay backend
 //!   (overlayfs + bubblewrap) and the docker backend (containers through bollard).
 //! - [`archive`]: hostile-input-safe tar extraction and in-root path resolution.

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bytes::Bytes;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -19,70 +18,13 @@ use super::cleaner::{CleanLeftovers, Cleaner};
 use super::job_queue::{BuilderReady, JobQueue, QueuedJob};
 use super::sandbox_pool::{AcquireSandbox, DiscardWarm, SandboxPool};
 use super::toolchain_cache::{CheckoutToolchain, DiscardToolchain, ToolchainCache};
-use super::unpacker::{ForgetRoot, UnpackFailed, UnpackToolchain, Unpacker};
-use crate::observe::{Observer, Phase, SharedPhases};
-use crate::protocol::{CompileCommand, JobComplete, JobId};
-use crate::quarantine::{Quarantine, Quarantined, Strike};
+use super::unpacker::{ForgetRoot, UnpackToolchain, Unpacker};
+use crate::jobs::{JobError, JobRequest, JobResult};
+use crate::observe::{Observer, Phase};
+use crate::quarantine::{Quarantine, Strike};
 use crate::report::ErrorChain;
-use crate::sandbox::{Cancellation, SandboxError, SandboxJob};
+use crate::sandbox::{Cancellation, SandboxJob};
 use crate::stats::Stats;
-
-/// A job accepted by the facade, with everything needed to run it.
-#[derive(Debug)]
-pub struct JobRequest {
-    pub job_id: JobId,
-    pub archive_id: String,
-    pub command: CompileCommand,
-    pub outputs: Vec<String>,
-    pub inputs_zlib: Bytes,
-    /// The job's span, so every actor's log lines carry its id.
-    pub span: tracing::Span,
-    /// Times the job's phases, from the queue on (the sandbox enters its own).
-    pub phases: SharedPhases,
-}
-
-pub type JobResult = Result<JobComplete, JobError>;
-
-/// Why a job got no result. Each variant knows its HTTP status.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("toolchain {archive_id} is not on this server (never submitted, or evicted since): submit it again")]
-    ToolchainMissing { archive_id: String },
-    #[error(transparent)]
-    Unpack(#[from] UnpackFailed),
-    #[error(transparent)]
-    Sandbox(#[from] SandboxError),
-    #[error("kiln's {0} is not running")]
-    ActorGone(&'static str),
-    #[error("the builder failed while running the job")]
-    BuilderCrashed,
-    #[error(transparent)]
-    Quarantined(#[from] Quarantined),
-}
-
-impl JobError {
-    /// The HTTP status the facade answers with.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            JobError::ToolchainMissing { .. } => 400,
-            JobError::Unpack(e) if e.bad_archive => 400,
-            JobError::Sandbox(e) if e.is_client_error() => 400,
-            JobError::Sandbox(e) if e.is_backend_unavailable() => 503,
-            JobError::ActorGone(_) | JobError::Quarantined(_) => 503,
-            _ => 500,
-        }
-    }
-
-    /// The job failed because of kiln or the host, not because of the request.
-    pub fn is_infrastructure_failure(&self) -> bool {
-        match self {
-            JobError::Sandbox(e) => e.is_infrastructure_failure(),
-            JobError::Unpack(e) => !e.bad_archive,
-            JobError::ToolchainMissing { .. } | JobError::Quarantined(_) => false,
-            JobError::ActorGone(_) | JobError::BuilderCrashed => true,
-        }
-    }
-}
 
 /// The actors a builder talks to, and its settings.
 #[derive(Clone)]

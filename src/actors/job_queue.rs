@@ -10,7 +10,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::builder::{Builder, JobRequest, JobResult, RunJob};
+use super::builder::{Builder, RunJob};
+use crate::jobs::{JobRequest, JobResult};
 use crate::stats::Stats;
 
 /// A job and the channel its answer goes back on. Dropping the sender unanswered

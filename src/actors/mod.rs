@@ -12,7 +12,7 @@ pub mod sandbox_pool;
 pub mod toolchain_cache;
 pub mod unpacker;
 
-pub use builder::{Builder, JobError, JobRequest};
+pub use builder::Builder;
 pub use cleaner::{CleanLeftovers, Cleaner, SweepStale};
 pub use container_pool::{ContainerPool, TakeContainer};
 pub use job_queue::{JobQueue, QueueFull, SubmitJob};

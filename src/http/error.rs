@@ -5,8 +5,8 @@ use std::time::Duration;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::actors::{JobError, QueueFull};
-use crate::jobs::DuplicateJob;
+use crate::actors::QueueFull;
+use crate::jobs::{DuplicateJob, FailureKind, JobError};
 use crate::protocol::{AuthError, ErrorBody, ProtocolError};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +70,11 @@ impl ResponseError for ApiError {
             | ApiError::TooManyBodies { .. }
             | ApiError::Draining(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Job(e) => StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            ApiError::Job(e) => match e.kind() {
+                FailureKind::BadRequest => StatusCode::BAD_REQUEST,
+                FailureKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                FailureKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotFound | ApiError::UnknownServer(_) => StatusCode::NOT_FOUND,
         }

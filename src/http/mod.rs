@@ -16,5 +16,5 @@ pub use error::ApiError;
 pub use https::{listen_h1, ConnectionLimits};
 pub use ops::configure as configure_ops;
 pub use routes::configure;
-pub use state::{AppState, HttpLimits};
 pub use scheduler_api::configure_scheduler;
+pub use state::{AppState, HttpLimits};

@@ -11,7 +11,8 @@ use tracing::Instrument;
 use super::body::BoundedBody;
 use super::state::AppState;
 use super::ApiError;
-use crate::actors::{CacheError, HasToolchain, JobError, JobRequest, StoreToolchain, SubmitJob};
+use crate::actors::{CacheError, HasToolchain, StoreToolchain, SubmitJob};
+use crate::jobs::{JobError, JobRequest};
 use crate::observe::{JobPhases, Phase};
 use crate::protocol::{
     self, ArchiveHasher, AssignJobResult, JobId, JobState, RunJobResult, SubmitToolchainResult, Toolchain,

@@ -43,4 +43,3 @@ pub struct AppState {
     /// Metrics, live activity and the serving/draining lifecycle.
     pub ops: Arc<crate::observe::Ops>,
 }
-

@@ -37,7 +37,7 @@ impl Observer {
     }
 
     /// A builder took a job.
-    pub fn job_started(&self, builder: usize, request: &crate::actors::JobRequest) {
+    pub fn job_started(&self, builder: usize, request: &crate::jobs::JobRequest) {
         self.activity.started(
             builder,
             request.job_id,

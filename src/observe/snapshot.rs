@@ -12,12 +12,12 @@ use super::activity::{BuilderView, ErrorRecord, JobRecord};
 use super::lifecycle::Lifecycle;
 use super::observer::Observer;
 use super::views::{Freed, PoolView, StoreView};
-use crate::scheduler::{LinkHealth, SharedLinkHealth};
 use crate::actors::{
     DescribeCache, DescribePool, DescribeRoots, DiscardIdle, EvictIdleRoots, SandboxPool, ToolchainCache, TrimCache,
     Unpacker,
 };
 use crate::quarantine::{Quarantine, ToolchainHealth};
+use crate::scheduler::{LinkHealth, SharedLinkHealth};
 use crate::stats::{Stats, StatsSnapshot};
 
 /// How long a reading waits for one actor's answer.

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use actix::Addr;
 
-pub use upstream::{LinkHealth, ReportJobState, SharedLinkHealth, UpstreamScheduler};
 use crate::protocol::{JobId, JobState};
+pub use upstream::{LinkHealth, ReportJobState, SharedLinkHealth, UpstreamScheduler};
 
 /// How long a job waits for the scheduler to take one of its state reports.
 pub const REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -3,8 +3,8 @@
 //! Each prepared sandbox is a parked thread that has entered a *private mount
 //! namespace* and mounted `overlay(lower = toolchain root, upper, work)` there.
 //! The job is confined by layers that each hold on their own: an unprivileged host
-//! uid of its own ([`identity`]), no capabilities, no further user namespaces, a
-//! read-only `/proc/sys`, a seccomp filter ([`seccomp`]), a cgroup with pids,
+//! uid of its own (`identity.rs`), no capabilities, no further user namespaces, a
+//! read-only `/proc/sys`, a seccomp filter (`seccomp.rs`), a cgroup with pids,
 //! memory and CPU limits ([`crate::sandbox::cgroup`]), and no fd of kiln's. The
 //! host's mount table never sees the overlay: when the thread and the job it spawned
 //! are gone, the kernel frees the namespace and the mount with it, even after a

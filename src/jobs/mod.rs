@@ -1,0 +1,85 @@
+//! Jobs: what the facade hands the actors to run ([`JobRequest`]), what comes back
+//! ([`JobResult`], [`JobError`]), and the table of jobs placed on this server
+//! ([`JobTable`]). Knows nothing of HTTP: a failure says whose it is
+//! ([`FailureKind`]), and the facade picks the status.
+
+mod table;
+
+pub use table::{AssignedJob, DuplicateJob, JobTable, Upload, UsedIds};
+
+use bytes::Bytes;
+
+use crate::actors::UnpackFailed;
+use crate::observe::SharedPhases;
+use crate::protocol::{CompileCommand, JobComplete, JobId};
+use crate::quarantine::Quarantined;
+use crate::sandbox::SandboxError;
+
+/// A job accepted by the facade, with everything needed to run it.
+#[derive(Debug)]
+pub struct JobRequest {
+    pub job_id: JobId,
+    pub archive_id: String,
+    pub command: CompileCommand,
+    pub outputs: Vec<String>,
+    pub inputs_zlib: Bytes,
+    /// The job's span, so every actor's log lines carry its id.
+    pub span: tracing::Span,
+    /// Times the job's phases, from the queue on (the sandbox enters its own).
+    pub phases: SharedPhases,
+}
+
+pub type JobResult = Result<JobComplete, JobError>;
+
+/// Why a job got no result.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("toolchain {archive_id} is not on this server (never submitted, or evicted since): submit it again")]
+    ToolchainMissing { archive_id: String },
+    #[error(transparent)]
+    Unpack(#[from] UnpackFailed),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("kiln's {0} is not running")]
+    ActorGone(&'static str),
+    #[error("the builder failed while running the job")]
+    BuilderCrashed,
+    #[error(transparent)]
+    Quarantined(#[from] Quarantined),
+}
+
+impl JobError {
+    /// Whose the failure is, for the facade to answer with (`http/error.rs`).
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            JobError::ToolchainMissing { .. } => FailureKind::BadRequest,
+            JobError::Unpack(e) if e.bad_archive => FailureKind::BadRequest,
+            JobError::Sandbox(e) if e.is_client_error() => FailureKind::BadRequest,
+            JobError::Sandbox(e) if e.is_backend_unavailable() => FailureKind::Unavailable,
+            JobError::ActorGone(_) | JobError::Quarantined(_) => FailureKind::Unavailable,
+            _ => FailureKind::Internal,
+        }
+    }
+
+    /// The job failed because of kiln or the host, not because of the request.
+    pub fn is_infrastructure_failure(&self) -> bool {
+        match self {
+            JobError::Sandbox(e) => e.is_infrastructure_failure(),
+            JobError::Unpack(e) => !e.bad_archive,
+            JobError::ToolchainMissing { .. } | JobError::Quarantined(_) => false,
+            JobError::ActorGone(_) | JobError::BuilderCrashed => true,
+        }
+    }
+}
+
+/// Whose a job's failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The request's: resending it unchanged fails again.
+    BadRequest,
+    /// The server cannot take the job now (a backend down, a toolchain quarantined):
+    /// another server, or later, may.
+    Unavailable,
+    /// kiln's or the host's.
+    Internal,
+}
