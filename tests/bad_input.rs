@@ -6,15 +6,9 @@ use bytes::Bytes;
 use common::*;
 use kiln::client::InputsBuilder;
 use kiln::protocol::{
-    self, frame_run_job_body, Endpoint, ErrorBody, JobId, JobKey, RunJobHttpRequest, RunJobResult,
-    SubmitToolchainResult, Toolchain,
+    self, frame_run_job_body, Endpoint, JobId, JobKey, RunJobHttpRequest, RunJobResult, SubmitToolchainResult,
+    Toolchain,
 };
-
-fn description(body: &[u8]) -> String {
-    serde_json::from_slice::<ErrorBody>(body)
-        .map(|b| b.full_description())
-        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
-}
 
 /// A job whose toolchain is already on the server, ready for run_job.
 async fn ready_job(kiln: &Kiln) -> JobId {
@@ -307,10 +301,6 @@ async fn the_job_environment_reaches_the_job_and_never_the_host() {
     let done = run(&kiln.client(), gcc_toolchain(), job, &[], empty_tar()).await;
     assert_eq!(String::from_utf8_lossy(&done.output.stdout), "from the job\n");
     assert!(!marker.exists(), "the job's LD_PRELOAD was loaded by a process on the host");
-}
-
-fn empty_tar() -> Vec<u8> {
-    InputsBuilder::new().finish().unwrap()
 }
 
 /// Issue 14: a client that offers h2 (curl, and reqwest in the sccache client)

@@ -49,10 +49,6 @@ fn sh(script: &str) -> CompileCommand {
     command("/bin/sh", &["-c", script], "/work")
 }
 
-fn stdout(done: &JobComplete) -> String {
-    String::from_utf8_lossy(&done.output.stdout).into_owned()
-}
-
 fn both(done: &JobComplete) -> String {
     format!("exit {}\n--- stdout\n{}--- stderr\n{}", done.output.code, stdout(done), stderr(done))
 }

@@ -80,10 +80,6 @@ fn docker_ready() -> bool {
     }
 }
 
-fn stdout(done: &JobComplete) -> String {
-    String::from_utf8_lossy(&done.output.stdout).into_owned()
-}
-
 /// Prints how many processes the container has, with shell builtins only (the test
 /// toolchain has no grep or wc).
 const COUNT_PROCESSES: &str = "n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo $n";

@@ -8,16 +8,12 @@ use common::*;
 use kiln::client::InputsBuilder;
 use kiln::protocol::{Endpoint, RunJobHttpRequest, RunJobResult};
 
-fn empty_inputs() -> Vec<u8> {
-    InputsBuilder::new().finish().unwrap()
-}
-
 /// Starts a `sleep 600` job in the background; returns the task answering it.
 async fn start_sleeping_job(kiln: &Kiln) -> tokio::task::JoinHandle<Result<RunJobResult, kiln::client::ClientError>> {
     let client = kiln.client();
     let job_id = assign_and_submit(&client, gcc_toolchain()).await;
     let request = RunJobHttpRequest { command: command("/bin/sleep", &["600"], "/work"), outputs: vec![] };
-    actix_rt::spawn(async move { client.run_job(job_id, &token(job_id), &request, &empty_inputs()).await })
+    actix_rt::spawn(async move { client.run_job(job_id, &token(job_id), &request, &empty_tar()).await })
 }
 
 /// The bubblewrap processes of sandboxes running a job (prepared ones wait idle).
@@ -64,8 +60,7 @@ async fn a_job_over_its_timeout_is_killed_with_its_whole_tree() {
     // A child in the background and a sleeping parent: both must die.
     let script = "sleep 601 & sleep 601";
     let request = RunJobHttpRequest { command: command("/bin/sh", &["-c", script], "/work"), outputs: vec![] };
-    let answer =
-        actix_rt::spawn(async move { client.run_job(job_id, &token(job_id), &request, &empty_inputs()).await });
+    let answer = actix_rt::spawn(async move { client.run_job(job_id, &token(job_id), &request, &empty_tar()).await });
     let sleepers = || pids_of("sleep", "601");
     wait_for(Duration::from_secs(60), || Some(()).filter(|_| sleepers().len() == 2 && !sandbox_pids(&kiln).is_empty()))
         .await
@@ -109,7 +104,7 @@ async fn a_full_queue_answers_503_and_keeps_serving() {
     let client = kiln.client();
     let job_id = assign_and_submit(&client, gcc_toolchain()).await;
     let request = RunJobHttpRequest { command: command("/bin/sh", &["-c", "true"], "/work"), outputs: vec![] };
-    let err = client.run_job(job_id, &token(job_id), &request, &empty_inputs()).await.expect_err("the queue is full");
+    let err = client.run_job(job_id, &token(job_id), &request, &empty_tar()).await.expect_err("the queue is full");
     assert!(err.to_string().contains("503"), "{err}");
     // Both accepted jobs still get their answers (here: their timeout).
     for job in [busy, waiting] {
@@ -237,7 +232,7 @@ async fn gcc_version_job(kiln: &Kiln, tc: &PackedToolchain) -> Result<(), String
     let client = kiln.client();
     let job_id = assign_and_submit(&client, tc).await;
     let request = RunJobHttpRequest { command: command("/usr/bin/gcc", &["--version"], "/work"), outputs: vec![] };
-    match client.run_job(job_id, &token(job_id), &request, &empty_inputs()).await {
+    match client.run_job(job_id, &token(job_id), &request, &empty_tar()).await {
         Ok(RunJobResult::Complete(done)) if done.output.code == 0 => Ok(()),
         Ok(other) => Err(format!("unexpected result {other:?}")),
         Err(e) => Err(e.to_string()),

@@ -10,24 +10,13 @@ use bytes::Bytes;
 use common::*;
 use kiln::client::InputsBuilder;
 use kiln::protocol::{
-    self, frame_run_job_body, Endpoint, ErrorBody, JobId, RunJobHttpRequest, RunJobResult, SubmitToolchainResult,
-    Toolchain,
+    self, frame_run_job_body, Endpoint, JobId, RunJobHttpRequest, RunJobResult, SubmitToolchainResult, Toolchain,
 };
-
-fn description(body: &[u8]) -> String {
-    serde_json::from_slice::<ErrorBody>(body)
-        .map(|b| b.full_description())
-        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
-}
 
 fn zlib(data: &[u8]) -> Vec<u8> {
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
     z.write_all(data).unwrap();
     z.finish().unwrap()
-}
-
-fn empty_tar() -> Vec<u8> {
-    InputsBuilder::new().finish().unwrap()
 }
 
 /// A tar header for `path` of `kind`, declaring `size` bytes, checksum set.

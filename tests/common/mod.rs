@@ -414,6 +414,23 @@ pub fn stderr(done: &JobComplete) -> String {
     String::from_utf8_lossy(&done.output.stderr).into_owned()
 }
 
+pub fn stdout(done: &JobComplete) -> String {
+    String::from_utf8_lossy(&done.output.stdout).into_owned()
+}
+
+/// An error answer's body as one line: upstream's JSON error with its causes, else
+/// the body as text.
+pub fn description(body: &[u8]) -> String {
+    serde_json::from_slice::<kiln::protocol::ErrorBody>(body)
+        .map(|b| b.full_description())
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
+}
+
+/// Inputs with no file in them.
+pub fn empty_tar() -> Vec<u8> {
+    InputsBuilder::new().finish().unwrap()
+}
+
 /// Pids of the bubblewrap processes (outer and the sandbox's init) of sandboxes that
 /// run a job. Prepared sandboxes start bubblewrap ahead of their job and wait in
 /// the exec shim; those are not counted.
