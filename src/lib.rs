@@ -24,6 +24,10 @@
 //! - [`observe`]: metrics, the live activity behind `/status`, job phase timings,
 //!   logging, and the serving/draining lifecycle; [`cli`]: `kiln status`,
 //!   `kiln check`, `kiln gc`.
+//!
+//! The few `Mutex`es (never held across an await) recover from poisoning: each
+//! guards a few map operations that leave it consistent, and one panicked task
+//! must not take the server down with it.
 
 pub mod actors;
 pub mod archive;

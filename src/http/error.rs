@@ -35,6 +35,7 @@ pub enum ApiError {
     Unavailable(&'static str),
     #[error("kiln already holds {limit} bytes of request bodies in memory; retry later")]
     TooManyBodies { limit: u64 },
+    /// The cause, with its whole chain (`report::ErrorChain`), as text.
     #[error("internal error: {0}")]
     Internal(String),
     #[error("no such endpoint")]

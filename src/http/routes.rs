@@ -150,7 +150,7 @@ async fn submit_toolchain(
                     tracing::warn!(%archive_id, error = %e, "toolchain cannot be cached");
                     return encoded_response(&req, &SubmitToolchainResult::CannotCache);
                 }
-                Ok(Err(e)) => return Err(ApiError::Internal(e.to_string())),
+                Ok(Err(e)) => return Err(ApiError::Internal(crate::report::ErrorChain(&e).to_string())),
                 Err(_) => return Err(ApiError::Unavailable("toolchain cache")),
             }
         }

@@ -49,7 +49,7 @@ async fn alloc_job(
             tracing::info!(reason = %full, "alloc_job: no free slot, the client compiles locally");
             return encoded_response(&req, &AllocJobHttpResponse::Fail { msg: full.to_string() });
         }
-        Err(e @ ReserveError::Token(_)) => return Err(ApiError::Internal(e.to_string())),
+        Err(e @ ReserveError::Token(_)) => return Err(ApiError::Internal(crate::report::ErrorChain(&e).to_string())),
     };
     let job_id = reservation.job_id;
     let assigned = match assign(&state, job_id, toolchain).await {

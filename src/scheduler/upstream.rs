@@ -85,7 +85,7 @@ impl UpstreamScheduler {
         health: SharedLinkHealth,
     ) -> Result<Self, protocol::ProtocolError> {
         let http = awc::Client::builder().timeout(REQUEST_TIMEOUT).finish();
-        health.lock().expect("link health lock").scheduler_url = url.clone();
+        health.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).scheduler_url = url.clone();
         Ok(UpstreamScheduler {
             url,
             bearer,
@@ -108,7 +108,7 @@ impl UpstreamScheduler {
 
     /// Records a heartbeat's outcome; returns when to send the next one.
     fn beaten(&mut self, result: Result<HeartbeatServerResult, LinkError>) -> Duration {
-        let mut health = self.health.lock().expect("link health lock");
+        let mut health = self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match result {
             Ok(HeartbeatServerResult { is_new }) => {
                 if is_new || !health.connected {
@@ -187,7 +187,7 @@ impl UpstreamScheduler {
         attempt: usize,
         ctx: &mut Context<Self>,
     ) {
-        let mut health = self.health.lock().expect("link health lock");
+        let mut health = self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let Err(e) = result else {
             health.states_reported += 1;
             return;
