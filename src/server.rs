@@ -163,21 +163,110 @@ pub async fn serve_with(
     reload: Reload,
     on_listening: impl FnOnce(Listening),
 ) -> Result<(), ServerError> {
-    // Before anything touches the data dirs: the sweep below would kill another
+    // Before anything touches the directories: the sweep below would kill another
     // kiln's sandboxes and empty its directories.
-    let used = config.used_dirs();
-    let _lock = crate::data_lock::DataDirLock::acquire(used.iter().map(|d| d.as_path()))?;
-    for dir in used.iter().chain([&config.archives_dir()]) {
-        make_private(dir).map_err(|source| ServerError::DataDir { path: dir.clone(), source })?;
-    }
+    let _lock = claim_dirs(&config)?;
     let stats = Arc::new(Stats::default());
     let observer = Arc::new(Observer::new(config.builder_count()));
     let lifecycle = Arc::new(Lifecycle::default());
-    let data_err = |path: &std::path::Path| {
-        let path = path.to_owned();
-        move |source| ServerError::DataDir { path, source }
-    };
+    let storage = start_storage(&config, &stats, &observer).await?;
+    let (backend, warm) = start_backend(&config, &stats).await?;
+    let workers = start_workers(&config, backend.clone(), warm, &storage, &stats, &observer);
 
+    let key = match config.job_token_key_bytes() {
+        Some(bytes) => JobKey::from_bytes(&bytes).map_err(ServerError::Key)?,
+        None => JobKey::generate().map_err(ServerError::Key)?,
+    };
+    let cert = ServerCert::generate(config.public_addr).map_err(ServerError::Tls)?;
+    let (listener, bound, server_id) = bind_build_server(&config)?;
+    let (scheduler, link_health, local) = start_scheduler(&config, &key, &cert, server_id)?;
+
+    let kiln = &config.kiln;
+    let ops = Arc::new(Ops {
+        observer,
+        lifecycle: lifecycle.clone(),
+        stats: stats.clone(),
+        cache: storage.cache.clone(),
+        unpacker: storage.unpacker,
+        pool: workers.pool,
+        backend: backend.name(),
+        builders: workers.builders.len(),
+        link_health,
+        quarantine: workers.quarantine,
+        started: std::time::Instant::now(),
+    });
+    let state = web::Data::new(AppState {
+        ops,
+        key,
+        jobs: JobTable::default(),
+        cache: storage.cache,
+        queue: workers.queue,
+        stats,
+        limits: HttpLimits {
+            max_archive_bytes: kiln.toolchains.max_archive_bytes,
+            max_request_bytes: kiln.jobs.max_request_bytes,
+            body_timeout: kiln.jobs.body_timeout(),
+            upload_timeout: Duration::from_secs(kiln.toolchains.upload_timeout_secs),
+        },
+        incoming_dir: config.incoming_dir(),
+        next_upload: AtomicU64::new(0),
+        body_memory: BodyBudget::new(kiln.jobs.max_buffered_request_bytes),
+        scheduler,
+    });
+    spawn_job_expiry(state.clone(), Duration::from_secs(kiln.jobs.assigned_ttl_secs));
+
+    let (servers, listening) = start_http(&config, &state, listener, bound, &cert, local)?;
+    tracing::info!(
+        addr = %bound,
+        server_id = %server_id.addr(),
+        tls = kiln.tls,
+        builders = workers.builders.len(),
+        backend = backend.name(),
+        metrics = %listening.metrics,
+        scheduler = %match (&config.scheduler_url, listening.scheduler) {
+            (Some(url), _) => url.clone(),
+            (None, Some(addr)) => format!("built in, http://{addr}"),
+            (None, None) => "none".into(),
+        },
+        "kiln is serving"
+    );
+    let signals = crate::observe::signals::Signals::install().map_err(ServerError::Http)?;
+    on_listening(listening);
+    let handles = servers.iter().map(|s| s.handle()).collect();
+    actix_rt::spawn(crate::observe::signals::run(signals, lifecycle, handles, config.clone(), reload));
+    futures_util::future::try_join_all(servers).await.map_err(ServerError::Http)?;
+    // Held until here: a supervisor restarts its actor only while some address of
+    // it is alive, and an idle builder's address is otherwise only in the queue.
+    drop(workers.builders);
+    backend.shut_down().await;
+    Ok(())
+}
+
+/// Locks the directories the config writes to (one kiln per directory) and makes
+/// them private.
+fn claim_dirs(config: &Config) -> Result<crate::data_lock::DataDirLock, ServerError> {
+    let used = config.used_dirs();
+    let lock = crate::data_lock::DataDirLock::acquire(used.iter().map(|d| d.as_path()))?;
+    for dir in used.iter().chain([&config.archives_dir()]) {
+        make_private(dir).map_err(|source| ServerError::DataDir { path: dir.clone(), source })?;
+    }
+    Ok(lock)
+}
+
+fn data_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ServerError {
+    let path = path.to_owned();
+    move |source| ServerError::DataDir { path, source }
+}
+
+/// The actors that keep files: the Cleaner (after it swept what a previous run
+/// left), the ToolchainCache and the Unpacker.
+struct Storage {
+    cleaner: Addr<Cleaner>,
+    cache: Addr<ToolchainCache>,
+    unpacker: Addr<Unpacker>,
+}
+
+async fn start_storage(config: &Config, stats: &Arc<Stats>, observer: &Arc<Observer>) -> Result<Storage, ServerError> {
     let cleaner = Cleaner::new(stats.clone()).observed_by(observer.clone()).start();
     let sweep = SweepStale {
         data_dir: config.build_dir(),
@@ -200,20 +289,20 @@ pub async fn serve_with(
         .map_err(|_| ServerError::Startup)?
         .map_err(data_err(&archives))?
         .start();
-    let kiln = &config.kiln;
-    let unpacker = Unpacker::new(
-        config.roots_dir(),
-        kiln.toolchains.unpacked_bytes,
-        kiln.toolchains.extract_limits(),
-        stats.clone(),
-    )
-    .start();
+    let toolchains = &config.kiln.toolchains;
+    let unpacker =
+        Unpacker::new(config.roots_dir(), toolchains.unpacked_bytes, toolchains.extract_limits(), stats.clone())
+            .start();
+    Ok(Storage { cleaner, cache, unpacker })
+}
 
-    let builders = config.builder_count();
+/// The sandbox backend, and how many sandboxes per toolchain the SandboxPool keeps
+/// prepared. The docker backend keeps its own warm pool (the ContainerPool): the
+/// SandboxPool then prepares nothing ahead, each acquire takes a warm container.
+async fn start_backend(config: &Config, stats: &Arc<Stats>) -> Result<(SharedBackend, usize), ServerError> {
+    let kiln = &config.kiln;
     let limits = kiln.jobs.sandbox_limits();
-    // The docker backend keeps its own warm pool (the ContainerPool): the SandboxPool
-    // then prepares nothing ahead, each acquire takes a warm container at once.
-    let (backend, warm): (SharedBackend, usize) = match config.backend() {
+    Ok(match config.backend() {
         Backend::Overlay { bwrap_path } => {
             let shim = config.build_dir().join("kiln-exec");
             install_exec_shim(&shim).await.map_err(data_err(&shim))?;
@@ -225,43 +314,56 @@ pub async fn serve_with(
             (Arc::new(overlay), kiln.sandbox.warm_per_toolchain)
         }
         Backend::Docker => (start_docker_backend(&kiln.sandbox.docker, &kiln.data_dir, limits, stats.clone()).await, 0),
-    };
+    })
+}
+
+/// The actors that run jobs: the SandboxPool, the JobQueue and the supervised
+/// Builders, with the quarantine they share.
+struct Workers {
+    pool: Addr<SandboxPool>,
+    queue: Addr<JobQueue>,
+    quarantine: Arc<Quarantine>,
+    builders: Vec<Addr<Builder>>,
+}
+
+fn start_workers(
+    config: &Config,
+    backend: SharedBackend,
+    warm: usize,
+    storage: &Storage,
+    stats: &Arc<Stats>,
+    observer: &Arc<Observer>,
+) -> Workers {
+    let kiln = &config.kiln;
+    let builders = config.builder_count();
     let max_idle = (builders * 2).max(warm);
-    let backend_name = backend.name();
-    let stopping_backend = backend.clone();
-    let pool = SandboxPool::new(backend, warm, max_idle, cleaner.clone(), stats.clone()).start();
-    let ops_pool = pool.clone();
+    let pool = SandboxPool::new(backend, warm, max_idle, storage.cleaner.clone(), stats.clone()).start();
     let queue = JobQueue::new(kiln.jobs.queue_len, stats.clone()).start();
     let quarantine =
         Arc::new(Quarantine::new(kiln.sandbox.quarantine_after, Duration::from_secs(kiln.sandbox.quarantine_secs)));
     let deps = BuilderDeps {
         queue: queue.clone(),
-        cache: cache.clone(),
-        unpacker: unpacker.clone(),
-        pool,
-        cleaner,
+        cache: storage.cache.clone(),
+        unpacker: storage.unpacker.clone(),
+        pool: pool.clone(),
+        cleaner: storage.cleaner.clone(),
         stats: stats.clone(),
         job_timeout: kiln.jobs.timeout(),
         observer: observer.clone(),
         quarantine: quarantine.clone(),
     };
-    // Held until shutdown: a supervisor restarts its actor only while some address
-    // of it is alive, and an idle builder's address is otherwise only in the queue.
-    let _builders: Vec<Addr<Builder>> = (0..builders)
+    let builders = (0..builders)
         .map(|id| {
             let deps = deps.clone();
             Supervisor::start(move |_| Builder::new(id, deps))
         })
         .collect();
+    Workers { pool, queue, quarantine, builders }
+}
 
-    let key = match config.job_token_key_bytes() {
-        Some(bytes) => JobKey::from_bytes(&bytes).map_err(ServerError::Key)?,
-        None => JobKey::generate().map_err(ServerError::Key)?,
-    };
-    let cert = ServerCert::generate(config.public_addr).map_err(ServerError::Tls)?;
-
-    // Bound before anything names this server: with port 0 (tests), the server id
-    // the scheduler hands out must carry the real port.
+/// Binds the build-server address, before anything names this server: with port
+/// 0 (tests), the server id the scheduler hands out must carry the real port.
+fn bind_build_server(config: &Config) -> Result<(std::net::TcpListener, SocketAddr, ServerId), ServerError> {
     let bind = config.bind_addr();
     let bind_err = |source| ServerError::Bind { addr: bind, key: "public_addr / bind_address", source };
     let listener = std::net::TcpListener::bind(bind).map_err(bind_err)?;
@@ -275,8 +377,19 @@ pub async fn serve_with(
         0 => ServerId(SocketAddr::new(config.public_addr.ip(), bound.port())),
         _ => ServerId(config.public_addr),
     };
+    Ok((listener, bound, server_id))
+}
 
-    let (scheduler, link_health, local) = match &config.scheduler_url {
+/// Where job states go: the link to upstream's scheduler (with its health, for the
+/// status), or kiln's own scheduler (whose API `start_http` serves).
+fn start_scheduler(
+    config: &Config,
+    key: &JobKey,
+    cert: &ServerCert,
+    server_id: ServerId,
+) -> Result<(Scheduler, Option<SharedLinkHealth>, Option<Arc<LocalScheduler>>), ServerError> {
+    let kiln = &config.kiln;
+    Ok(match &config.scheduler_url {
         Some(url) => {
             let url = parse_scheduler_url(url).map_err(ServerError::SchedulerUrl)?;
             let heartbeat = HeartbeatServerHttpRequest {
@@ -308,55 +421,34 @@ pub async fn serve_with(
             ));
             (Scheduler::Local(local.clone()), None, Some(local))
         }
-    };
+    })
+}
 
-    let ops = Arc::new(Ops {
-        observer,
-        lifecycle: lifecycle.clone(),
-        stats: stats.clone(),
-        cache: cache.clone(),
-        unpacker,
-        pool: ops_pool,
-        backend: backend_name,
-        builders,
-        link_health: link_health.clone(),
-        quarantine,
-        started: std::time::Instant::now(),
-    });
-    let state = web::Data::new(AppState {
-        ops,
-        key,
-        jobs: JobTable::default(),
-        cache,
-        queue,
-        stats,
-        limits: HttpLimits {
-            max_archive_bytes: kiln.toolchains.max_archive_bytes,
-            max_request_bytes: kiln.jobs.max_request_bytes,
-            body_timeout: kiln.jobs.body_timeout(),
-            upload_timeout: Duration::from_secs(kiln.toolchains.upload_timeout_secs),
-        },
-        incoming_dir: config.incoming_dir(),
-        next_upload: AtomicU64::new(0),
-        body_memory: BodyBudget::new(kiln.jobs.max_buffered_request_bytes),
-        scheduler,
-    });
-    spawn_job_expiry(state.clone(), Duration::from_secs(kiln.jobs.assigned_ttl_secs));
-
+/// The HTTP servers: the build-server API on `listener`, the operator endpoints,
+/// and kiln's own scheduler API when there is a `local` scheduler.
+fn start_http(
+    config: &Config,
+    state: &web::Data<AppState>,
+    listener: std::net::TcpListener,
+    bound: SocketAddr,
+    cert: &ServerCert,
+    local: Option<Arc<LocalScheduler>>,
+) -> Result<(Vec<actix_server::Server>, Listening), ServerError> {
+    let kiln = &config.kiln;
     let tls = match kiln.tls {
         true => Some(cert.server_config().map_err(ServerError::Tls)?),
         false => None,
     };
     let app_state = state.clone();
     let server = actix_server::Server::build()
-        .workers(builders.clamp(1, 4))
+        .workers(config.builder_count().clamp(1, 4))
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
         // SIGTERM drains first (observe::signals), then stops the servers.
         .disable_signals();
     let server = listen_h1(server, listener, tls, ConnectionLimits::default(), move || {
         App::new().app_data(app_state.clone()).configure(configure)
     })
-    .map_err(bind_err)?
+    .map_err(|source| ServerError::Bind { addr: bound, key: "public_addr / bind_address", source })?
     .run();
 
     let metrics_addr = config.metrics_addr();
@@ -368,49 +460,24 @@ pub async fn serve_with(
         .bind(metrics_addr)
         .map_err(|source| ServerError::Bind { addr: metrics_addr, key: "kiln.metrics_listen", source })?;
     let metrics = ops_server.addrs().first().copied().unwrap_or(metrics_addr);
-    let ops_server = ops_server.run();
+    let mut servers = vec![server, ops_server.run()];
 
     let mut listening = Listening { server: bound, tls: kiln.tls, scheduler: None, metrics };
-    let scheduler_server = match local {
-        Some(local) => {
-            let addr = kiln.scheduler.listen;
-            let (app_state, local) = (state.clone(), web::Data::new(local));
-            let server = HttpServer::new(move || {
-                App::new().app_data(app_state.clone()).app_data(local.clone()).configure(configure_scheduler)
-            })
-            .workers(1)
-            .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
-            .disable_signals()
-            .bind(addr)
-            .map_err(|source| ServerError::Bind { addr, key: "kiln.scheduler.listen", source })?;
-            listening.scheduler = server.addrs().first().copied();
-            Some(server.run())
-        }
-        None => None,
-    };
-    tracing::info!(
-        addr = %bound,
-        server_id = %server_id.addr(),
-        tls = kiln.tls,
-        builders,
-        backend = backend_name,
-        metrics = %metrics,
-        scheduler = %match (&config.scheduler_url, listening.scheduler) {
-            (Some(url), _) => url.clone(),
-            (None, Some(addr)) => format!("built in, http://{addr}"),
-            (None, None) => "none".into(),
-        },
-        "kiln is serving"
-    );
-    let signals = crate::observe::signals::Signals::install().map_err(ServerError::Http)?;
-    on_listening(listening);
-    let mut servers = vec![server, ops_server];
-    servers.extend(scheduler_server);
-    let handles = servers.iter().map(|s| s.handle()).collect();
-    actix_rt::spawn(crate::observe::signals::run(signals, lifecycle, handles, config.clone(), reload));
-    futures_util::future::try_join_all(servers).await.map_err(ServerError::Http)?;
-    stopping_backend.shut_down().await;
-    Ok(())
+    if let Some(local) = local {
+        let addr = kiln.scheduler.listen;
+        let (app_state, local) = (state.clone(), web::Data::new(local));
+        let server = HttpServer::new(move || {
+            App::new().app_data(app_state.clone()).app_data(local.clone()).configure(configure_scheduler)
+        })
+        .workers(1)
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+        .disable_signals()
+        .bind(addr)
+        .map_err(|source| ServerError::Bind { addr, key: "kiln.scheduler.listen", source })?;
+        listening.scheduler = server.addrs().first().copied();
+        servers.push(server.run());
+    }
+    Ok((servers, listening))
 }
 
 /// The bearer token this server shows upstream's scheduler, formatted as
