@@ -380,14 +380,16 @@ fn bind_build_server(config: &Config) -> Result<(std::net::TcpListener, SocketAd
     Ok((listener, bound, server_id))
 }
 
-/// Where job states go: the link to upstream's scheduler (with its health, for the
-/// status), or kiln's own scheduler (whose API `start_http` serves).
+/// Where job states go, the link's health (for the status) with upstream's
+/// scheduler, and kiln's own scheduler (whose API `start_http` serves) without.
+type SchedulerParts = (Scheduler, Option<SharedLinkHealth>, Option<Arc<LocalScheduler>>);
+
 fn start_scheduler(
     config: &Config,
     key: &JobKey,
     cert: &ServerCert,
     server_id: ServerId,
-) -> Result<(Scheduler, Option<SharedLinkHealth>, Option<Arc<LocalScheduler>>), ServerError> {
+) -> Result<SchedulerParts, ServerError> {
     let kiln = &config.kiln;
     Ok(match &config.scheduler_url {
         Some(url) => {
