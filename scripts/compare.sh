@@ -4,8 +4,12 @@
 #
 #   scripts/compare.sh                      # as root, 127.0.0.1 only
 #   COMPARE_JOBS=400 COMPARE_MIX=tiny,medium scripts/compare.sh
-#   COMPARE_ROUNDS=3 COMPARE_BASE=origin/main COMPARE_TARGETS=kiln-overlay,upstream-overlay \
+#   COMPARE_ROUNDS=5 COMPARE_BASE=origin/main COMPARE_TARGETS=kiln-overlay,upstream-overlay \
 #     scripts/compare.sh                    # A B A B ...: medians and spreads over rounds
+#
+# Targets run in rounds (3 by default: A B C D, A B C D, A B C D), each run measuring
+# bare gcc itself, and every ratio is reported as its median [min–max] over rounds:
+# this machine drifts by tens of percent within minutes.
 #
 # COMPARE_BASE builds that revision of kiln (a git worktree, its own target dir) and
 # runs it as one more target, kiln-overlay-base, interleaved with the others in every
@@ -30,7 +34,7 @@ source "$ROOT/scripts/common.sh"
 trap cleanup EXIT
 
 JOBS=${COMPARE_JOBS:-200}
-ROUNDS=${COMPARE_ROUNDS:-1}
+ROUNDS=${COMPARE_ROUNDS:-3}
 BASE=${COMPARE_BASE:-}
 TARGETS=${COMPARE_TARGETS:-kiln-overlay,kiln-docker,upstream-overlay,upstream-docker}
 MIX=${COMPARE_MIX:-tiny}
