@@ -13,18 +13,18 @@ use crate::actors::builder::BuilderDeps;
 use crate::actors::{Builder, Cleaner, JobQueue, SandboxPool, SweepStale, ToolchainCache, Unpacker};
 use crate::config::{parse_scheduler_url, Backend, Config, SchedulerAuth, INSECURE_SERVER_TOKEN};
 use crate::http::{
-    configure, configure_ops, configure_scheduler, listen_h1, AppState, BodyBudget, ConnectionLimits, HttpLimits,
+    configure, configure_ops, configure_scheduler, listen_h1, AppState, BodyBudget, ConnectionLimits, HttpLimits, Ops,
 };
 use crate::jobs::JobTable;
 use crate::observe::signals::Reload;
-use crate::observe::{Lifecycle, Observer, Ops};
+use crate::observe::{Lifecycle, Observer, SharedLinkHealth};
 use crate::protocol::{HeartbeatServerHttpRequest, JobKey, ServerCertificateHttpResponse, ServerId, ServerNonce};
 use crate::quarantine::Quarantine;
 use crate::sandbox::cgroup::{CgroupOptions, JobCgroups};
 use crate::sandbox::docker::start_docker_backend;
 use crate::sandbox::overlay::{install_exec_shim, JobSeccomp, OverlayBackend, OverlayConfinement};
 use crate::sandbox::SharedBackend;
-use crate::scheduler::{LocalScheduler, Scheduler, SharedLinkHealth, UpstreamScheduler};
+use crate::scheduler::{LocalScheduler, Scheduler, UpstreamScheduler};
 use crate::stats::Stats;
 use crate::tls::ServerCert;
 

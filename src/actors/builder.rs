@@ -89,7 +89,7 @@ impl Handler<RunJob> for Builder {
         let deps = self.deps.clone();
         let span = request.span.clone();
         let builder = self.id;
-        deps.observer.job_started(builder, &request);
+        deps.observer.job_started(builder, request.job_id, &request.command, &request.archive_id, &request.phases);
         let (job_id, phases) = (request.job_id, request.phases.clone());
         let archive_id = request.archive_id.clone();
         let panicked_archive = archive_id.clone();

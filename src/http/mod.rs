@@ -14,7 +14,7 @@ mod status_page;
 pub use body::BodyBudget;
 pub use error::ApiError;
 pub use https::{listen_h1, ConnectionLimits};
-pub use ops::configure as configure_ops;
+pub use ops::{configure as configure_ops, Ops};
 pub use routes::configure;
 pub use scheduler_api::configure_scheduler;
 pub use state::{AppState, HttpLimits};

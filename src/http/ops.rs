@@ -3,13 +3,92 @@
 //! `/healthz` (load balancers), `GET /api/v1/kiln/status` (JSON, `kiln status`)
 //! and `POST /api/v1/kiln/gc` (`kiln gc`, loopback clients only).
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::state::AppState;
 use super::status_page;
 use super::ApiError;
-use crate::observe::{metrics, StatusDocument};
+use crate::actors::{
+    DescribeCache, DescribePool, DescribeRoots, DiscardIdle, EvictIdleRoots, SandboxPool, ToolchainCache, TrimCache,
+    Unpacker,
+};
+use crate::observe::{metrics, GcReport, Lifecycle, Observer, SharedLinkHealth, Snapshot, StatusDocument};
+use crate::quarantine::Quarantine;
+use crate::stats::Stats;
+
+/// How long a reading waits for one actor's answer: a busy actor shows as
+/// "unavailable" rather than stalling a scrape.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The actors and shared state the operator endpoints read.
+pub struct Ops {
+    pub observer: Arc<Observer>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub stats: Arc<Stats>,
+    pub cache: Addr<ToolchainCache>,
+    pub unpacker: Addr<Unpacker>,
+    pub pool: Addr<SandboxPool>,
+    pub backend: &'static str,
+    pub builders: usize,
+    pub link_health: Option<SharedLinkHealth>,
+    pub quarantine: Arc<Quarantine>,
+    pub started: Instant,
+}
+
+async fn ask<A, M>(addr: &Addr<A>, msg: M) -> Option<M::Result>
+where
+    A: actix::Actor + actix::Handler<M>,
+    A::Context: actix::dev::ToEnvelope<A, M>,
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+{
+    tokio::time::timeout(ASK_TIMEOUT, addr.send(msg)).await.ok()?.ok()
+}
+
+impl Ops {
+    pub async fn snapshot(&self) -> Snapshot {
+        let (archives, roots, pool) = tokio::join!(
+            ask(&self.cache, DescribeCache),
+            ask(&self.unpacker, DescribeRoots),
+            ask(&self.pool, DescribePool)
+        );
+        let activity = &self.observer.activity;
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            backend: self.backend.to_owned(),
+            draining: self.lifecycle.is_draining(),
+            jobs_in_flight: self.lifecycle.in_flight(),
+            jobs_running: activity.running(),
+            jobs_refused_draining: self.lifecycle.refused(),
+            counters: self.stats.snapshot(),
+            builders: activity.builders(),
+            archives,
+            roots,
+            pool,
+            recent_jobs: activity.recent_jobs(),
+            recent_errors: activity.recent_errors(),
+            scheduler_link: self.link_health.as_ref().map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            toolchain_health: self.quarantine.describe(),
+        }
+    }
+
+    /// Garbage collection now: idle sandboxes first (they pin roots), then every
+    /// unused unpacked root, then archives over budget.
+    pub async fn collect_garbage(&self) -> Result<GcReport, &'static str> {
+        let sandboxes = self.pool.send(DiscardIdle).await.map_err(|_| "sandbox pool")?;
+        let roots = self.unpacker.send(EvictIdleRoots).await.map_err(|_| "unpacker")?;
+        let archives = self.cache.send(TrimCache).await.map_err(|_| "toolchain cache")?;
+        let report = GcReport { sandboxes, roots, archives };
+        tracing::info!(?report, "garbage collected");
+        Ok(report)
+    }
+}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(prometheus))

@@ -41,5 +41,5 @@ pub struct AppState {
     /// Where job state transitions go.
     pub scheduler: Scheduler,
     /// Metrics, live activity and the serving/draining lifecycle.
-    pub ops: Arc<crate::observe::Ops>,
+    pub ops: Arc<super::Ops>,
 }

@@ -4,8 +4,10 @@
 //!   the sandbox both enter phases).
 //! - [`observer`]: latency histograms and the live [`activity`] (builders, recent
 //!   jobs and errors in bounded ring buffers).
-//! - [`views`]: the actors' answers to `Describe*` / garbage collection messages.
-//! - [`snapshot`]: [`Ops`], everything the operator endpoints read, and one reading.
+//! - [`views`]: the actors' answers to `Describe*` / garbage collection messages, and
+//!   the scheduler link's health.
+//! - [`snapshot`]: one reading of everything the operator endpoints show (the
+//!   actors are asked by `http::Ops`: this module is a leaf, it names no actor).
 //! - [`metrics`]: the Prometheus exposition; [`lifecycle`]: serving / draining.
 //! - [`logging`]: text or JSON logs, with a level that SIGHUP can change.
 
@@ -22,5 +24,5 @@ pub mod views;
 pub use lifecycle::{Draining, InFlight, Lifecycle};
 pub use observer::Observer;
 pub use phases::{JobPhases, Phase, PhaseTimings, SharedPhases};
-pub use snapshot::{GcReport, Ops, Snapshot, StatusDocument};
-pub use views::{Freed, PoolView, StoreView, StoredToolchain, WarmToolchain};
+pub use snapshot::{GcReport, Snapshot, StatusDocument};
+pub use views::{Freed, LinkHealth, PoolView, SharedLinkHealth, StoreView, StoredToolchain, WarmToolchain};

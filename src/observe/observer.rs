@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use super::activity::{command_line, unix_now, Activity, JobRecord};
 use super::phases::{Phase, SharedPhases};
-use crate::protocol::{JobComplete, JobId};
+use crate::protocol::{CompileCommand, JobComplete, JobId};
 
 /// Histogram buckets in seconds: 1 ms to ~65 s, doubling.
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -36,15 +36,16 @@ impl Observer {
         }
     }
 
-    /// A builder took a job.
-    pub fn job_started(&self, builder: usize, request: &crate::jobs::JobRequest) {
-        self.activity.started(
-            builder,
-            request.job_id,
-            command_line(&request.command),
-            request.archive_id.clone(),
-            request.phases.clone(),
-        );
+    /// A builder took job `job_id`: `command` over toolchain `archive_id`.
+    pub fn job_started(
+        &self,
+        builder: usize,
+        job_id: JobId,
+        command: &CompileCommand,
+        archive_id: &str,
+        phases: &SharedPhases,
+    ) {
+        self.activity.started(builder, job_id, command_line(command), archive_id.to_owned(), phases.clone());
     }
 
     /// A builder finished a job (with a result or an error).

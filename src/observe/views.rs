@@ -77,3 +77,20 @@ pub struct Freed {
     pub items: u64,
     pub bytes: u64,
 }
+
+/// What the status shows about the link to upstream's scheduler; the link
+/// (`scheduler::UpstreamScheduler`) writes it, the operator endpoints read it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct LinkHealth {
+    pub scheduler_url: String,
+    /// The last heartbeat was answered.
+    pub connected: bool,
+    /// Seconds since the epoch of the last answered heartbeat.
+    pub last_heartbeat_at: Option<u64>,
+    pub heartbeats_failed: u64,
+    pub last_error: Option<String>,
+    pub states_reported: u64,
+    pub states_failed: u64,
+}
+
+pub type SharedLinkHealth = std::sync::Arc<std::sync::Mutex<LinkHealth>>;

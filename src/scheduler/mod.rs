@@ -16,7 +16,7 @@ use std::sync::Arc;
 use actix::Addr;
 
 use crate::protocol::{JobId, JobState};
-pub use upstream::{LinkHealth, ReportJobState, SharedLinkHealth, UpstreamScheduler};
+pub use upstream::{ReportJobState, UpstreamScheduler};
 
 /// How long a job waits for the scheduler to take one of its state reports.
 pub const REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

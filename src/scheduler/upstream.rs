@@ -11,14 +11,13 @@
 //! would hold one of this server's slots at the scheduler forever, so it is
 //! retried a few times in the background.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use awc::http::header;
 use bytes::Bytes;
-use serde::Serialize;
 
+use crate::observe::SharedLinkHealth;
 use crate::protocol::{
     self, HeartbeatServerHttpRequest, HeartbeatServerResult, JobId, JobState, UpdateJobStateResult,
     BINCODE_CONTENT_TYPE, MAX_SMALL_MESSAGE,
@@ -49,22 +48,6 @@ pub enum LinkError {
     #[error("the scheduler link is not running")]
     Stopped,
 }
-
-/// What the status endpoint shows about the link; shared with the HTTP facade.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct LinkHealth {
-    pub scheduler_url: String,
-    /// The last heartbeat was answered.
-    pub connected: bool,
-    /// Seconds since the epoch of the last answered heartbeat.
-    pub last_heartbeat_at: Option<u64>,
-    pub heartbeats_failed: u64,
-    pub last_error: Option<String>,
-    pub states_reported: u64,
-    pub states_failed: u64,
-}
-
-pub type SharedLinkHealth = Arc<Mutex<LinkHealth>>;
 
 pub struct UpstreamScheduler {
     url: String,
