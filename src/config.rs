@@ -387,7 +387,8 @@ impl Config {
             return invalid("kiln.scheduler.unclaimed_secs", "must be at least 1");
         }
         if let Some(url) = &self.scheduler_url {
-            parse_scheduler_url(url).map_err(|reason| ConfigError::Invalid { key: "scheduler_url", reason })?;
+            parse_scheduler_url(url)
+                .map_err(|e| ConfigError::Invalid { key: "scheduler_url", reason: e.to_string() })?;
             match &self.scheduler_auth {
                 None => return invalid("scheduler_auth", "is required with scheduler_url, as upstream requires it"),
                 Some(SchedulerAuth::JwtToken { token }) => {
@@ -570,18 +571,27 @@ pub fn scheduler_capacity(cpus: usize) -> usize {
     cpus + 1 + cpus / 8
 }
 
+/// Why a `scheduler_url` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerUrlError {
+    #[error("https is not supported: upstream's scheduler serves plain HTTP; use http://")]
+    Https,
+    #[error("{0:?} is not an http:// URL")]
+    NotHttp(String),
+    #[error("{0:?} must be http://host:port with no path")]
+    HasPath(String),
+}
+
 /// Checks a `scheduler_url`: plain `http://host:port`, as upstream's scheduler serves.
-pub fn parse_scheduler_url(url: &str) -> Result<String, String> {
+pub fn parse_scheduler_url(url: &str) -> Result<String, SchedulerUrlError> {
     let rest = match url.split_once("://") {
         Some(("http", rest)) => rest,
-        Some(("https", _)) => {
-            return Err("https is not supported: upstream's scheduler serves plain HTTP; use http://".into())
-        }
-        _ => return Err(format!("{url:?} is not an http:// URL")),
+        Some(("https", _)) => return Err(SchedulerUrlError::Https),
+        _ => return Err(SchedulerUrlError::NotHttp(url.to_owned())),
     };
     let authority = rest.trim_end_matches('/');
     if authority.is_empty() || authority.contains('/') {
-        return Err(format!("{url:?} must be http://host:port with no path"));
+        return Err(SchedulerUrlError::HasPath(url.to_owned()));
     }
     Ok(format!("http://{authority}"))
 }
@@ -767,7 +777,7 @@ token = "my server's token"
         let no_auth: Config = toml::from_str("scheduler_url = \"http://10.0.0.1:10600\"").unwrap();
         assert!(no_auth.validate().unwrap_err().to_string().contains("scheduler_auth"));
         assert_eq!(parse_scheduler_url("http://10.0.0.1:10600/").unwrap(), "http://10.0.0.1:10600");
-        assert!(parse_scheduler_url("https://10.0.0.1:10600").unwrap_err().contains("https"));
+        assert_eq!(parse_scheduler_url("https://10.0.0.1:10600"), Err(SchedulerUrlError::Https));
         assert!(parse_scheduler_url("http://10.0.0.1:10600/api").is_err());
         assert!(parse_scheduler_url("10.0.0.1:10600").is_err());
         let unspecified: Config = toml::from_str("public_addr = \"0.0.0.0:10501\"").unwrap();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::config::{Backend, Config};
 use crate::sandbox::docker::check_daemon;
-use crate::sandbox::overlay::{check_bwrap, probe_unprivileged};
+use crate::sandbox::overlay::{check_bwrap, probe_unprivileged, BwrapError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostCheckError {
@@ -20,10 +20,10 @@ pub enum HostCheckError {
     #[error(
         "{0}: install it with `apt-get install bubblewrap` (or `dnf install bubblewrap`), or set bwrap_path in [builder]"
     )]
-    Bubblewrap(String),
+    Bubblewrap(BwrapError),
     /// bubblewrap runs as the job's unprivileged uid and needs a user namespace.
-    #[error("{0}")]
-    UserNamespaces(String),
+    #[error(transparent)]
+    UserNamespaces(BwrapError),
     #[error(
         "the docker daemon does not answer ({0}): start it (`systemctl start docker`, or `dockerd &`), \
          or set [kiln.sandbox.docker] host"

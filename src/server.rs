@@ -59,8 +59,8 @@ pub enum ServerError {
     Http(#[source] std::io::Error),
     #[error("setting up TLS failed")]
     Tls(#[source] crate::tls::TlsError),
-    #[error("invalid scheduler_url: {0}")]
-    SchedulerUrl(String),
+    #[error("invalid scheduler_url")]
+    SchedulerUrl(#[from] crate::config::SchedulerUrlError),
     #[error("the jobs' seccomp filter cannot be built")]
     Seccomp(#[source] crate::sandbox::SandboxError),
     #[error(

@@ -79,7 +79,7 @@ pub fn check(config: &Config) -> Vec<Finding> {
         Err(e) => Finding::bad(
             "bubblewrap",
             if docker_backend { Verdict::Warn } else { Verdict::Fail },
-            e.clone(),
+            e.to_string(),
             "`apt-get install bubblewrap` (or `dnf install bubblewrap`), or set bwrap_path in [builder]",
         ),
     });
@@ -120,7 +120,7 @@ fn job_confinement(config: &Config, bwrap: Option<PathBuf>) -> Vec<Finding> {
             Err(e) => Finding::bad(
                 "user namespaces",
                 Verdict::Fail,
-                e,
+                e.to_string(),
                 "allow unprivileged user namespaces (see the line above)",
             ),
         });

@@ -30,28 +30,42 @@ use super::seccomp::JobSeccomp;
 /// Oldest bubblewrap with every flag kiln passes (`--disable-userns` came in 0.8.0).
 const MIN_BWRAP: (u32, u32, u32) = (0, 8, 0);
 
+/// Why bubblewrap cannot serve as the overlay backend's sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum BwrapError {
+    #[error("bubblewrap ({0}) was not found")]
+    NotFound(PathBuf),
+    /// Its message carries the cause: these are shown as one line.
+    #[error("cannot run bubblewrap ({path}): {error}")]
+    Run { path: PathBuf, error: std::io::Error },
+    #[error("bubblewrap {}.{}.{} or newer is needed (for --disable-userns), found {found:?}", MIN_BWRAP.0, MIN_BWRAP.1, MIN_BWRAP.2)]
+    TooOld { found: String },
+    #[error(
+        "bubblewrap cannot make a sandbox as the unprivileged uid {uid} ({stderr}): allow unprivileged user namespaces \
+         (sysctl user.max_user_namespaces > 0; on Debian kernel.unprivileged_userns_clone = 1; on Ubuntu \
+         kernel.apparmor_restrict_unprivileged_userns = 0 or an AppArmor profile for bwrap)"
+    )]
+    NoUserNamespace { uid: u32, stderr: String },
+}
+
 /// Finds `bwrap` (a bare name is looked up in `PATH`), checks that it runs and is
 /// recent enough, and returns its absolute path and version line.
 ///
 /// The path must be absolute because jobs run with their own environment, whose
 /// `PATH` (if any) is not kiln's.
-pub fn check_bwrap(bwrap: &Path) -> Result<(PathBuf, String), String> {
-    let path =
-        crate::program::find_program(bwrap).ok_or_else(|| format!("bubblewrap ({}) was not found", bwrap.display()))?;
+pub fn check_bwrap(bwrap: &Path) -> Result<(PathBuf, String), BwrapError> {
+    let path = crate::program::find_program(bwrap).ok_or_else(|| BwrapError::NotFound(bwrap.to_owned()))?;
     let out = Command::new(&path)
         .arg("--version")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run bubblewrap ({}): {e}", path.display()))?;
+        .map_err(|error| BwrapError::Run { path: path.clone(), error })?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let version = text.rsplit(' ').next().unwrap_or_default();
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if !out.status.success() || found < MIN_BWRAP {
-        return Err(format!(
-            "bubblewrap {}.{}.{} or newer is needed (for --disable-userns), found {text:?}",
-            MIN_BWRAP.0, MIN_BWRAP.1, MIN_BWRAP.2
-        ));
+        return Err(BwrapError::TooOld { found: text });
     }
     Ok((path, text))
 }
@@ -61,24 +75,18 @@ pub fn check_bwrap(bwrap: &Path) -> Result<(PathBuf, String), String> {
 /// that forbids unprivileged user namespaces (`user.max_user_namespaces = 0`,
 /// Debian's `kernel.unprivileged_userns_clone = 0`, Ubuntu's AppArmor
 /// `restrict_unprivileged_userns`) would otherwise fail every job.
-pub fn probe_unprivileged(bwrap: &Path, id: JobIdentity) -> Result<(), String> {
+pub fn probe_unprivileged(bwrap: &Path, id: JobIdentity) -> Result<(), BwrapError> {
     let mut cmd = Command::new(bwrap);
     cmd.args(["--unshare-user", "--disable-userns", "--uid", "0", "--gid", "0", "--cap-drop", "ALL"]);
     cmd.args(["--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--proc", "/proc", "--", "/bin/true"]);
     cmd.env_clear().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     // As root, std drops the supplementary groups when it changes the uid.
     cmd.uid(id.uid).gid(id.gid());
-    let out = cmd.output().map_err(|e| format!("cannot run bubblewrap ({}): {e}", bwrap.display()))?;
+    let out = cmd.output().map_err(|error| BwrapError::Run { path: bwrap.to_owned(), error })?;
     if out.status.success() {
         return Ok(());
     }
-    Err(format!(
-        "bubblewrap cannot make a sandbox as the unprivileged uid {} ({}): allow unprivileged user namespaces \
-         (sysctl user.max_user_namespaces > 0; on Debian kernel.unprivileged_userns_clone = 1; on Ubuntu \
-         kernel.apparmor_restrict_unprivileged_userns = 0 or an AppArmor profile for bwrap)",
-        id.uid,
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
+    Err(BwrapError::NoUserNamespace { uid: id.uid, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
 }
 
 /// What a sandbox's bubblewrap is started with, besides the overlay.

@@ -21,6 +21,6 @@ mod namespace;
 mod seccomp;
 
 pub use backend::{install_exec_shim, OverlayBackend, OverlayConfinement, EXEC_SHIM};
-pub use bwrap::{check_bwrap, probe_unprivileged};
+pub use bwrap::{check_bwrap, probe_unprivileged, BwrapError};
 pub use identity::{IdRange, JobIdentity};
 pub use seccomp::JobSeccomp;
