@@ -103,3 +103,44 @@ impl Handler<BuilderReady> for JobQueue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::{JobPhases, Phase};
+    use crate::protocol::{CompileCommand, JobId};
+
+    fn request(id: u64) -> JobRequest {
+        JobRequest {
+            job_id: JobId(id),
+            archive_id: "a".into(),
+            command: CompileCommand {
+                executable: "/bin/true".into(),
+                arguments: Vec::new(),
+                env_vars: Vec::new(),
+                cwd: "/".into(),
+            },
+            outputs: Vec::new(),
+            inputs_zlib: bytes::Bytes::new(),
+            span: tracing::Span::none(),
+            phases: JobPhases::starting(Phase::Queue),
+        }
+    }
+
+    /// Backpressure: with every builder busy, `max_waiting` jobs wait and the next
+    /// is refused at once (the facade answers 503), not queued without bound.
+    #[actix_rt::test]
+    async fn with_no_free_builder_a_full_queue_refuses_at_once() {
+        let stats = Arc::new(Stats::default());
+        let queue = JobQueue::new(2, stats.clone()).start();
+        let waiting: Vec<_> = [
+            queue.send(SubmitJob(request(1))).await.unwrap().unwrap(),
+            queue.send(SubmitJob(request(2))).await.unwrap().unwrap(),
+        ]
+        .into();
+        let refused = queue.send(SubmitJob(request(3))).await.unwrap().unwrap_err();
+        assert_eq!(refused.waiting, 2);
+        assert_eq!(stats.jobs_rejected.load(std::sync::atomic::Ordering::Relaxed), 1);
+        drop(waiting);
+    }
+}

@@ -227,3 +227,90 @@ impl Handler<DiscardIdle> for SandboxPool {
         MessageResult(freed)
     }
 }
+
+/// The pool's logic against a fake backend: no root, no processes, milliseconds.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sandbox::fake::{FakeBackend, FakeCounts};
+
+    fn root(archive_id: &str) -> ToolchainRoot {
+        ToolchainRoot { archive_id: archive_id.into(), path: "/nonexistent".into(), lease: Arc::new(()) }
+    }
+
+    fn pool(backend: FakeBackend, warm: usize, max_idle: usize) -> (Addr<SandboxPool>, Arc<Stats>) {
+        let stats = Arc::new(Stats::default());
+        let cleaner = Cleaner::new(stats.clone()).start();
+        (SandboxPool::new(Arc::new(backend), warm, max_idle, cleaner, stats.clone()).start(), stats)
+    }
+
+    /// The pool's view once `done` holds of it, or after 2 s (bounded).
+    async fn settle(
+        pool: &Addr<SandboxPool>,
+        done: impl Fn(&crate::observe::PoolView) -> bool,
+    ) -> crate::observe::PoolView {
+        for _ in 0..200 {
+            let view = pool.send(DescribePool).await.unwrap();
+            if done(&view) {
+                return view;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pool.send(DescribePool).await.unwrap()
+    }
+
+    fn idle_of(view: &crate::observe::PoolView, archive_id: &str) -> Option<usize> {
+        view.toolchains.iter().find(|t| t.archive_id == archive_id).map(|t| t.idle)
+    }
+
+    #[actix_rt::test]
+    async fn a_warm_toolchain_gets_sandboxes_prepared_ahead_and_handed_out() {
+        let backend = FakeBackend::open();
+        let counts = backend.counts.clone();
+        let (pool, stats) = pool(backend, 2, 8);
+        // The first acquire prepares one for itself and two ahead.
+        pool.send(AcquireSandbox { toolchain: root("a") }).await.unwrap().unwrap();
+        let view = settle(&pool, |v| idle_of(v, "a") == Some(2)).await;
+        assert_eq!(idle_of(&view, "a"), Some(2), "{view:?}");
+        assert_eq!(FakeCounts::get(&counts.prepared), 3);
+        // The next one is a warm hit, and the pool refills behind it.
+        pool.send(AcquireSandbox { toolchain: root("a") }).await.unwrap().unwrap();
+        assert_eq!(stats.sandboxes_warm_hits.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let view = settle(&pool, |v| idle_of(v, "a") == Some(2)).await;
+        assert_eq!(idle_of(&view, "a"), Some(2), "{view:?}");
+        assert_eq!(FakeCounts::get(&counts.prepared), 4);
+    }
+
+    #[actix_rt::test]
+    async fn over_the_idle_cap_the_coldest_toolchain_is_discarded() {
+        let backend = FakeBackend::open();
+        let counts = backend.counts.clone();
+        let (pool, _) = pool(backend, 2, 2);
+        pool.send(AcquireSandbox { toolchain: root("cold") }).await.unwrap().unwrap();
+        settle(&pool, |v| idle_of(v, "cold") == Some(2)).await;
+        pool.send(AcquireSandbox { toolchain: root("hot") }).await.unwrap().unwrap();
+        let view = settle(&pool, |v| idle_of(v, "hot") == Some(2)).await;
+        assert_eq!(idle_of(&view, "hot"), Some(2), "{view:?}");
+        assert_eq!(idle_of(&view, "cold"), None, "the least recently used toolchain stays warm: {view:?}");
+        assert_eq!(FakeCounts::get(&counts.discarded), 2);
+    }
+
+    #[actix_rt::test]
+    async fn a_preparation_that_finishes_after_its_toolchain_was_discarded_is_not_pooled() {
+        let (backend, gate) = FakeBackend::gated();
+        let counts = backend.counts.clone();
+        let (pool, _) = pool(backend, 2, 8);
+        let first = actix_rt::spawn(pool.send(AcquireSandbox { toolchain: root("a") }));
+        let view = settle(&pool, |v| v.toolchains.iter().any(|t| t.preparing == 2)).await;
+        assert_eq!(view.toolchains[0].preparing, 2, "{view:?}");
+        // The toolchain is unpacked afresh while its sandboxes are being prepared.
+        pool.send(DiscardWarm { archive_id: "a".into() }).await.unwrap();
+        gate.add_permits(3);
+        first.await.unwrap().unwrap().unwrap();
+        let view = settle(&pool, |_| FakeCounts::get(&counts.discarded) == 2).await;
+        assert!(view.toolchains.is_empty(), "a stale preparation was pooled: {view:?}");
+        assert_eq!(FakeCounts::get(&counts.discarded), 2, "the late sandboxes went to the cleaner");
+    }
+}

@@ -9,6 +9,8 @@
 pub mod cgroup;
 pub mod docker;
 mod error;
+#[cfg(test)]
+pub(crate) mod fake;
 mod job;
 mod kill;
 pub mod overlay;
