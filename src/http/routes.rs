@@ -226,7 +226,7 @@ async fn run_job(
         };
         claimed.complete().await;
         if let Err(e) = &outcome {
-            tracing::info!(error = %crate::report::ErrorChain(e), "the job ends unrun; its scheduler slot is free");
+            tracing::info!(error = %crate::report::ErrorChain(e), "the job ended without a result; its scheduler slot is free");
         }
         drop(in_flight);
         encoded_response(&req, &RunJobResult::Complete(outcome?))
