@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
@@ -34,12 +34,34 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 type State = web::Data<AppState>;
 
-/// Parses the job id and checks the job's bearer token.
-fn authorize(state: &AppState, req: &HttpRequest, raw_id: &str) -> Result<JobId, ApiError> {
-    let job_id = raw_id.parse::<u64>().map(JobId).map_err(|_| ApiError::BadJobId(raw_id.to_owned()))?;
-    let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    state.key.verify(authorization, job_id)?;
-    Ok(job_id)
+/// The opening the three build-server calls share, as an extractor: the job id
+/// from the path, checked against the call's bearer token, and the span that
+/// tags every log line of the call with the id. A bad id or token is answered
+/// before the handler runs and before any of the body is read.
+struct JobCall {
+    job_id: JobId,
+    span: tracing::Span,
+}
+
+impl FromRequest for JobCall {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(JobCall::check(req))
+    }
+}
+
+impl JobCall {
+    fn check(req: &HttpRequest) -> Result<Self, ApiError> {
+        let raw = req.match_info().get("job_id").unwrap_or_default();
+        let span = tracing::info_span!("job", job_id = %raw);
+        let state = req.app_data::<State>().ok_or(ApiError::Unavailable("build-server state"))?;
+        let job_id = raw.parse::<u64>().map(JobId).map_err(|_| ApiError::BadJobId(raw.to_owned()))?;
+        let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        state.key.verify(authorization, job_id)?;
+        Ok(JobCall { job_id, span })
+    }
 }
 
 /// Answers in the encoding the request accepts, as upstream's servers do:
@@ -74,19 +96,13 @@ fn preferred_encoding(req: &HttpRequest) -> Result<Encoding, ApiError> {
     Err(ApiError::NotAcceptable(accept.to_owned()))
 }
 
-fn job_span(job_id: &str) -> tracing::Span {
-    tracing::info_span!("job", job_id = %job_id)
-}
-
 async fn assign_job(
     state: State,
     req: HttpRequest,
-    path: web::Path<String>,
+    JobCall { job_id, span }: JobCall,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let span = job_span(&path);
     async move {
-        let job_id = authorize(&state, &req, &path)?;
         let body = BoundedBody::new(&req, payload, MAX_SMALL_MESSAGE, state.limits.body_timeout)?.read_all().await?;
         let toolchain: Toolchain = protocol::decode(&body, MAX_SMALL_MESSAGE)?;
         let answer = assign(&state, job_id, toolchain).await?;
@@ -115,12 +131,10 @@ pub(super) async fn assign(state: &AppState, job_id: JobId, toolchain: Toolchain
 async fn submit_toolchain(
     state: State,
     req: HttpRequest,
-    path: web::Path<String>,
+    JobCall { job_id, span }: JobCall,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let span = job_span(&path);
     async move {
-        let job_id = authorize(&state, &req, &path)?;
         let body = BoundedBody::new(&req, payload, state.limits.max_archive_bytes, state.limits.upload_timeout)?;
         let Some(toolchain) = state.jobs.toolchain_of(job_id) else {
             tracing::warn!("submit_toolchain for a job this server does not know");
@@ -200,13 +214,11 @@ async fn receive_archive(mut body: BoundedBody, staged: &std::path::Path, archiv
 async fn run_job(
     state: State,
     req: HttpRequest,
-    path: web::Path<String>,
+    JobCall { job_id, span }: JobCall,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let span = job_span(&path);
     let job_span = span.clone();
     async move {
-        let job_id = authorize(&state, &req, &path)?;
         // Counted until answered, so a drain waits for this job.
         let in_flight = state.ops.lifecycle.start_job();
         // Claimed before anything is read or reserved: a second run_job of this id,
