@@ -8,7 +8,8 @@
 //! instead of kiln's status and reason. h2 gains nothing measurable here
 //! (BENCHMARKS.md: one client's jobs on one connection, against a pool of
 //! HTTP/1.1 connections), so this listener is actix-http's HTTP/1.1 service
-//! behind rustls, with no ALPN offer: every client speaks HTTP/1.1.
+//! behind rustls, offering only `http/1.1` in ALPN: every client speaks HTTP/1.1.
+//! (With `kiln.tls = false` the same service runs on plain TCP.)
 
 use std::fmt;
 use std::net::TcpListener;
