@@ -23,11 +23,8 @@
 //! - [`client`]: a Rust client of the protocol, for tests, benches and load tools.
 //! - [`observe`]: metrics, the live activity behind `/status`, job phase timings,
 //!   logging, and the serving/draining lifecycle; [`cli`]: `kiln status`,
-//!   `kiln check`, `kiln gc`.
-//!
-//! The few `Mutex`es (never held across an await) recover from poisoning: each
-//! guards a few map operations that leave it consistent, and one panicked task
-//! must not take the server down with it.
+//!   `kiln check`, `kiln gc`; [`sync`]: the one policy for locks (poisoning is
+//!   recovered).
 
 pub mod actors;
 pub mod archive;
@@ -49,4 +46,5 @@ pub mod sandbox;
 pub mod scheduler;
 pub mod server;
 pub mod stats;
+pub mod sync;
 pub mod tls;

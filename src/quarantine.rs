@@ -85,7 +85,7 @@ impl Quarantine {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Health>> {
-        self.toolchains.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.toolchains)
     }
 
     /// `Err` while `archive_id` is quarantined. A cool-down that has ended clears

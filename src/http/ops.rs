@@ -73,7 +73,7 @@ impl Ops {
             pool,
             recent_jobs: activity.recent_jobs(),
             recent_errors: activity.recent_errors(),
-            scheduler_link: self.link_health.as_ref().map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            scheduler_link: self.link_health.as_ref().map(|h| crate::sync::lock(h).clone()),
             toolchain_health: self.quarantine.describe(),
         }
     }

@@ -46,7 +46,7 @@ impl JobTable {
             Entry::Occupied(_) => Err(DuplicateJob(job_id)),
             Entry::Vacant(slot) => {
                 // Under the entry's shard lock: two assigns of one id cannot both pass.
-                if !self.used.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).first_use(job_id) {
+                if !crate::sync::lock(&self.used).first_use(job_id) {
                     return Err(DuplicateJob(job_id));
                 }
                 slot.insert(AssignedJob { toolchain, ready, assigned_at: Instant::now(), uploading: false });

@@ -95,7 +95,7 @@ impl Activity {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     pub fn started(&self, builder: usize, job_id: JobId, command: String, archive_id: String, phases: SharedPhases) {

@@ -129,7 +129,7 @@ impl JobPhases {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Clock> {
         // A panic while holding this lock cannot leave the clock inconsistent.
-        self.clock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.clock)
     }
 }
 

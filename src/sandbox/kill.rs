@@ -21,7 +21,7 @@ pub(crate) struct KillHandle(Arc<Mutex<KillState>>);
 impl KillHandle {
     fn state(&self) -> MutexGuard<'_, KillState> {
         // A poisoned lock only means a panic elsewhere; the state is still valid.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.0)
     }
 
     /// Kills the process if it runs, and stops one from being started.

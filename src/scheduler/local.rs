@@ -125,7 +125,7 @@ impl LocalScheduler {
     /// Takes a job slot, or says why not. Expired unclaimed jobs are dropped
     /// from `table` first, so they free their slots.
     pub fn reserve(&self, table: &JobTable) -> Result<Reservation, ReserveError> {
-        let mut jobs = self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut jobs = crate::sync::lock(&self.jobs);
         self.expire(&mut jobs, table);
         if jobs.len() >= self.capacity {
             return Err(ReserveError::Full { in_progress: jobs.len(), capacity: self.capacity });
@@ -138,14 +138,14 @@ impl LocalScheduler {
 
     /// Gives a slot back when the job could not be placed after all.
     pub fn release(&self, job_id: JobId) {
-        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&job_id);
+        crate::sync::lock(&self.jobs).remove(&job_id);
     }
 
     /// Follows a job through `Pending → Ready → Started → Complete`, as upstream's
     /// scheduler does; other transitions are ignored (and logged). Jobs it never
     /// placed (assigned over the build-server API directly) are not tracked.
     pub fn update(&self, job_id: JobId, state: JobState) {
-        let mut jobs = self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut jobs = crate::sync::lock(&self.jobs);
         let Some(job) = jobs.get_mut(&job_id) else { return };
         match (job.state, state) {
             (JobState::Pending, JobState::Ready) | (JobState::Ready, JobState::Started) => {
@@ -159,7 +159,7 @@ impl LocalScheduler {
     }
 
     pub fn status(&self, table: &JobTable) -> SchedulerStatusResult {
-        let mut jobs = self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut jobs = crate::sync::lock(&self.jobs);
         self.expire(&mut jobs, table);
         SchedulerStatusResult { num_servers: 1, num_cpus: self.num_cpus as u64, in_progress: jobs.len() as u64 }
     }

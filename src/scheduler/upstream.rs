@@ -68,7 +68,7 @@ impl UpstreamScheduler {
         health: SharedLinkHealth,
     ) -> Result<Self, protocol::ProtocolError> {
         let http = awc::Client::builder().timeout(REQUEST_TIMEOUT).finish();
-        health.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).scheduler_url = url.clone();
+        crate::sync::lock(&health).scheduler_url = url.clone();
         Ok(UpstreamScheduler {
             url,
             bearer,
@@ -91,7 +91,7 @@ impl UpstreamScheduler {
 
     /// Records a heartbeat's outcome; returns when to send the next one.
     fn beaten(&mut self, result: Result<HeartbeatServerResult, LinkError>) -> Duration {
-        let mut health = self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut health = crate::sync::lock(&self.health);
         match result {
             Ok(HeartbeatServerResult { is_new }) => {
                 if is_new || !health.connected {
@@ -170,7 +170,7 @@ impl UpstreamScheduler {
         attempt: usize,
         ctx: &mut Context<Self>,
     ) {
-        let mut health = self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut health = crate::sync::lock(&self.health);
         let Err(e) = result else {
             health.states_reported += 1;
             return;
