@@ -581,9 +581,8 @@ impl Handler<ShutDown> for ContainerPool {
         self.healthy = false;
         // Containers still starting come back of an old epoch: removed, not pooled.
         self.epoch += 1;
-        for (archive_id, _) in self.toolchains.drain() {
-            tracing::debug!(%archive_id, "docker pool stopped");
-        }
+        // Waiting takers are answered PoolGone as their senders drop.
+        self.toolchains.clear();
         self.busy.clear();
         let engine = self.engine.clone();
         Box::pin(async move {

@@ -226,7 +226,7 @@ async fn run_job(
         // job at the scheduler, which frees its slot.
         let Some(job) = state.jobs.take(job_id) else {
             tracing::warn!("run_job for a job this server does not know (never assigned, expired, or already run)");
-            BoundedBody::new(&req, payload, state.limits.max_request_bytes, state.limits.body_timeout)?
+            run_job_body(&state, &req, payload)?
                 .discard()
                 .await?;
             return encoded_response(&req, &RunJobResult::JobNotFound);
@@ -247,6 +247,12 @@ async fn run_job(
     .await
 }
 
+/// A run_job body, bounded by the job request limits (read, or discarded when
+/// the call is answered without it).
+fn run_job_body(state: &AppState, req: &HttpRequest, payload: web::Payload) -> Result<BoundedBody, ApiError> {
+    BoundedBody::new(req, payload, state.limits.max_request_bytes, state.limits.body_timeout)
+}
+
 /// Reads a claimed job's body, runs the job and waits for its result.
 async fn run_claimed(
     state: &AppState,
@@ -256,7 +262,7 @@ async fn run_claimed(
     claimed: &mut ClaimedJob,
     job_span: tracing::Span,
 ) -> Result<crate::protocol::JobComplete, ApiError> {
-    let body = BoundedBody::new(req, payload, state.limits.max_request_bytes, state.limits.body_timeout)?;
+    let body = run_job_body(state, req, payload)?;
     // Held until the job is answered: the body lives that long, in the job.
     let (body, _memory) = body.read_all_within(&state.body_memory).await?;
     let (request, inputs) = protocol::split_run_job_body(&body)?;
@@ -282,6 +288,6 @@ async fn refuse_draining(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<crate::protocol::JobComplete, ApiError> {
-    BoundedBody::new(req, payload, state.limits.max_request_bytes, state.limits.body_timeout)?.discard().await?;
+    run_job_body(state, req, payload)?.discard().await?;
     Err(crate::observe::Draining.into())
 }
