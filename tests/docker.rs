@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use kiln::protocol::RunJobHttpRequest;
+use kiln::protocol::{RunJobHttpRequest, RunJobResult};
 
 use common::*;
 use kiln::protocol::JobComplete;
@@ -188,9 +188,9 @@ async fn jobs_run_unprivileged_offline_bounded_and_leave_nothing_behind() {
     let out = stdout(&done);
     assert!(out.starts_with(&container), "same container expected: {out} vs {container}");
     assert!(!out.contains("/tmp/marker\n") && out.contains("No such file"), "an earlier job's files survived: {out}");
-    // pid 1 (kiln-init) and this job's sh: nothing else.
+    // pid 1 (kiln-init), its supervisor of this job and this job's sh: nothing else.
     let processes: u32 = out.lines().last().unwrap().trim().parse().unwrap();
-    assert_eq!(processes, 2, "leftover processes: {out}");
+    assert_eq!(processes, 3, "leftover processes: {out}");
 
     // A fork bomb hits the pids limit; the job ends (timeout or failure), kiln serves on.
     let started = Instant::now();
@@ -204,7 +204,7 @@ async fn jobs_run_unprivileged_offline_bounded_and_leave_nothing_behind() {
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_compiles_docker(&kiln).await;
     let done = sh(&kiln, COUNT_PROCESSES, &project).await;
-    assert_eq!(stdout(&done).trim(), "2", "bomb processes survived");
+    assert_eq!(stdout(&done).trim(), "3", "bomb processes survived");
     let status = kiln.status().await;
     assert!(status["containers_reused"].as_u64().unwrap() >= 4, "{status}");
 }
@@ -505,4 +505,117 @@ async fn a_clean_stop_removes_the_pool() {
     let left = engine.list_containers().await.unwrap();
     assert!(left.is_empty(), "containers outlived a clean stop: {:?}", left.iter().map(|c| &c.id).collect::<Vec<_>>());
     assert!(engine.list_images().await.unwrap().is_empty(), "the image outlived a clean stop");
+}
+
+/// Tries what a job of the agent's own uid could do to reach the stream that carries
+/// every later job's inputs and outputs: open pid 1's and its supervisor's (the
+/// parent's) stdin and stdout through /proc and write a forged reply there, and
+/// ptrace either of them. Prints one line per attempt.
+const REACH_AGENT_C: &str = r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <unistd.h>
+static void try_fd(const char *who, int pid, int fd, int flags) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
+    int f = open(path, flags);
+    if (f < 0) { printf("%s fd %d: %s\n", who, fd, strerror(errno)); return; }
+    if (flags == O_WRONLY) {
+        /* A forged success: status 0, code 0, stdout "forged", no stderr. */
+        static const char forged[] = "KRES\0\0\0\0\0\6\0\0\0\0\0\0\0forged\0\0\0\0\0\0\0\0";
+        write(f, forged, sizeof forged - 1);
+    }
+    printf("%s fd %d: OPENED\n", who, fd);
+}
+int main(void) {
+    int parent = getppid();
+    try_fd("init", 1, 0, O_RDONLY);
+    try_fd("init", 1, 1, O_WRONLY);
+    try_fd("supervisor", parent, 0, O_RDONLY);
+    try_fd("supervisor", parent, 1, O_WRONLY);
+    printf("ptrace init: %s\n", ptrace(PTRACE_ATTACH, 1, 0, 0) ? strerror(errno) : "ATTACHED");
+    printf("ptrace supervisor: %s\n", ptrace(PTRACE_ATTACH, parent, 0, 0) ? strerror(errno) : "ATTACHED");
+    printf("done\n");
+    return 0;
+}
+"#;
+
+/// Issue 15: each container's agent (kiln-init, pid 1, the job user's uid) holds the
+/// stream kiln sends every job through. A job cannot read it, write a forged reply
+/// into it or ptrace the agent or its supervisor (both are non-dumpable); a job that
+/// kills its supervisor fails alone and the container serves the next job; and
+/// binary inputs carrying docker's detach keys (ctrl-p ctrl-q) cross intact.
+#[actix_rt::test]
+async fn a_job_cannot_reach_its_agents_stream() {
+    if !docker_ready() {
+        return;
+    }
+    let kiln = DockerKiln::start(&format!(
+        "builders = 1\n[kiln.jobs]\ntimeout_secs = 20\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\n"
+    ));
+    let client = kiln.client();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("reach.c"), REACH_AGENT_C).unwrap();
+    let built = std::process::Command::new("gcc")
+        .arg("-o")
+        .arg(dir.path().join("reach"))
+        .arg(dir.path().join("reach.c"))
+        .status();
+    assert!(built.unwrap().success());
+    let mut inputs = kiln::client::InputsBuilder::new();
+    inputs.add_file("/work/proj/reach", &std::fs::read(dir.path().join("reach")).unwrap()).unwrap();
+    // exec: the program's parent is the job's supervisor.
+    let script = "cat /etc/hostname; exec /lib64/ld-linux-x86-64.so.2 ./reach";
+    let done =
+        run(&client, gcc_toolchain(), command("/bin/sh", &["-c", script], "/work/proj"), &[], inputs.finish().unwrap())
+            .await;
+    let out = stdout(&done);
+    eprintln!("{out}");
+    assert_eq!(done.output.code, 0, "{}", stderr(&done));
+    assert!(out.ends_with("done\n"), "the job's own result came back: {out}");
+    assert!(!out.contains("OPENED") && !out.contains("ATTACHED"), "the job reached the agent:\n{out}");
+    assert_eq!(out.matches("Permission denied").count() + out.matches("Operation not permitted").count(), 6, "{out}");
+    let container = out.lines().next().unwrap().to_owned();
+
+    // A job that kills its supervisor ends as if it had crashed, alone.
+    let project = CProject::new();
+    let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+    let request = RunJobHttpRequest {
+        command: command("/bin/sh", &["-c", "kill -9 $PPID; sleep 5"], project.cwd()),
+        outputs: vec![],
+    };
+    let killed = client.run_job(job_id, &token(job_id), &request, &project.inputs()).await.unwrap();
+    let RunJobResult::Complete(killed) = killed else { panic!("job {job_id} not found") };
+    assert_eq!(killed.output.code, 137, "{}", stderr(&killed));
+    assert!(stderr(&killed).contains("supervisor"), "{}", stderr(&killed));
+
+    // Binary data with every byte value and the detach sequence, in and out.
+    let data: Vec<u8> = (0..(1u32 << 20))
+        .map(|i| {
+            if i % 3 == 0 {
+                0x10
+            } else if i % 3 == 1 {
+                0x11
+            } else {
+                i as u8
+            }
+        })
+        .collect();
+    let mut inputs = kiln::client::InputsBuilder::new();
+    inputs.add_file(&format!("{}/data.bin", project.cwd()), &data).unwrap();
+    let script = "cat /etc/hostname; cat data.bin > out.bin";
+    let copied = run(
+        &client,
+        gcc_toolchain(),
+        command("/bin/sh", &["-c", script], project.cwd()),
+        &["out.bin"],
+        inputs.finish().unwrap(),
+    )
+    .await;
+    assert_eq!(copied.output.code, 0, "{}", stderr(&copied));
+    assert!(stdout(&copied).starts_with(&container), "the container was not reused after its supervisor was killed");
+    assert!(output_bytes(&copied, "out.bin") == data, "binary data changed on its way through the agent");
 }

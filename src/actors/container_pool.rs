@@ -25,7 +25,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::report::ErrorChain;
-use crate::sandbox::docker::{image_tar_stream, Container, ContainerSpec, DockerError, Engine, Lease};
+use crate::sandbox::docker::{image_tar_stream, AgentLink, Container, ContainerSpec, DockerError, Engine, Lease};
 use crate::sandbox::ToolchainRoot;
 use crate::stats::Stats;
 
@@ -218,7 +218,7 @@ impl ContainerPool {
         &mut self,
         archive_id: String,
         epoch: u64,
-        result: Result<String, DockerError>,
+        result: Result<(String, AgentLink), DockerError>,
         ctx: &mut Context<Self>,
     ) {
         let current = epoch == self.epoch;
@@ -226,11 +226,10 @@ impl ContainerPool {
             tc.starting -= 1;
         }
         match result {
-            Ok(id) => {
+            Ok((id, agent)) => {
                 Stats::bump(&self.stats.containers_created);
                 if current {
-                    let container = Container { id, archive_id: archive_id.clone(), epoch, jobs: 0, failures: 0 };
-                    self.put_idle(container);
+                    self.put_idle(Container::new(id, archive_id.clone(), epoch, agent));
                 } else {
                     self.remove_container(id);
                 }

@@ -41,7 +41,7 @@ pub enum Leftovers {
     /// A sandbox directory; nothing of it is mounted in the host's namespace.
     Dir(PathBuf),
     /// A docker container after its job: reset and returned to its pool, or removed.
-    Container(docker::UsedContainer),
+    Container(Box<docker::UsedContainer>),
 }
 
 /// Sending `()` asks a running job to stop.

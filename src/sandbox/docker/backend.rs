@@ -1,19 +1,22 @@
 //! The docker backend: a prepared sandbox is a warm container taken from the
-//! [`ContainerPool`]; after its job the cleaner resets it and gives it back.
+//! [`ContainerPool`]; its job is one request to the container's agent; after it the
+//! cleaner has the agent reset the container and gives it back.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::engine::{Engine, HELPER_PATH};
+use super::agent::{AgentLink, AgentOutputFile, JobReply};
+use super::engine::Engine;
 use super::error::DockerError;
-use super::job::{collect_outputs, prepare};
+use super::job::{prepare, top_dirs_tar};
 use crate::actors::container_pool::{ContainerDestroyed, ContainerPool, ReturnContainer, ShutDown, TakeContainer};
-use crate::protocol::{JobComplete, ProcessOutput};
+use crate::observe::Phase;
+use crate::protocol::{JobComplete, OutputData, ProcessOutput};
 use crate::report::ErrorChain;
 use crate::sandbox::{
     Cancellation, Leftovers, Sandbox, SandboxBackend, SandboxError, SandboxJob, SandboxLimits, ToolchainRoot,
@@ -22,14 +25,10 @@ use crate::sandbox::{
 /// A container whose jobs failed this many times in a row (failures of the
 /// machinery, not compile errors) is destroyed instead of reused.
 const MAX_CONSECUTIVE_FAILURES: u32 = 3;
-/// The cleaner's reset exec may take this long (kill loop plus file removal).
+/// The agent's reset (kill loop plus file removal) may take this long.
 const RESET_TIMEOUT: Duration = Duration::from_secs(30);
-/// After a job died of a signal: how often (every 100 ms) the container is checked
-/// for having been killed from outside.
-const CONTAINER_GONE_CHECKS: u32 = 5;
-/// Attempts at the reset exec: right after a fork bomb the container's pids may
-/// still be exhausted for a moment, so the exec cannot start.
-const RESET_ATTEMPTS: u32 = 3;
+/// The agent times a job out itself and replies; kiln gives up this much later.
+const AGENT_GRACE: Duration = Duration::from_secs(5);
 
 /// One container of the pool, as it travels between pool, job and cleaner.
 #[derive(Debug)]
@@ -42,6 +41,16 @@ pub struct Container {
     pub jobs: u64,
     /// Consecutive jobs that failed for a reason of the machinery.
     pub failures: u32,
+    /// Its agent's stdin and stdout.
+    pub agent: AgentLink,
+    /// Top-level directories made in it so far (see `PreparedJob::top_dirs`).
+    pub top_dirs: HashSet<PathBuf>,
+}
+
+impl Container {
+    pub fn new(id: String, archive_id: String, epoch: u64, agent: AgentLink) -> Self {
+        Container { id, archive_id, epoch, jobs: 0, failures: 0, agent, top_dirs: HashSet::new() }
+    }
 }
 
 /// A container handed out by the pool, with the connection it was made on.
@@ -50,28 +59,14 @@ pub struct Lease {
     pub engine: Engine,
 }
 
-/// What a job needs besides its container.
-#[derive(Debug, Clone)]
-pub struct JobSettings {
-    pub uid: u32,
-    pub gid: u32,
-    pub limits: SandboxLimits,
-}
-
-impl JobSettings {
-    fn user(&self) -> String {
-        format!("{}:{}", self.uid, self.gid)
-    }
-}
-
 pub struct DockerBackend {
     pool: Addr<ContainerPool>,
-    settings: Arc<JobSettings>,
+    limits: SandboxLimits,
 }
 
 impl DockerBackend {
-    pub fn new(pool: Addr<ContainerPool>, settings: JobSettings) -> Self {
-        DockerBackend { pool, settings: Arc::new(settings) }
+    pub fn new(pool: Addr<ContainerPool>, limits: SandboxLimits) -> Self {
+        DockerBackend { pool, limits }
     }
 }
 
@@ -81,13 +76,13 @@ impl SandboxBackend for DockerBackend {
     }
 
     fn prepare(&self, toolchain: ToolchainRoot) -> BoxFuture<'static, Result<Box<dyn Sandbox>, SandboxError>> {
-        let (pool, settings) = (self.pool.clone(), self.settings.clone());
+        let (pool, limits) = (self.pool.clone(), self.limits);
         async move {
             let lease = pool
                 .send(TakeContainer { toolchain: toolchain.clone() })
                 .await
                 .map_err(|_| SandboxError::Docker(DockerError::PoolGone))??;
-            Ok(Box::new(DockerSandbox { lease, toolchain, pool, settings }) as Box<dyn Sandbox>)
+            Ok(Box::new(DockerSandbox { lease, toolchain, pool, limits }) as Box<dyn Sandbox>)
         }
         .boxed()
     }
@@ -111,7 +106,7 @@ struct DockerSandbox {
     /// Held until the job is over: the root is what the job's layout is checked against.
     toolchain: ToolchainRoot,
     pool: Addr<ContainerPool>,
-    settings: Arc<JobSettings>,
+    limits: SandboxLimits,
 }
 
 impl Sandbox for DockerSandbox {
@@ -120,20 +115,21 @@ impl Sandbox for DockerSandbox {
         job: SandboxJob,
         cancel: Cancellation,
     ) -> BoxFuture<'static, (Result<JobComplete, SandboxError>, Leftovers)> {
-        let DockerSandbox { lease, toolchain, pool, settings } = *self;
+        let DockerSandbox { lease, toolchain, pool, limits } = *self;
         async move {
             let Lease { mut container, engine } = lease;
             let timeout = job.timeout;
             let result = {
-                let work = run_job(&engine, &container.id, toolchain.path.clone(), job, &settings);
+                let work = run_job(&engine, &mut container, toolchain.path.clone(), job, limits);
                 tokio::select! {
                     result = work => result,
-                    () = tokio::time::sleep(timeout) => Err(SandboxError::TimedOut(timeout)),
+                    () = tokio::time::sleep(timeout + AGENT_GRACE) => Err(SandboxError::TimedOut(timeout)),
                     () = cancelled(cancel) => Err(SandboxError::Cancelled),
                 }
             };
-            if matches!(result, Err(SandboxError::TimedOut(_) | SandboxError::Cancelled)) {
-                // Stop the job's processes now rather than when the cleaner gets to it.
+            if !container.agent.in_step() {
+                // kiln left the exchange (cancelled, or the agent did not answer): stop
+                // the job's processes now; the container is not used again.
                 if let Err(e) = engine.signal(&container.id, "SIGUSR1").await {
                     tracing::warn!(container = %container.id, error = %ErrorChain(&e), "stopping a job's processes failed");
                 }
@@ -143,21 +139,20 @@ impl Sandbox for DockerSandbox {
                 Err(e) if e.is_infrastructure_failure() => container.failures += 1,
                 _ => container.failures = 0,
             }
-            let used = UsedContainer { container, engine, pool, settings, ran_job: true };
-            (result, Leftovers::Container(used))
+            let used = UsedContainer { container, engine, pool, ran_job: true };
+            (result, Leftovers::Container(Box::new(used)))
         }
         .boxed()
     }
 
     fn discard(self: Box<Self>) -> Leftovers {
-        let DockerSandbox { lease, pool, settings, .. } = *self;
-        Leftovers::Container(UsedContainer {
+        let DockerSandbox { lease, pool, .. } = *self;
+        Leftovers::Container(Box::new(UsedContainer {
             container: lease.container,
             engine: lease.engine,
             pool,
-            settings,
             ran_job: false,
-        })
+        }))
     }
 }
 
@@ -168,62 +163,86 @@ async fn cancelled(cancel: Cancellation) {
     }
 }
 
-/// The stages of one job in its container: one upload, one exec, one download (or
-/// one per output when they share no directory of the job's).
+/// One job in its container: its request built (on the blocking pool), the top-level
+/// directories it needs made if this container lacks them (the only Engine API call,
+/// once per container and directory), one exchange with the agent.
 async fn run_job(
     engine: &Engine,
-    container: &str,
+    container: &mut Container,
     toolchain_root: PathBuf,
     job: SandboxJob,
-    settings: &JobSettings,
+    limits: SandboxLimits,
 ) -> Result<JobComplete, SandboxError> {
-    let SandboxJob { command, outputs, inputs_zlib, .. } = job;
-    let limits = settings.limits;
-    let owner = (settings.uid, settings.gid);
-    let command_for_prepare = command.clone();
+    let SandboxJob { command, outputs, inputs_zlib, timeout, phases, .. } = job;
+    phases.enter(Phase::Inputs);
     let prepared = tokio::task::spawn_blocking(move || {
-        prepare(&toolchain_root, &command_for_prepare, &outputs, &inputs_zlib, owner, &limits.inputs)
+        prepare(&toolchain_root, &command, &outputs, &inputs_zlib, &limits, timeout)
     })
     .await
     .map_err(|_| SandboxError::ThreadGone)??;
 
-    engine.upload(container, prepared.upload.into()).await?;
+    let missing: Vec<PathBuf> =
+        prepared.top_dirs.iter().filter(|d| !container.top_dirs.contains(*d)).cloned().collect();
+    if !missing.is_empty() {
+        let tar = top_dirs_tar(&missing).map_err(|e| SandboxError::Inputs(crate::archive::ArchiveError::Read(e)))?;
+        engine.upload(&container.id, tar.into()).await?;
+        container.top_dirs.extend(missing);
+    }
 
-    let mut cmd = Vec::with_capacity(command.arguments.len() + 1);
-    cmd.push(command.executable.clone());
-    cmd.extend(command.arguments.iter().cloned());
-    // The job's environment only: the container itself has none.
-    let env = command.env_vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let exec = engine.exec(container, cmd, env, &settings.user(), &prepared.cwd, limits.max_stdio_bytes).await?;
-    let code = i32::try_from(exec.code).unwrap_or(-1);
-    // Killed by a signal: by the job itself, or because the container went away
-    // (killed or removed from outside). The latter is the machinery's failure.
-    if code >= 128 {
-        // A forced removal ends the exec a moment before the state says so.
-        for _ in 0..CONTAINER_GONE_CHECKS {
-            if !engine.is_running(container).await? {
-                return Err(DockerError::ContainerGone { container: container.to_owned() }.into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    phases.enter(Phase::Compile);
+    let reply = container
+        .agent
+        .run_job(&prepared.request, prepared.outputs.len(), limits.max_stdio_bytes, limits.max_output_bytes)
+        .await;
+    let reply = match reply {
+        Ok(reply) => reply,
+        // The link broke: most likely the container was stopped or removed from outside.
+        Err(e) => match engine.is_running(&container.id).await {
+            Ok(false) => return Err(DockerError::ContainerGone { container: container.id.clone() }.into()),
+            _ => return Err(e.into()),
+        },
+    };
+    phases.enter(Phase::Outputs);
+    match reply {
+        JobReply::Exited { code, stdout, stderr, outputs } => {
+            let names = prepared.outputs;
+            let collected = tokio::task::spawn_blocking(move || compress_outputs(names, outputs))
+                .await
+                .map_err(|_| SandboxError::ThreadGone)??;
+            Ok(JobComplete { output: ProcessOutput { code, stdout, stderr }, outputs: collected })
+        }
+        JobReply::SupervisorKilled(signal) => {
+            let stderr = format!("kiln: the job's supervisor in the container was killed by signal {signal}\n");
+            let output = ProcessOutput { code: 128 + signal as i32, stdout: Vec::new(), stderr: stderr.into_bytes() };
+            Ok(JobComplete { output, outputs: Vec::new() })
+        }
+        JobReply::TimedOut => Err(SandboxError::TimedOut(timeout)),
+        JobReply::OutputsTooLarge => Err(SandboxError::OutputsTooLarge { limit: limits.max_output_bytes }),
+        JobReply::NotStarted(message) => {
+            Err(DockerError::NotStarted { container: container.id.clone(), message }.into())
         }
     }
+}
 
-    // Everything the job may have left in the downloaded directory is bounded too.
-    let download_limit = limits.max_output_bytes.saturating_add(limits.inputs.max_bytes);
-    let mut downloads = Vec::with_capacity(prepared.downloads.len());
-    for path in prepared.downloads {
-        let tar = engine.download(container, &path.to_string_lossy(), download_limit).await.map_err(|e| match e {
-            DockerError::DownloadTooLarge { .. } => SandboxError::OutputsTooLarge { limit: download_limit },
-            other => SandboxError::Docker(other),
-        })?;
-        downloads.push((path, tar));
+/// The outputs the job left, compressed, in the order the client asked for them;
+/// missing ones and ones that are not regular files are left out.
+fn compress_outputs(
+    names: Vec<String>,
+    files: Vec<AgentOutputFile>,
+) -> Result<Vec<(String, OutputData)>, SandboxError> {
+    let mut collected = Vec::with_capacity(files.len());
+    for (name, file) in names.into_iter().zip(files) {
+        match file {
+            AgentOutputFile::File(data) => {
+                let data = OutputData::compress(&data)
+                    .map_err(|source| SandboxError::CompressOutput { path: name.clone(), source })?;
+                collected.push((name, data));
+            }
+            AgentOutputFile::NotRegular => tracing::warn!(output = %name, "output is not a regular file; left out"),
+            AgentOutputFile::Missing => {}
+        }
     }
-    let outputs = prepared.outputs;
-    let max_output_bytes = limits.max_output_bytes;
-    let collected = tokio::task::spawn_blocking(move || collect_outputs(&outputs, &downloads, max_output_bytes))
-        .await
-        .map_err(|_| SandboxError::ThreadGone)??;
-    Ok(JobComplete { output: ProcessOutput { code, stdout: exec.stdout, stderr: exec.stderr }, outputs: collected })
+    Ok(collected)
 }
 
 /// A container after its job (or unused), on its way back to the pool.
@@ -231,7 +250,6 @@ pub struct UsedContainer {
     container: Container,
     engine: Engine,
     pool: Addr<ContainerPool>,
-    settings: Arc<JobSettings>,
     ran_job: bool,
 }
 
@@ -245,7 +263,7 @@ impl UsedContainer {
     /// Resets the container and returns it to the pool, or removes it when it
     /// cannot be reset or failed too often. Ok(true): reset and returned.
     pub async fn recycle(self) -> Result<bool, DockerError> {
-        let UsedContainer { container, engine, pool, settings, ran_job } = self;
+        let UsedContainer { mut container, engine, pool, ran_job } = self;
         if !ran_job {
             pool.do_send(ReturnContainer(container));
             return Ok(true);
@@ -253,8 +271,14 @@ impl UsedContainer {
         let outcome = if container.failures >= MAX_CONSECUTIVE_FAILURES {
             tracing::warn!(container = %container.id, failures = container.failures, "container failed too often; replacing it");
             Ok(false)
+        } else if !container.agent.in_step() {
+            tracing::info!(container = %container.id, "the job's exchange was left unfinished; replacing the container");
+            Ok(false)
         } else {
-            reset(&engine, &container.id, &settings).await.map(|()| true)
+            match tokio::time::timeout(RESET_TIMEOUT, container.agent.reset()).await {
+                Ok(reset) => reset.map(|()| true),
+                Err(_) => Err(DockerError::Timeout { call: "agent reset", timeout: RESET_TIMEOUT }),
+            }
         };
         match outcome {
             Ok(true) => {
@@ -268,35 +292,4 @@ impl UsedContainer {
             }
         }
     }
-}
-
-/// Kills every process of the job (pid 1 does it on SIGUSR1, which needs no new
-/// process), then runs `kiln-init reset`, which kills stragglers and removes every
-/// file the job user owns.
-async fn reset(engine: &Engine, id: &str, settings: &JobSettings) -> Result<(), DockerError> {
-    engine.signal(id, "SIGUSR1").await?;
-    let mut last = None;
-    for attempt in 0..RESET_ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-        }
-        let user = settings.user();
-        let exec = engine.exec(id, vec![HELPER_PATH.into(), "reset".into()], Vec::new(), &user, "/", 4096);
-        let result = match tokio::time::timeout(RESET_TIMEOUT, exec).await {
-            Ok(result) => result,
-            Err(_) => Err(DockerError::Timeout { call: "exec kiln-init reset", timeout: RESET_TIMEOUT }),
-        };
-        match result {
-            Ok(out) if out.code == 0 => return Ok(()),
-            Ok(out) => {
-                last = Some(DockerError::Reset {
-                    container: id.to_owned(),
-                    code: Some(out.code),
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                })
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or(DockerError::Reset { container: id.to_owned(), code: None, stderr: String::new() }))
 }

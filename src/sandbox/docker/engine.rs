@@ -5,18 +5,16 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, KillContainerOptions,
-    ListContainersOptions, ListImagesOptions, RemoveContainerOptions, RemoveImageOptions, StartContainerOptions,
-    UploadToContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
+    ListImagesOptions, RemoveContainerOptions, RemoveImageOptions, StartContainerOptions, UploadToContainerOptions,
 };
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use super::agent::AgentLink;
 use super::error::DockerError;
 
 /// Deadline of every short Engine API call (create, start, upload, kill, list, ...):
@@ -54,14 +52,6 @@ pub struct ContainerSpec {
     pub gid: u32,
     pub pids_limit: i64,
     pub memory_bytes: i64,
-}
-
-/// What one exec produced.
-#[derive(Debug)]
-pub struct ExecOutput {
-    pub code: i64,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
 }
 
 /// A labelled object found on the daemon.
@@ -143,14 +133,15 @@ impl Engine {
         timed("remove image", CALL_TIMEOUT, self.docker.remove_image(image, Some(options), None)).await.map(drop)
     }
 
-    /// Creates and starts a locked-down container of `image`; returns its id.
+    /// Creates and starts a locked-down container of `image`, attached to its agent's
+    /// stdin and stdout before it starts; returns its id and the link.
     pub async fn start_container(
         &self,
         image: &str,
         archive_id: &str,
         epoch: u64,
         spec: &ContainerSpec,
-    ) -> Result<String, DockerError> {
+    ) -> Result<(String, AgentLink), DockerError> {
         let labels = HashMap::from([
             (LABEL_OWNER.to_owned(), self.owner.clone()),
             (LABEL_TOOLCHAIN.to_owned(), archive_id.to_owned()),
@@ -173,12 +164,16 @@ impl Engine {
             memory_swap: Some(spec.memory_bytes),
             // kiln-init is pid 1 and reaps on its own; docker-init would add nothing.
             init: Some(false),
-            // The root file system stays writable because the Engine API refuses
-            // archive uploads into a read-only rootfs, even onto a tmpfs mounted
-            // there ("container rootfs is marked read-only"). The toolchain is
+            // The root file system stays writable: a job's cwd may be a new top-level
+            // directory (a client's /home or /work), which only an upload through the
+            // Engine API can create, as root's (the job user cannot write to `/`),
+            // and the daemon refuses uploads into a read-only rootfs. The toolchain is
             // owned by root and the job runs without capabilities as another user,
-            // so it can write only into the directories kiln made for it and /tmp.
+            // so it can write only into the directories it owns and /tmp.
             readonly_rootfs: Some(false),
+            // The agent's stdout carries every job's outputs: no log driver keeps a
+            // copy of them on the daemon's disk.
+            log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -187,6 +182,14 @@ impl Engine {
             user: Some(format!("{}:{}", spec.uid, spec.gid)),
             working_dir: Some("/".into()),
             env: Some(Vec::new()),
+            // The agent's link to kiln: stdin stays open for the container's life
+            // (no tty, so no detach keys scan the binary stream).
+            open_stdin: Some(true),
+            stdin_once: Some(false),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
             network_disabled: Some(true),
             labels: Some(labels),
             host_config: Some(host_config),
@@ -195,17 +198,33 @@ impl Engine {
         let created =
             timed("create container", CALL_TIMEOUT, self.docker.create_container(None::<CreateContainerOptions>, body))
                 .await?;
-        let started = timed(
-            "start container",
-            CALL_TIMEOUT,
-            self.docker.start_container(&created.id, None::<StartContainerOptions>),
-        )
-        .await;
-        if let Err(e) = started {
-            let _ = self.remove_container(&created.id).await;
-            return Err(e);
+        let attach = AttachContainerOptions {
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            stream: true,
+            logs: false,
+            ..Default::default()
+        };
+        let started = async {
+            let attached =
+                timed("attach container", CALL_TIMEOUT, self.docker.attach_container(&created.id, Some(attach)))
+                    .await?;
+            timed(
+                "start container",
+                CALL_TIMEOUT,
+                self.docker.start_container(&created.id, None::<StartContainerOptions>),
+            )
+            .await?;
+            Ok::<_, DockerError>(AgentLink::new(created.id.clone(), attached.input, attached.output))
+        };
+        match started.await {
+            Ok(link) => Ok((created.id, link)),
+            Err(e) => {
+                let _ = self.remove_container(&created.id).await;
+                Err(e)
+            }
         }
-        Ok(created.id)
     }
 
     /// Removes a container, killing it first if it runs.
@@ -242,76 +261,6 @@ impl Engine {
             self.docker.upload_to_container(id, Some(options), bollard::body_full(archive)),
         )
         .await
-    }
-
-    /// A tar of `path` in the container, at most `limit` bytes; `None` if it does not exist.
-    pub async fn download(&self, id: &str, path: &str, limit: u64) -> Result<Option<Vec<u8>>, DockerError> {
-        let options = DownloadFromContainerOptions { path: path.to_owned() };
-        let download = async {
-            let mut stream = self.docker.download_from_container(id, Some(options));
-            let mut tar = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                let chunk = match chunk {
-                    Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                        return Ok(Some(None));
-                    }
-                    other => other?,
-                };
-                if (tar.len() + chunk.len()) as u64 > limit {
-                    return Ok(None);
-                }
-                tar.extend_from_slice(&chunk);
-            }
-            Ok(Some(Some(tar)))
-        };
-        timed("download archive", CALL_TIMEOUT, download)
-            .await?
-            .ok_or_else(|| DockerError::DownloadTooLarge { path: path.to_owned(), limit })
-    }
-
-    /// Runs `cmd` in the container and waits for it; stdout and stderr are each kept
-    /// up to `max_stdio` bytes (the rest is read and dropped so the process never
-    /// blocks on a full pipe). No deadline: the caller bounds it (the job's timeout).
-    pub async fn exec(
-        &self,
-        id: &str,
-        cmd: Vec<String>,
-        env: Vec<String>,
-        user: &str,
-        cwd: &str,
-        max_stdio: u64,
-    ) -> Result<ExecOutput, DockerError> {
-        let options = CreateExecOptions {
-            cmd: Some(cmd),
-            env: Some(env),
-            user: Some(user.to_owned()),
-            working_dir: Some(cwd.to_owned()),
-            attach_stdin: Some(false),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            tty: Some(false),
-            privileged: Some(false),
-            ..Default::default()
-        };
-        let exec = timed("create exec", CALL_TIMEOUT, self.docker.create_exec(id, options)).await?;
-        let start = StartExecOptions { detach: false, tty: false, output_capacity: None };
-        let started = timed("start exec", CALL_TIMEOUT, self.docker.start_exec(&exec.id, Some(start))).await?;
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        if let StartExecResults::Attached { mut output, .. } = started {
-            while let Some(frame) = output.next().await {
-                let frame = frame.map_err(|source| DockerError::Engine { call: "read exec output", source })?;
-                let (buffer, bytes) = match frame {
-                    LogOutput::StdOut { message } | LogOutput::Console { message } => (&mut stdout, message),
-                    LogOutput::StdErr { message } => (&mut stderr, message),
-                    LogOutput::StdIn { .. } => continue,
-                };
-                let room = (max_stdio as usize).saturating_sub(buffer.len());
-                buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
-            }
-        }
-        let inspect = timed("inspect exec", CALL_TIMEOUT, self.docker.inspect_exec(&exec.id)).await?;
-        let code = inspect.exit_code.ok_or_else(|| DockerError::NoExitCode { container: id.to_owned() })?;
-        Ok(ExecOutput { code, stdout, stderr })
     }
 
     /// Containers carrying this instance's owner label, running or not.

@@ -29,12 +29,18 @@ pub enum DockerError {
     },
     #[error("no container for toolchain {archive_id} became free within {waited:?}")]
     NoContainer { archive_id: String, waited: Duration },
-    #[error("`kiln-init reset` in container {container} exited with {code:?}: {stderr}")]
-    Reset { container: String, code: Option<i64>, stderr: String },
-    #[error("the exec of container {container} reported no exit code")]
-    NoExitCode { container: String },
-    #[error("the download of {path} from the container exceeds {limit} bytes")]
-    DownloadTooLarge { path: String, limit: u64 },
+    #[error("resetting container {container} failed: {message}")]
+    Reset { container: String, message: String },
+    #[error("the agent of container {container} broke its protocol: {reason}")]
+    Agent { container: String, reason: String },
+    #[error("writing to the agent of container {container} failed")]
+    AgentIo {
+        container: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the agent of container {container} could not start the job: {message}")]
+    NotStarted { container: String, message: String },
     #[error("container {container} stopped or was removed while the job ran")]
     ContainerGone { container: String },
     #[error("the container pool is not running")]

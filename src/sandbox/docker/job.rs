@@ -1,16 +1,18 @@
-//! One job's files: the inputs re-packed as a single upload the job user owns, and the
-//! outputs picked out of the download.
+//! One job as a request to its container's agent: the command, its limits, and the
+//! inputs re-laid as entries the agent creates as the job user.
 //!
-//! Both sides run on tokio's blocking pool (zlib, tar). The container's file system
-//! is the toolchain (owned by root) plus what this module uploads (owned by the job
-//! user): inputs may add files and directories, never replace a toolchain path, so
-//! the cleaner can restore the container by removing what the job user owns.
+//! Built on tokio's blocking pool (zlib, tar). The container's file system is the
+//! toolchain (owned by root) plus what jobs create (owned by the job user): inputs may
+//! add files and directories, never replace a toolchain path, so the reset restores
+//! the container by removing what the job user owns. Every path is checked here,
+//! against the toolchain's unpacked root, before anything reaches the container.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use flate2::read::ZlibDecoder;
 use nix::errno::Errno;
@@ -21,9 +23,9 @@ use tar::EntryType;
 use super::engine::HELPER_PATH;
 use super::image::IMAGE_DIRS;
 use crate::archive::{ArchiveError, ExtractLimits, RootedDir, SandboxPath};
-use crate::protocol::{CompileCommand, OutputData};
+use crate::protocol::CompileCommand;
 use crate::sandbox::job::{bad_path, validate_command};
-use crate::sandbox::SandboxError;
+use crate::sandbox::{SandboxError, SandboxLimits};
 
 /// Top-level directories that are kernel file systems in every container: a job's
 /// inputs, cwd or outputs can never be there.
@@ -32,18 +34,117 @@ const KERNEL_DIRS: &[&str] = &["proc", "sys", "dev"];
 /// Per-entry allowance for tar headers in the decompressed inputs stream.
 const HEADER_ALLOWANCE: u64 = 2048;
 
+/// Longest string (argument, env entry, path, link target) and most strings of one
+/// kind the agent accepts (`MAX_STR`, `MAX_COUNT` in kiln_init.c).
+const AGENT_MAX_STR: usize = 1 << 20;
+const AGENT_MAX_COUNT: usize = 1 << 16;
+
 /// A job ready to go into its container.
 #[derive(Debug)]
 pub struct PreparedJob {
-    /// The inputs, the cwd and the outputs' directories as one tar for `/`.
-    pub upload: Vec<u8>,
-    /// Absolute cwd inside the container.
-    pub cwd: String,
-    /// Each output as the client named it and as an absolute container path.
-    pub outputs: Vec<(String, PathBuf)>,
-    /// Absolute container paths to download: one directory holding every output
-    /// when the job owns one, else each output on its own.
-    pub downloads: Vec<PathBuf>,
+    /// The agent's request (`KJOB ...`, see kiln_init.c).
+    pub request: Vec<u8>,
+    /// New top-level directories the job needs (`work` for a cwd of /work/a): made
+    /// root's and open like /tmp, through the Engine API, the first time a container
+    /// needs them.
+    pub top_dirs: Vec<PathBuf>,
+    /// The outputs as the client named them, in the order the request lists them.
+    pub outputs: Vec<String>,
+}
+
+/// The agent's request, written as it is built.
+struct Request(Vec<u8>);
+
+impl Request {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// A string the agent takes: no NUL (checked before), at most `AGENT_MAX_STR`.
+    fn str(&mut self, s: &[u8]) -> Result<(), String> {
+        if s.len() > AGENT_MAX_STR {
+            return Err(format!("a string of {} bytes exceeds the sandbox's 1 MiB", s.len()));
+        }
+        self.u32(s.len() as u32);
+        self.0.extend_from_slice(s);
+        Ok(())
+    }
+
+    fn strs<'a>(&mut self, all: impl ExactSizeIterator<Item = &'a [u8]>) -> Result<(), String> {
+        if all.len() > AGENT_MAX_COUNT {
+            return Err(format!("{} arguments, variables or outputs exceed the sandbox's 65536", all.len()));
+        }
+        self.u32(all.len() as u32);
+        all.into_iter().try_for_each(|s| self.str(s))
+    }
+}
+
+/// An absolute container path's bytes.
+fn absolute(path: &Path) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(path.as_os_str().len() + 1);
+    bytes.push(b'/');
+    bytes.extend_from_slice(path.as_os_str().as_bytes());
+    bytes
+}
+
+/// Builds the agent's request for `command` from the zlib'd inputs tar.
+pub fn prepare(
+    toolchain_root: &Path,
+    command: &CompileCommand,
+    outputs: &[String],
+    inputs_zlib: &[u8],
+    limits: &SandboxLimits,
+    timeout: Duration,
+) -> Result<PreparedJob, SandboxError> {
+    let cwd = validate_command(command)?;
+    let root = RootedDir::open(toolchain_root).map_err(SandboxError::Layout)?;
+    let mut layout = Layout {
+        root,
+        created: HashSet::new(),
+        files: HashSet::new(),
+        top_dirs: Vec::new(),
+        request: Request(Vec::with_capacity(inputs_zlib.len() * 4 + 4096)),
+    };
+
+    layout.ensure_dir(&cwd.relative()).map_err(SandboxError::BadCommand)?;
+    let mut resolved = Vec::with_capacity(outputs.len());
+    for name in outputs {
+        let path = SandboxPath::parse_relative_to(&cwd, name.as_bytes()).map_err(bad_path)?.relative();
+        let parent = path.parent().ok_or_else(|| SandboxError::BadCommand(format!("output {name:?} is the root")))?;
+        layout.ensure_dir(parent).map_err(SandboxError::BadCommand)?;
+        resolved.push(absolute(&path));
+    }
+    // The header goes before the entries written so far (the cwd's and outputs' directories).
+    let header = {
+        let mut r = Request(Vec::new());
+        r.0.extend_from_slice(b"KJOB");
+        r.u64(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        r.u64(limits.max_stdio_bytes);
+        r.u64(limits.max_output_bytes);
+        r.str(absolute(&cwd.relative()).as_slice()).map_err(SandboxError::BadCommand)?;
+        let argv = std::iter::once(command.executable.as_bytes())
+            .chain(command.arguments.iter().map(|a| a.as_bytes()))
+            .collect::<Vec<_>>();
+        r.strs(argv.into_iter()).map_err(SandboxError::BadCommand)?;
+        // The job's environment only: the container itself has none.
+        let env = command.env_vars.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>();
+        r.strs(env.iter().map(|e| e.as_bytes())).map_err(SandboxError::BadCommand)?;
+        r.strs(resolved.iter().map(|o| o.as_slice())).map_err(SandboxError::BadCommand)?;
+        r.0
+    };
+    layout.add_inputs(inputs_zlib, &limits.inputs).map_err(SandboxError::Inputs)?;
+    layout.request.u8(0);
+    let mut request = header;
+    request.append(&mut layout.request.0);
+    Ok(PreparedJob { request, top_dirs: layout.top_dirs, outputs: outputs.to_vec() })
 }
 
 /// Whether a path exists in the image the container was made from.
@@ -53,70 +154,16 @@ enum InImage {
     Missing,
 }
 
-/// Builds the upload for `command` from the zlib'd inputs tar.
-pub fn prepare(
-    toolchain_root: &Path,
-    command: &CompileCommand,
-    outputs: &[String],
-    inputs_zlib: &[u8],
-    owner: (u32, u32),
-    limits: &ExtractLimits,
-) -> Result<PreparedJob, SandboxError> {
-    let cwd = validate_command(command)?;
-    let root = RootedDir::open(toolchain_root).map_err(SandboxError::Layout)?;
-    let mut layout = Layout { root, owner, created: HashSet::new(), files: HashSet::new(), tar: new_tar() };
-
-    layout.ensure_dir(&cwd.relative()).map_err(SandboxError::BadCommand)?;
-    let mut resolved = Vec::with_capacity(outputs.len());
-    for name in outputs {
-        let path = SandboxPath::parse_relative_to(&cwd, name.as_bytes()).map_err(bad_path)?.relative();
-        let parent = path.parent().ok_or_else(|| SandboxError::BadCommand(format!("output {name:?} is the root")))?;
-        layout.ensure_dir(parent).map_err(SandboxError::BadCommand)?;
-        resolved.push((name.clone(), path));
-    }
-    layout.add_inputs(inputs_zlib, limits).map_err(SandboxError::Inputs)?;
-
-    let downloads = plan_downloads(&resolved, &layout.created);
-    let upload = layout.tar.into_inner().map_err(|e| SandboxError::Inputs(ArchiveError::Read(e)))?;
-    Ok(PreparedJob {
-        upload,
-        cwd: cwd.display(),
-        outputs: resolved.into_iter().map(|(n, p)| (n, Path::new("/").join(p))).collect(),
-        downloads,
-    })
-}
-
-fn new_tar() -> tar::Builder<Vec<u8>> {
-    tar::Builder::new(Vec::new())
-}
-
-/// The lowest directory the job owns that holds every output, else every output alone.
-fn plan_downloads(outputs: &[(String, PathBuf)], created: &HashSet<PathBuf>) -> Vec<PathBuf> {
-    let mut parents = outputs.iter().filter_map(|(_, p)| p.parent());
-    let Some(first) = parents.next() else { return Vec::new() };
-    let mut common = first.to_path_buf();
-    for parent in parents {
-        while !parent.starts_with(&common) {
-            if !common.pop() {
-                break;
-            }
-        }
-    }
-    if created.contains(&common) {
-        vec![Path::new("/").join(common)]
-    } else {
-        outputs.iter().map(|(_, p)| Path::new("/").join(p)).collect()
-    }
-}
-
 struct Layout {
     root: RootedDir,
-    owner: (u32, u32),
-    /// Directories this upload creates (relative paths), owned by the job user.
+    /// Directories the job creates (relative paths), owned by the job user.
     created: HashSet<PathBuf>,
-    /// Files, links and symlinks this upload creates.
+    /// Files, links and symlinks the job creates.
     files: HashSet<PathBuf>,
-    tar: tar::Builder<Vec<u8>>,
+    /// New top-level directories (see [`PreparedJob::top_dirs`]).
+    top_dirs: Vec<PathBuf>,
+    /// The entries, as the agent lays them out.
+    request: Request,
 }
 
 impl Layout {
@@ -170,14 +217,13 @@ impl Layout {
                 }
                 InImage::Missing => {
                     // A new top-level directory (a cwd such as /work) belongs to root,
-                    // sticky and open to all like /tmp: the job user cannot remove an
-                    // entry of root's `/`, so a job-owned one would fail the reset and
-                    // cost the container. This one stays, and the reset empties it.
-                    let appended = match prefix.components().count() {
-                        1 => self.append_top_dir(&prefix),
-                        _ => self.append_dir(&prefix, 0o755),
-                    };
-                    appended.map_err(|e| format!("packing /{}: {e}", prefix.display()))?;
+                    // sticky and open to all like /tmp: the job user can create no entry
+                    // in root's `/`. It stays, and the reset empties it.
+                    if prefix.components().count() == 1 {
+                        self.top_dirs.push(prefix.clone());
+                    } else {
+                        self.entry(b'd', 0o755, &prefix)?;
+                    }
                     self.created.insert(prefix.clone());
                 }
             }
@@ -185,27 +231,13 @@ impl Layout {
         Ok(())
     }
 
-    fn header(&self, kind: EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(kind);
-        header.set_mode(mode);
-        header.set_uid(self.owner.0.into());
-        header.set_gid(self.owner.1.into());
-        header.set_size(size);
-        header.set_mtime(mtime);
-        header
-    }
-
-    fn append_top_dir(&mut self, path: &Path) -> std::io::Result<()> {
-        let mut header = self.header(EntryType::Directory, 0o1777, 0, 0);
-        header.set_uid(0);
-        header.set_gid(0);
-        self.tar.append_data(&mut header, path, std::io::empty())
-    }
-
-    fn append_dir(&mut self, path: &Path, mode: u32) -> std::io::Result<()> {
-        let mut header = self.header(EntryType::Directory, mode, 0, 0);
-        self.tar.append_data(&mut header, path, std::io::empty())
+    /// Starts an entry: its kind, its mode (directories and files) and its path.
+    fn entry(&mut self, kind: u8, mode: u32, path: &Path) -> Result<(), String> {
+        self.request.u8(kind);
+        if kind == b'd' || kind == b'f' {
+            self.request.u32(mode);
+        }
+        self.request.str(&absolute(path))
     }
 
     /// Re-packs the client's inputs: every entry owned by the job user, modes without
@@ -243,6 +275,7 @@ impl Layout {
             if self.created.contains(&path) || !matches!(self.in_image(&path), InImage::Missing) {
                 return Err(refuse("it would replace a directory or a toolchain file"));
             }
+            let too_long = |_| refuse("path or link target too long for the sandbox");
             match kind {
                 EntryType::Regular | EntryType::Continuous => {
                     let size = entry.size();
@@ -250,8 +283,14 @@ impl Layout {
                     if bytes > limits.max_bytes {
                         return Err(ArchiveError::TooLarge { limit: limits.max_bytes });
                     }
-                    let mut header = self.header(EntryType::Regular, mode, size, mtime);
-                    self.tar.append_data(&mut header, &path, &mut entry).map_err(ArchiveError::Read)?;
+                    self.entry(b'f', mode, &path).map_err(too_long)?;
+                    self.request.u64(mtime);
+                    self.request.u64(size);
+                    let copied =
+                        std::io::copy(&mut (&mut entry).take(size), &mut self.request.0).map_err(ArchiveError::Read)?;
+                    if copied != size {
+                        return Err(refuse("the entry is shorter than its header says"));
+                    }
                 }
                 EntryType::Symlink => {
                     // Any target: it is only ever resolved inside the container.
@@ -259,9 +298,8 @@ impl Layout {
                     if target.is_empty() || target.contains(&0) {
                         return Err(refuse("symlink target is empty or has a NUL byte"));
                     }
-                    let mut header = self.header(EntryType::Symlink, 0o777, 0, mtime);
-                    let target = Path::new(OsStr::from_bytes(&target)).to_path_buf();
-                    self.tar.append_link(&mut header, &path, target).map_err(ArchiveError::Read)?;
+                    self.entry(b'l', 0, &path).map_err(too_long)?;
+                    self.request.str(&target).map_err(too_long)?;
                 }
                 EntryType::Link => {
                     let target = entry.link_name_bytes().ok_or_else(|| refuse("hard link without a target"))?;
@@ -269,8 +307,8 @@ impl Layout {
                     if !self.files.contains(&target) {
                         return Err(refuse("hard link to something that is not one of the job's files"));
                     }
-                    let mut header = self.header(EntryType::Link, mode, 0, mtime);
-                    self.tar.append_link(&mut header, &path, &target).map_err(ArchiveError::Read)?;
+                    self.entry(b'h', 0, &path).map_err(too_long)?;
+                    self.request.str(&absolute(&target)).map_err(too_long)?;
                 }
                 other => {
                     return Err(ArchiveError::BadEntryType { path: display, kind: format!("{other:?}") });
@@ -282,57 +320,19 @@ impl Layout {
     }
 }
 
-/// Picks the outputs out of the downloaded tars (`(download path, tar)` pairs, `None`
-/// for a path that did not exist): regular files only, at most `max_output_bytes`
-/// in total, in the order the client asked for them; missing ones are left out.
-pub fn collect_outputs(
-    outputs: &[(String, PathBuf)],
-    downloads: &[(PathBuf, Option<Vec<u8>>)],
-    max_output_bytes: u64,
-) -> Result<Vec<(String, OutputData)>, SandboxError> {
-    let wanted: HashMap<&Path, usize> = outputs.iter().enumerate().map(|(i, (_, p))| (p.as_path(), i)).collect();
-    let mut found: Vec<Option<OutputData>> = outputs.iter().map(|_| None).collect();
-    let mut total = 0u64;
-    for (download, tar) in downloads {
-        let Some(tar) = tar else { continue };
-        // The daemon names entries after the downloaded path's last component.
-        let base = download.parent().unwrap_or(Path::new("/"));
-        let mut archive = tar::Archive::new(&tar[..]);
-        let read_err = |e| SandboxError::Output { path: download.display().to_string(), source: ArchiveError::Read(e) };
-        for entry in archive.entries().map_err(read_err)? {
-            let mut entry = entry.map_err(read_err)?;
-            let Ok(relative) = SandboxPath::parse(&entry.path_bytes()) else { continue };
-            let path = base.join(relative.relative());
-            let Some(&index) = wanted.get(path.as_path()) else { continue };
-            if entry.header().entry_type() != EntryType::Regular {
-                tracing::warn!(path = %path.display(), "output is not a regular file; left out");
-                continue;
-            }
-            let size = entry.size();
-            if total.saturating_add(size) > max_output_bytes {
-                return Err(SandboxError::OutputsTooLarge { limit: max_output_bytes });
-            }
-            total += size;
-            let name = path.display().to_string();
-            let data = OutputData::compress_reader((&mut entry).take(size))
-                .map_err(|source| SandboxError::CompressOutput { path: name, source })?;
-            found[index] = Some(data);
-        }
+/// The upload that makes new top-level directories: root's, sticky and open to all
+/// like /tmp.
+pub fn top_dirs_tar(dirs: &[PathBuf]) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for dir in dirs {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(EntryType::Directory);
+        header.set_mode(0o1777);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_size(0);
+        header.set_mtime(0);
+        tar.append_data(&mut header, dir, std::io::empty())?;
     }
-    Ok(outputs.iter().zip(found).filter_map(|((name, _), data)| Some((name.clone(), data?))).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_download_when_the_job_owns_a_common_directory() {
-        let created: HashSet<PathBuf> = ["w", "w/obj", "w/obj/deep"].iter().map(PathBuf::from).collect();
-        let outputs = vec![("a".into(), PathBuf::from("w/obj/a.o")), ("b".into(), PathBuf::from("w/obj/deep/b.o"))];
-        assert_eq!(plan_downloads(&outputs, &created), vec![PathBuf::from("/w/obj")]);
-        let outputs = vec![("a".into(), PathBuf::from("w/a.o")), ("b".into(), PathBuf::from("tmp/b.o"))];
-        assert_eq!(plan_downloads(&outputs, &created), vec![PathBuf::from("/w/a.o"), PathBuf::from("/tmp/b.o")]);
-        assert!(plan_downloads(&[], &created).is_empty());
-    }
+    tar.into_inner()
 }

@@ -10,6 +10,7 @@
 //!
 //! [`ContainerPool`]: crate::actors::container_pool::ContainerPool
 
+mod agent;
 mod backend;
 mod config;
 mod engine;
@@ -18,7 +19,8 @@ mod image;
 mod job;
 mod start;
 
-pub use backend::{Container, DockerBackend, JobSettings, Lease, UsedContainer};
+pub use agent::AgentLink;
+pub use backend::{Container, DockerBackend, Lease, UsedContainer};
 pub use config::DockerConfig;
 pub use engine::{ContainerSpec, Engine};
 pub use error::DockerError;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::backend::{DockerBackend, JobSettings};
+use super::backend::DockerBackend;
 use super::config::DockerConfig;
 use super::engine::{ContainerSpec, Engine};
 use crate::actors::container_pool::{ContainerPool, PoolLimits};
@@ -59,8 +59,7 @@ pub async fn start_docker_backend(
         max_containers: config.max_containers,
     };
     let pool = ContainerPool::new(engine, host, owner, spec, pool_limits, stats).start();
-    let settings = JobSettings { uid: config.job_uid, gid: config.job_gid, limits };
-    Arc::new(DockerBackend::new(pool, settings))
+    Arc::new(DockerBackend::new(pool, limits))
 }
 
 /// Startup check: the daemon answers at the configured address. Returns its host.
