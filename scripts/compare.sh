@@ -85,6 +85,12 @@ loadgen_runs() {
         rm -f "$OUT/$name-r$ROUND-c$clients.json"
         return 1
       }
+    # kiln's last 50 jobs, with their phase timings, after the 1-client run (from its
+    # operator port: bind + 100).
+    if [ "$clients" = 1 ] && [[ $name == kiln-* ]]; then
+      curl -sf http://127.0.0.1:10601/api/v1/kiln/status >"$OUT/$name-r$ROUND-c1.status.json" \
+        || rm -f "$OUT/$name-r$ROUND-c1.status.json"
+    fi
   done
 }
 
@@ -182,4 +188,37 @@ for name in targets:
           f"| {spread(per_round(name, lambda d: d['jobs_per_sec'], many))} "
           f"| {spread(per_round(name, lambda d: d.get('throughput_ratio'), many), '{:.2f}')} "
           f"| {spread(per_round(name, lambda d: (d.get('server_rss_kib_after') or 0) / 1024, many))} MiB |")
+print("\nserver CPU/job is that of the server's own cgroup: a docker job's processes run in the")
+print("container's cgroup, so for kiln-docker it leaves the compile out and is not comparable.")
+
+def throughput(name, r):
+    d = load(name, r, many)
+    return d["jobs_per_sec"] if d else None
+if "kiln-docker" in targets and "kiln-overlay" in targets:
+    ratios = [d / o for d, o in ((throughput("kiln-docker", r), throughput("kiln-overlay", r)) for r in range(1, rounds + 1)) if d and o]
+    print(f"\nkiln-docker / kiln-overlay throughput ({many} clients), per round: {spread(ratios, '{:.2f}')}")
+
+# Where a kiln job's time goes: the median of each phase over the last 50 jobs of the
+# 1-client run (kiln's status page; warm, the cold first job long gone).
+PHASES = ["queue", "toolchain", "acquire", "inputs", "compile", "outputs", "cleanup"]
+def phase_medians(name, r):
+    path = os.path.join(out, f"{name}-r{r}-c1.status.json")
+    if not os.path.exists(path):
+        return None
+    jobs = json.load(open(path)).get("recent_jobs") or []
+    if not jobs:
+        return None
+    return {p: statistics.median(j["phases_ms"][i] for j in jobs) for i, p in enumerate(PHASES)}
+kiln_targets = [t for t in targets if t.startswith("kiln-")]
+if any(phase_medians(t, r) for t in kiln_targets for r in range(1, rounds + 1)):
+    print("\nms per phase of a warm job, 1 client: median of kiln's last 50 jobs; median [min–max] over rounds.")
+    print("inputs: unpacked into the sandbox (overlay), checked and packed into the agent's request")
+    print("(docker); compile: the command's run (docker: the whole exchange with the container's")
+    print("agent, inputs laid out and outputs read included); outputs: read and compressed.\n")
+    print("| target | " + " | ".join(PHASES) + " |")
+    print("|---|" + "---|" * len(PHASES))
+    for name in kiln_targets:
+        medians = [phase_medians(name, r) for r in range(1, rounds + 1)]
+        cells = [spread([m[p] if m else None for m in medians], "{:.2f}") for p in PHASES]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 EOF

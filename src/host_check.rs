@@ -25,10 +25,11 @@ pub enum HostCheckError {
     #[error(transparent)]
     UserNamespaces(BwrapError),
     #[error(
-        "the docker daemon does not answer ({0}): start it (`systemctl start docker`, or `dockerd &`), \
-         or set [kiln.sandbox.docker] host"
+        "the docker daemon does not answer ({chain}): start it (`systemctl start docker`, or `dockerd &`), \
+         or set [kiln.sandbox.docker] host",
+        chain = crate::report::ErrorChain(.0)
     )]
-    Docker(String),
+    Docker(crate::sandbox::docker::DockerError),
 }
 
 /// What the checks found and the server needs.

@@ -297,12 +297,11 @@ async fn start_storage(config: &Config, stats: &Arc<Stats>, observer: &Arc<Obser
 }
 
 /// The sandbox backend, and how many sandboxes per toolchain the SandboxPool keeps
-/// prepared. The docker backend keeps its own warm pool (the ContainerPool): the
-/// SandboxPool then prepares nothing ahead, each acquire takes a warm container.
+/// prepared: none for a backend that keeps its own warm pool.
 async fn start_backend(config: &Config, stats: &Arc<Stats>) -> Result<(SharedBackend, usize), ServerError> {
     let kiln = &config.kiln;
     let limits = kiln.jobs.sandbox_limits();
-    Ok(match config.backend() {
+    let backend: SharedBackend = match config.backend() {
         Backend::Overlay { bwrap_path } => {
             let shim = config.build_dir().join("kiln-exec");
             install_exec_shim(&shim).await.map_err(data_err(&shim))?;
@@ -310,11 +309,12 @@ async fn start_backend(config: &Config, stats: &Arc<Stats>) -> Result<(SharedBac
             let confinement = tokio::task::spawn_blocking(move || overlay_confinement(&confine, bwrap_path, shim))
                 .await
                 .map_err(|_| ServerError::Startup)??;
-            let overlay = OverlayBackend::new(config.sandboxes_dir(), confinement, limits);
-            (Arc::new(overlay), kiln.sandbox.warm_per_toolchain)
+            Arc::new(OverlayBackend::new(config.sandboxes_dir(), confinement, limits))
         }
-        Backend::Docker => (start_docker_backend(&kiln.sandbox.docker, &kiln.data_dir, limits, stats.clone()).await, 0),
-    })
+        Backend::Docker => start_docker_backend(&kiln.sandbox.docker, &kiln.data_dir, limits, stats.clone()).await,
+    };
+    let warm = if backend.prepares_ahead() { kiln.sandbox.warm_per_toolchain } else { 0 };
+    Ok((backend, warm))
 }
 
 /// The actors that run jobs: the SandboxPool, the JobQueue and the supervised

@@ -68,14 +68,14 @@ impl Handler<CleanLeftovers> for Cleaner {
         let stats = self.stats.clone();
         let dir = match msg.0 {
             Leftovers::Dir(dir) => dir,
-            Leftovers::Container(used) => {
-                // Async Engine API calls only: a task on this arbiter, no thread.
+            Leftovers::CleansItself(leftovers) => {
+                // Async calls only: a task on this arbiter, no thread.
                 actix::spawn(async move {
-                    match used.recycle().await {
-                        Ok(_) => Stats::bump(&stats.sandboxes_cleaned),
+                    match leftovers.clean().await {
+                        Ok(()) => Stats::bump(&stats.sandboxes_cleaned),
                         Err(e) => {
                             Stats::bump(&stats.cleanup_failures);
-                            tracing::warn!(error = %crate::report::ErrorChain(&e), "resetting a container failed; it was removed");
+                            tracing::warn!(error = %crate::report::ErrorChain(&e), "cleaning a used sandbox failed");
                         }
                     }
                 });

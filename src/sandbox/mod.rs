@@ -40,8 +40,16 @@ pub struct ToolchainRoot {
 pub enum Leftovers {
     /// A sandbox directory; nothing of it is mounted in the host's namespace.
     Dir(PathBuf),
-    /// A docker container after its job: reset and returned to its pool, or removed.
-    Container(Box<docker::UsedContainer>),
+    /// Something only its backend knows how to clean (a docker container: reset and
+    /// given back to its pool, or removed).
+    CleansItself(Box<dyn CleanItself>),
+}
+
+/// Leftovers whose backend knows how to clean them; the cleaner just runs `clean`.
+pub trait CleanItself: std::fmt::Debug + Send + 'static {
+    /// Cleans up with async calls only: the cleaner runs it as a task on its own
+    /// arbiter, never on a thread of its own.
+    fn clean(self: Box<Self>) -> BoxFuture<'static, Result<(), SandboxError>>;
 }
 
 /// Sending `()` asks a running job to stop.
@@ -50,6 +58,13 @@ pub type Cancellation = tokio::sync::oneshot::Receiver<()>;
 /// A kind of sandbox (overlay + bubblewrap, ...).
 pub trait SandboxBackend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+
+    /// Whether the SandboxPool should prepare sandboxes ahead of jobs. A backend
+    /// that keeps its own warm pool (docker's ContainerPool) says no: each acquire
+    /// then takes one of its warm sandboxes at once.
+    fn prepares_ahead(&self) -> bool {
+        true
+    }
 
     /// Prepares a sandbox over `toolchain` so a job can start in it at once.
     fn prepare(&self, toolchain: ToolchainRoot) -> BoxFuture<'static, Result<Box<dyn Sandbox>, SandboxError>>;

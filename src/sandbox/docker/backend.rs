@@ -14,12 +14,13 @@ use super::agent::{AgentLink, AgentOutputFile, JobReply};
 use super::engine::Engine;
 use super::error::DockerError;
 use super::job::{prepare, top_dirs_tar};
-use crate::actors::container_pool::{ContainerDestroyed, ContainerPool, ReturnContainer, ShutDown, TakeContainer};
+use super::pool::{ContainerDestroyed, ContainerPool, ReturnContainer, ShutDown, TakeContainer};
 use crate::observe::Phase;
 use crate::protocol::{JobComplete, OutputData, ProcessOutput};
 use crate::report::ErrorChain;
 use crate::sandbox::{
-    Cancellation, Leftovers, Sandbox, SandboxBackend, SandboxError, SandboxJob, SandboxLimits, ToolchainRoot,
+    Cancellation, CleanItself, Leftovers, Sandbox, SandboxBackend, SandboxError, SandboxJob, SandboxLimits,
+    ToolchainRoot,
 };
 
 /// A container whose jobs failed this many times in a row (failures of the
@@ -73,6 +74,11 @@ impl DockerBackend {
 impl SandboxBackend for DockerBackend {
     fn name(&self) -> &'static str {
         "docker"
+    }
+
+    /// The ContainerPool is the warm pool.
+    fn prepares_ahead(&self) -> bool {
+        false
     }
 
     fn prepare(&self, toolchain: ToolchainRoot) -> BoxFuture<'static, Result<Box<dyn Sandbox>, SandboxError>> {
@@ -140,14 +146,14 @@ impl Sandbox for DockerSandbox {
                 _ => container.failures = 0,
             }
             let used = UsedContainer { container, engine, pool, ran_job: true };
-            (result, Leftovers::Container(Box::new(used)))
+            (result, Leftovers::CleansItself(Box::new(used)))
         }
         .boxed()
     }
 
     fn discard(self: Box<Self>) -> Leftovers {
         let DockerSandbox { lease, pool, .. } = *self;
-        Leftovers::Container(Box::new(UsedContainer {
+        Leftovers::CleansItself(Box::new(UsedContainer {
             container: lease.container,
             engine: lease.engine,
             pool,
@@ -259,10 +265,17 @@ impl std::fmt::Debug for UsedContainer {
     }
 }
 
+impl CleanItself for UsedContainer {
+    /// Err: the container could not be reset, and was removed.
+    fn clean(self: Box<Self>) -> BoxFuture<'static, Result<(), SandboxError>> {
+        async move { self.recycle().await.map(drop).map_err(SandboxError::Docker) }.boxed()
+    }
+}
+
 impl UsedContainer {
     /// Resets the container and returns it to the pool, or removes it when it
     /// cannot be reset or failed too often. Ok(true): reset and returned.
-    pub async fn recycle(self) -> Result<bool, DockerError> {
+    async fn recycle(self) -> Result<bool, DockerError> {
         let UsedContainer { mut container, engine, pool, ran_job } = self;
         if !ran_job {
             pool.do_send(ReturnContainer(container));

@@ -45,6 +45,10 @@ pub enum DockerError {
     ContainerGone { container: String },
     #[error("the container pool is not running")]
     PoolGone,
+    #[error("starting a runtime to reach the docker daemon failed")]
+    Runtime(#[source] std::io::Error),
+    #[error("the thread that reached the docker daemon panicked")]
+    CheckPanicked,
 }
 
 impl DockerError {

@@ -3,12 +3,14 @@
 //!
 //! No registry is involved: a toolchain's image is imported from its unpacked root
 //! plus `kiln-init`, a static helper built by build.rs that is every container's
-//! pid 1 and resets it between jobs. The [`ContainerPool`] actor keeps containers
-//! warm per toolchain; a job takes one, uploads its inputs in one archive, execs the
-//! command as an unprivileged user, downloads its outputs in one archive; the
-//! cleaner resets the container off the request path and gives it back.
+//! pid 1 and kiln's agent in it. kiln attaches the container's stdin and stdout once,
+//! when it creates it; the [`ContainerPool`] actor keeps containers warm per
+//! toolchain; a job takes one and is one request and one reply on that stream (the
+//! inputs laid out, the command run as an unprivileged user, the outputs read back,
+//! all by the agent); the cleaner has the agent reset the container off the request
+//! path and gives it back.
 //!
-//! [`ContainerPool`]: crate::actors::container_pool::ContainerPool
+//! [`ContainerPool`]: pool::ContainerPool
 
 mod agent;
 mod backend;
@@ -17,6 +19,7 @@ mod engine;
 mod error;
 mod image;
 mod job;
+pub mod pool;
 mod start;
 
 pub use agent::AgentLink;

@@ -9,7 +9,8 @@ use actix::prelude::*;
 use super::backend::DockerBackend;
 use super::config::DockerConfig;
 use super::engine::{ContainerSpec, Engine};
-use crate::actors::container_pool::{ContainerPool, PoolLimits};
+use super::error::DockerError;
+use super::pool::{ContainerPool, PoolLimits};
 use crate::report::ErrorChain;
 use crate::sandbox::{SandboxLimits, SharedBackend};
 use crate::stats::Stats;
@@ -66,34 +67,29 @@ pub async fn start_docker_backend(
 ///
 /// Blocking; runs its own runtime on a thread of its own, so it may be called from
 /// anywhere (also from inside a runtime, as tests do).
-pub fn check_daemon(config: &DockerConfig) -> Result<String, String> {
+pub fn check_daemon(config: &DockerConfig) -> Result<String, DockerError> {
     let host = config.host();
     let checked = host.clone();
-    std::thread::spawn(move || ping_daemon(&checked)).join().map_err(|_| "the docker check panicked".to_owned())??;
+    on_own_runtime(move || async move { Engine::connect(&checked, String::new()).await?.ping().await })?;
     Ok(host)
 }
 
 /// Removes every container and image of the kiln that used `data_dir` (blocking;
 /// for tests and tools: a running kiln does this itself at start).
-pub fn remove_objects_of(host: &str, data_dir: &Path) -> Result<(usize, usize), String> {
+pub fn remove_objects_of(host: &str, data_dir: &Path) -> Result<(usize, usize), DockerError> {
     let (host, owner) = (host.to_owned(), owner_label(data_dir));
-    let remove = move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-        runtime.block_on(async {
-            let engine = Engine::connect(&host, owner).await.map_err(|e| ErrorChain(&e).to_string())?;
-            engine.remove_everything().await.map_err(|e| ErrorChain(&e).to_string())
-        })
-    };
-    std::thread::spawn(remove).join().map_err(|_| "the removal panicked".to_owned())?
+    on_own_runtime(move || async move { Engine::connect(&host, owner).await?.remove_everything().await })
 }
 
-fn ping_daemon(host: &str) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting a runtime to reach the docker daemon: {e}"))?;
-    runtime.block_on(async {
-        let engine = Engine::connect(host, String::new()).await.map_err(|e| ErrorChain(&e).to_string())?;
-        engine.ping().await.map_err(|e| ErrorChain(&e).to_string())
-    })
+/// Runs `work` to its end on a current-thread runtime of a thread of its own.
+fn on_own_runtime<T, F>(work: impl FnOnce() -> F + Send + 'static) -> Result<T, DockerError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, DockerError>>,
+{
+    let run = move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DockerError::Runtime)?;
+        runtime.block_on(work())
+    };
+    std::thread::spawn(run).join().map_err(|_| DockerError::CheckPanicked)?
 }

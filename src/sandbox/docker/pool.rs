@@ -25,7 +25,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::report::ErrorChain;
-use crate::sandbox::docker::{image_tar_stream, AgentLink, Container, ContainerSpec, DockerError, Engine, Lease};
+use super::{image_tar_stream, AgentLink, Container, ContainerSpec, DockerError, Engine, Lease};
 use crate::sandbox::ToolchainRoot;
 use crate::stats::Stats;
 
