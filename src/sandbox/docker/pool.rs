@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::report::ErrorChain;
 use super::{image_tar_stream, AgentLink, Container, ContainerSpec, DockerError, Engine, Lease};
+use crate::report::ErrorChain;
 use crate::sandbox::ToolchainRoot;
 use crate::stats::Stats;
 

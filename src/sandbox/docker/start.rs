@@ -88,7 +88,8 @@ where
     F: std::future::Future<Output = Result<T, DockerError>>,
 {
     let run = move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DockerError::Runtime)?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DockerError::Runtime)?;
         runtime.block_on(work())
     };
     std::thread::spawn(run).join().map_err(|_| DockerError::CheckPanicked)?
