@@ -208,7 +208,7 @@ def phase_medians(name, r):
     jobs = json.load(open(path)).get("recent_jobs") or []
     if not jobs:
         return None
-    return {p: statistics.median(j["phases_ms"][i] for j in jobs) for i, p in enumerate(PHASES)}
+    return {p: statistics.median(j["phases_ms"][p] for j in jobs) for p in PHASES}
 kiln_targets = [t for t in targets if t.startswith("kiln-")]
 if any(phase_medians(t, r) for t in kiln_targets for r in range(1, rounds + 1)):
     print("\nms per phase of a warm job, 1 client: median of kiln's last 50 jobs; median [min–max] over rounds.")
