@@ -1,9 +1,12 @@
 //! A backend for actor tests: sandboxes that run nothing and need no root, with
-//! counters for what the pools asked of them, and a gate that holds preparations
-//! back (to test what happens while one is in flight).
+//! counters for what the pools asked of them, a gate that holds preparations
+//! back (to test what happens while one is in flight), and per toolchain a
+//! behaviour for the jobs its sandboxes run (complete, fail in the machinery, or
+//! wait to be cancelled).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -18,6 +21,8 @@ pub struct FakeCounts {
     pub prepared: AtomicUsize,
     pub ran: AtomicUsize,
     pub discarded: AtomicUsize,
+    /// Runs that received their job's cancellation.
+    pub cancelled: AtomicUsize,
 }
 
 impl FakeCounts {
@@ -26,8 +31,39 @@ impl FakeCounts {
     }
 }
 
+/// What a fake sandbox does with the job it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FakeBehaviour {
+    /// Answers at once with exit code 0.
+    #[default]
+    Complete,
+    /// Fails as the machinery does ([`SandboxError::ThreadGone`]).
+    FailMachinery,
+    /// Waits until the job is cancelled (counted in [`FakeCounts::cancelled`]),
+    /// then answers [`SandboxError::Cancelled`].
+    AwaitCancel,
+}
+
+/// Each toolchain's [`FakeBehaviour`], shared with the test. It is read when a
+/// job runs, so sandboxes prepared ahead follow a change made since.
+#[derive(Debug, Default)]
+pub struct FakeBehaviours(Mutex<HashMap<String, FakeBehaviour>>);
+
+impl FakeBehaviours {
+    /// From now on, the jobs of `archive_id` do `behaviour`.
+    pub fn set(&self, archive_id: &str, behaviour: FakeBehaviour) {
+        crate::sync::lock(&self.0).insert(archive_id.to_owned(), behaviour);
+    }
+
+    fn of(&self, archive_id: &str) -> FakeBehaviour {
+        crate::sync::lock(&self.0).get(archive_id).copied().unwrap_or_default()
+    }
+}
+
 pub struct FakeBackend {
     pub counts: Arc<FakeCounts>,
+    /// What the jobs of each toolchain do; [`FakeBehaviour::Complete`] unless set.
+    pub behaviours: Arc<FakeBehaviours>,
     /// Each preparation takes a permit first: a gate with none holds them all.
     gate: Arc<Semaphore>,
 }
@@ -35,13 +71,17 @@ pub struct FakeBackend {
 impl FakeBackend {
     /// Preparations complete at once.
     pub fn open() -> Self {
-        FakeBackend { counts: Arc::default(), gate: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)) }
+        FakeBackend::with_gate(Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)))
     }
 
     /// Preparations wait until the returned gate gets permits.
     pub fn gated() -> (Self, Arc<Semaphore>) {
         let gate = Arc::new(Semaphore::new(0));
-        (FakeBackend { counts: Arc::default(), gate: gate.clone() }, gate)
+        (FakeBackend::with_gate(gate.clone()), gate)
+    }
+
+    fn with_gate(gate: Arc<Semaphore>) -> Self {
+        FakeBackend { counts: Arc::default(), behaviours: Arc::default(), gate }
     }
 }
 
@@ -51,11 +91,11 @@ impl SandboxBackend for FakeBackend {
     }
 
     fn prepare(&self, toolchain: ToolchainRoot) -> BoxFuture<'static, Result<Box<dyn Sandbox>, SandboxError>> {
-        let (counts, gate) = (self.counts.clone(), self.gate.clone());
+        let (counts, behaviours, gate) = (self.counts.clone(), self.behaviours.clone(), self.gate.clone());
         async move {
             gate.acquire().await.expect("the gate is never closed").forget();
             counts.prepared.fetch_add(1, Ordering::SeqCst);
-            Ok(Box::new(FakeSandbox { counts, toolchain }) as Box<dyn Sandbox>)
+            Ok(Box::new(FakeSandbox { counts, behaviours, toolchain }) as Box<dyn Sandbox>)
         }
         .boxed()
     }
@@ -63,6 +103,7 @@ impl SandboxBackend for FakeBackend {
 
 struct FakeSandbox {
     counts: Arc<FakeCounts>,
+    behaviours: Arc<FakeBehaviours>,
     toolchain: ToolchainRoot,
 }
 
@@ -77,15 +118,30 @@ impl Sandbox for FakeSandbox {
     fn run(
         self: Box<Self>,
         _job: SandboxJob,
-        _cancel: Cancellation,
+        cancel: Cancellation,
     ) -> BoxFuture<'static, (Result<JobComplete, SandboxError>, Leftovers)> {
         self.counts.ran.fetch_add(1, Ordering::SeqCst);
         let leftovers = self.leftovers();
-        let done = JobComplete {
-            output: ProcessOutput { code: 0, stdout: Vec::new(), stderr: Vec::new() },
-            outputs: Vec::new(),
-        };
-        async move { (Ok(done), leftovers) }.boxed()
+        let behaviour = self.behaviours.of(&self.toolchain.archive_id);
+        let counts = self.counts;
+        async move {
+            let result = match behaviour {
+                FakeBehaviour::Complete => Ok(JobComplete {
+                    output: ProcessOutput { code: 0, stdout: Vec::new(), stderr: Vec::new() },
+                    outputs: Vec::new(),
+                }),
+                FakeBehaviour::FailMachinery => Err(SandboxError::ThreadGone),
+                FakeBehaviour::AwaitCancel => {
+                    // A dropped sender is no cancellation: only `()` counts.
+                    if cancel.await.is_ok() {
+                        counts.cancelled.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(SandboxError::Cancelled)
+                }
+            };
+            (result, leftovers)
+        }
+        .boxed()
     }
 
     fn discard(self: Box<Self>) -> Leftovers {
