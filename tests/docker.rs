@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use kiln::protocol::{RunJobHttpRequest, RunJobResult};
 
 use common::*;
+use kiln::observe::StatusDocument;
 use kiln::protocol::JobComplete;
 
 /// Upstream's way to pick the backend.
@@ -206,7 +207,7 @@ async fn jobs_run_unprivileged_offline_bounded_and_leave_nothing_behind() {
     let done = sh(&kiln, COUNT_PROCESSES, &project).await;
     assert_eq!(stdout(&done).trim(), "3", "bomb processes survived");
     let status = kiln.status().await;
-    assert!(status["containers_reused"].as_u64().unwrap() >= 4, "{status}");
+    assert!(status.snapshot.counters.containers_reused >= 4, "{status:?}");
 }
 
 /// Like `assert_compiles`, with the output bytes checked.
@@ -226,10 +227,10 @@ async fn twenty_concurrent_jobs_over_two_toolchains_share_two_images_and_reuse_c
     eprintln!("20 jobs over 2 toolchains (2 imports included): {:?}", started.elapsed());
 
     let status = kiln.status().await;
-    assert_eq!(status["images_created"], 2, "one image per toolchain: {status}");
-    assert_eq!(status["jobs_completed"], 20, "{status}");
-    assert!(status["containers_created"].as_u64().unwrap() <= 6, "at most max_per_toolchain each: {status}");
-    assert!(status["containers_reused"].as_u64().unwrap() >= 14, "containers are reused: {status}");
+    assert_eq!(status.snapshot.counters.images_created, 2, "one image per toolchain: {status:?}");
+    assert_eq!(status.snapshot.counters.jobs_completed, 20, "{status:?}");
+    assert!(status.snapshot.counters.containers_created <= 6, "at most max_per_toolchain each: {status:?}");
+    assert!(status.snapshot.counters.containers_reused >= 14, "containers are reused: {status:?}");
 
     // Warm: one job's time on a warm container.
     let started = Instant::now();
@@ -290,14 +291,15 @@ impl Drop for PrivateDockerd {
     }
 }
 
-async fn status_until(kiln: &Kiln, key: &str, value: u64, limit: Duration) -> serde_json::Value {
+/// Polls the status until `docker_unreachable` is `value`.
+async fn until_docker_unreachable_is(kiln: &Kiln, value: u64, limit: Duration) -> StatusDocument {
     let deadline = Instant::now() + limit;
     loop {
         let status = kiln.status().await;
-        if status[key] == value {
+        if status.snapshot.counters.docker_unreachable == value {
             return status;
         }
-        assert!(Instant::now() < deadline, "{key} never became {value}: {status}");
+        assert!(Instant::now() < deadline, "docker_unreachable never became {value}: {status:?}");
         actix_rt::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -334,11 +336,11 @@ async fn a_daemon_restart_fails_jobs_clearly_then_kiln_recovers_and_removes_orph
     let error = format!("{result:?}");
     assert!(error.contains("503") && error.contains("docker"), "a clear 503 about docker: {error}");
     assert!(started.elapsed() < Duration::from_secs(10), "the job did not hang");
-    status_until(&kiln, "docker_unreachable", 1, Duration::from_secs(10)).await;
+    until_docker_unreachable_is(&kiln, 1, Duration::from_secs(10)).await;
 
     dockerd.start();
     let started = Instant::now();
-    status_until(&kiln, "docker_unreachable", 0, Duration::from_secs(20)).await;
+    until_docker_unreachable_is(&kiln, 0, Duration::from_secs(20)).await;
     assert_compiles_docker(&kiln).await;
     eprintln!("recovered and compiled {:?} after the daemon returned", started.elapsed());
 
@@ -413,7 +415,7 @@ async fn a_container_removed_mid_job_fails_that_job_and_is_replaced() {
     assert!(error.contains("removed while the job ran"), "{error}");
     assert_compiles_docker(&kiln).await;
     let status = kiln.status().await;
-    assert!(status["containers_destroyed"].as_u64().unwrap() >= 1, "{status}");
+    assert!(status.snapshot.counters.containers_destroyed >= 1, "{status:?}");
 }
 
 /// Leaves a shared-memory segment (with a secret in it), a semaphore set and a
@@ -475,8 +477,8 @@ async fn new_top_level_dirs_and_sysv_ipc_do_not_outlive_a_job() {
     // Each /proc/sysvipc file is its header line alone; /work is empty.
     assert_eq!(out.lines().count(), 4, "the first job's IPC objects or files survived:\n{out}");
     let status = kiln.status().await;
-    assert_eq!(status["containers_destroyed"], 0, "{status}");
-    assert!(status["containers_reused"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(status.snapshot.counters.containers_destroyed, 0, "{status:?}");
+    assert!(status.snapshot.counters.containers_reused >= 1, "{status:?}");
 }
 
 /// Issue 15: a clean stop (SIGTERM: kiln drains and exits 0) removes the warm
@@ -501,7 +503,7 @@ async fn a_clean_stop_removes_the_pool() {
         assert!(Instant::now() < deadline, "kiln did not stop within 60 s of SIGTERM");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(status.success(), "a clean stop exits 0: {status}");
+    assert!(status.success(), "a clean stop exits 0: {status:?}");
     let left = engine.list_containers().await.unwrap();
     assert!(left.is_empty(), "containers outlived a clean stop: {:?}", left.iter().map(|c| &c.id).collect::<Vec<_>>());
     assert!(engine.list_images().await.unwrap().is_empty(), "the image outlived a clean stop");

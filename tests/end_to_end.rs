@@ -101,9 +101,9 @@ async fn twenty_concurrent_jobs_over_two_toolchains_unpack_each_once() {
     compile_twenty_over_two_toolchains(&kiln).await;
 
     let status = kiln.status().await;
-    assert_eq!(status["unpacks"], 2, "each toolchain unpacked exactly once: {status}");
-    assert_eq!(status["jobs_completed"], 20, "{status}");
-    assert_eq!(status["jobs_failed"], 0, "{status}");
+    assert_eq!(status.snapshot.counters.unpacks, 2, "each toolchain unpacked exactly once: {status:?}");
+    assert_eq!(status.snapshot.counters.jobs_completed, 20, "{status:?}");
+    assert_eq!(status.snapshot.counters.jobs_failed, 0, "{status:?}");
 }
 
 #[actix_rt::test]

@@ -48,8 +48,8 @@ async fn a_sandbox_killed_mid_job_fails_that_job_and_its_builder_restarts() {
     // The one builder was restarted and takes the next job.
     assert_compiles(&kiln).await;
     let status = kiln.status().await;
-    assert_eq!(status["builder_restarts"], 1, "{status}");
-    assert_eq!(status["jobs_failed"], 1, "{status}");
+    assert_eq!(status.snapshot.counters.builder_restarts, 1, "{status:?}");
+    assert_eq!(status.snapshot.counters.jobs_failed, 1, "{status:?}");
 }
 
 #[actix_rt::test]
@@ -84,7 +84,7 @@ async fn a_client_that_hangs_up_frees_its_builder() {
     // The only builder is free again long before the job's 600 s timeout.
     assert_compiles(&kiln).await;
     let status = kiln.status().await;
-    assert_eq!(status["builder_restarts"], 0, "a cancelled job is not a builder failure: {status}");
+    assert_eq!(status.snapshot.counters.builder_restarts, 0, "a cancelled job is not a builder failure: {status:?}");
 }
 
 #[actix_rt::test]
@@ -95,7 +95,7 @@ async fn a_full_queue_answers_503_and_keeps_serving() {
     let waiting = start_sleeping_job(&kiln).await;
     // run_job takes the job out of the assigned table right before queueing it.
     for _ in 0..500 {
-        if kiln.status().await["assigned_jobs"] == 0 {
+        if kiln.status().await.assigned_jobs == 0 {
             break;
         }
         actix_rt::time::sleep(Duration::from_millis(20)).await;
@@ -112,7 +112,7 @@ async fn a_full_queue_answers_503_and_keeps_serving() {
         assert!(err.to_string().contains("longer than"), "{err}");
     }
     assert_compiles(&kiln).await;
-    assert_eq!(kiln.status().await["jobs_rejected"], 1);
+    assert_eq!(kiln.status().await.snapshot.counters.jobs_rejected, 1);
 }
 
 #[actix_rt::test]
@@ -270,8 +270,8 @@ async fn a_toolchain_whose_root_breaks_is_unpacked_again_then_quarantined() {
     // The second failure made kiln forget the root: the next job unpacks it again.
     gcc_version_job(&kiln, tc).await.expect("a fresh unpack heals the toolchain");
     let status = kiln.status().await;
-    assert_eq!(status["toolchain_reunpacks"], 1, "{status}");
-    assert_eq!(status["unpacks"], 2, "{status}");
+    assert_eq!(status.snapshot.counters.toolchain_reunpacks, 1, "{status:?}");
+    assert_eq!(status.snapshot.counters.unpacks, 2, "{status:?}");
     assert!(root.is_dir());
 
     // Broken again within the cool-down: two more failures quarantine it.
@@ -279,15 +279,15 @@ async fn a_toolchain_whose_root_breaks_is_unpacked_again_then_quarantined() {
     for _ in 0..2 {
         gcc_version_job(&kiln, tc).await.expect_err("a job over a missing root cannot run");
     }
-    let restarts = kiln.status().await["builder_restarts"].clone();
+    let restarts = kiln.status().await.snapshot.counters.builder_restarts;
     let err = gcc_version_job(&kiln, tc).await.expect_err("a quarantined toolchain's job is refused");
     assert!(err.contains("503") && err.contains("quarantined") && err.contains("overlay"), "{err}");
     let status = kiln.status().await;
-    assert_eq!(status["toolchains_quarantined"], 1, "{status}");
-    assert_eq!(status["builder_restarts"], restarts, "a refused job touches no sandbox: {status}");
-    let health = &status["toolchain_health"][0];
-    assert_eq!(health["archive_id"], tc.archive_id.as_str(), "{status}");
-    assert!(health["quarantined_secs_left"].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(status.snapshot.counters.toolchains_quarantined, 1, "{status:?}");
+    assert_eq!(status.snapshot.counters.builder_restarts, restarts, "a refused job touches no sandbox: {status:?}");
+    let health = &status.snapshot.toolchain_health[0];
+    assert_eq!(health.archive_id, tc.archive_id, "{status:?}");
+    assert!(health.quarantined_secs_left > 0, "{status:?}");
     let (code, metrics) = kiln.client().get_raw("/metrics").await.unwrap();
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&metrics).contains("kiln_toolchains_quarantined 1"));

@@ -38,17 +38,17 @@ fn spawn_job(kiln: &Kiln, script: &str) -> (kiln::protocol::JobId, actix_rt::tas
     (job_id, handle)
 }
 
-/// Waits until a builder runs `job_id` (as the JSON status says).
+/// Waits until a builder runs `job_id` (as the status document says).
 async fn wait_running(kiln: &Kiln, job_id: kiln::protocol::JobId) {
     let deadline = std::time::Instant::now() + LIMIT;
     loop {
         let (_, body) = get(&format!("{}/api/v1/kiln/status", kiln.ops)).await;
-        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let running = status["builders"].as_array().unwrap().iter().any(|b| b["job_id"] == job_id.0);
+        let status: kiln::observe::StatusDocument = serde_json::from_str(&body).unwrap();
+        let running = status.snapshot.builders.iter().any(|b| b.job_id == Some(job_id.0));
         if running {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "job {job_id} never ran: {status}");
+        assert!(std::time::Instant::now() < deadline, "job {job_id} never ran: {status:?}");
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -215,10 +215,10 @@ async fn gc_frees_idle_sandboxes_and_roots_and_healthz_answers() {
     // The warm pool held 2 sandboxes and, through them, the one unpacked root.
     assert!(text.contains("freed: 2 idle sandboxes, 1 unpacked roots"), "{text}");
     let status = kiln.status().await;
-    assert_eq!(status["roots"]["toolchains"].as_array().unwrap().len(), 0, "{status}");
+    assert_eq!(status.snapshot.roots.as_ref().map(|r| r.toolchains.len()), Some(0), "{status:?}");
     // The next job unpacks again and works.
     assert_compiles(&kiln).await;
-    assert_eq!(kiln.status().await["unpacks"], 2);
+    assert_eq!(kiln.status().await.snapshot.counters.unpacks, 2);
 
     // `kiln check` on this host (root, overlayfs and bubblewrap are here; docker
     // is only a warning with the overlay backend).

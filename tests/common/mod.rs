@@ -205,10 +205,11 @@ impl Kiln {
         let _ = self.child.wait();
     }
 
-    pub async fn status(&self) -> serde_json::Value {
+    /// The status page's document, typed: a renamed or removed field fails to compile.
+    pub async fn status(&self) -> kiln::observe::StatusDocument {
         let (status, body) = self.client().get_raw("/api/v1/kiln/status").await.unwrap();
         assert_eq!(status, 200);
-        serde_json::from_slice(&body).unwrap()
+        serde_json::from_slice(&body).expect("the status document parses as a StatusDocument")
     }
 }
 

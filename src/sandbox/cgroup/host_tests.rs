@@ -86,6 +86,15 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Thaws a v1 freezer cgroup a test froze, even when the test fails half-way.
+struct ThawOnDrop(PathBuf);
+
+impl Drop for ThawOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+    }
+}
+
 /// Removes cgroup directory trees a test made itself, deepest first, even when the
 /// test fails half-way (declare it before the processes and `JobCgroups` it outlives).
 struct TreeGuard(Vec<PathBuf>);
@@ -350,6 +359,58 @@ fn detect_sweeps_what_a_dead_kiln_left_and_spares_a_live_one() {
             std::fs::read_dir(&parent).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).collect();
         assert!(left.is_empty(), "instances left in {}: {left:?}", parent.display());
         std::fs::remove_dir(&parent).unwrap();
+    }
+}
+
+/// A kiln killed while it froze a job (v1: the freezer is used to kill a job without
+/// racing its forks) leaves that job FROZEN in every hierarchy; the next start must
+/// still kill and remove it, although on some kernels a frozen process dies only once
+/// thawed. (Written while chasing a start that timed out sweeping a dead kiln's job;
+/// this kernel kills frozen tasks, so that cause is not confirmed.)
+#[test]
+fn detect_sweeps_a_dead_kilns_frozen_job() {
+    if !v1_host() || !host_has("cgroup v1 freezer hierarchy", Path::new("/sys/fs/cgroup/freezer/cgroup.procs").exists())
+    {
+        return;
+    }
+    let options = CgroupOptions { parent_name: unique("frozen"), ..CgroupOptions::default() };
+    let parents: Vec<PathBuf> =
+        ["pids", "memory", "cpu", "freezer"].iter().map(|h| own_v1(h).join(&options.parent_name)).collect();
+    let _cleanup = TreeGuard(parents.clone());
+    // The dead kiln's job, in every hierarchy, frozen.
+    let stale_jobs: Vec<PathBuf> = parents.iter().map(|p| p.join("kiln-999999-0/sandbox-1")).collect();
+    let mut procs = Vec::new();
+    for job in &stale_jobs {
+        std::fs::create_dir_all(job).unwrap();
+        procs.push(std::fs::OpenOptions::new().write(true).open(job.join("cgroup.procs")).unwrap());
+    }
+    let fds: Vec<_> = procs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    let mut command = Command::new("/bin/sleep");
+    command.arg("100");
+    // SAFETY: as in `spawn_in`; the files in `procs` are open until after the spawn.
+    unsafe {
+        command.pre_exec(move || join_from_child(&fds));
+    }
+    let mut stale = ChildGuard(command.spawn().unwrap());
+    drop(procs);
+    let freezer_job = &stale_jobs[3];
+    // Dropped before `stale`: a frozen process cannot be killed and waited for.
+    let _thaw = ThawOnDrop(freezer_job.clone());
+    std::fs::write(freezer_job.join("freezer.state"), "FROZEN").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while read(freezer_job.join("freezer.state")).trim() != "FROZEN" {
+        assert!(Instant::now() < deadline, "the stale job did not freeze");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let kiln = JobCgroups::detect(limits(), &options).expect("a start sweeps a dead kiln's frozen job");
+    assert_eq!(stale.0.wait().unwrap().signal(), Some(9), "the frozen job's process survived");
+    for parent in &parents {
+        assert!(!parent.join("kiln-999999-0").exists(), "the stale instance survived in {}", parent.display());
+    }
+    drop(kiln);
+    for parent in parents {
+        let _ = std::fs::remove_dir(&parent);
     }
 }
 
