@@ -2,7 +2,7 @@
 //!
 //! The queue is bounded: when it is full the facade answers 503 at once instead of
 //! letting requests pile up. A job whose client went away while it waited is
-//! dropped before it reaches a builder.
+//! dropped before it reaches a builder, and holds no place in a full queue.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -31,6 +31,17 @@ pub struct JobQueue {
 impl JobQueue {
     pub fn new(max_waiting: usize, stats: Arc<Stats>) -> Self {
         JobQueue { waiting: VecDeque::new(), idle: Vec::new(), max_waiting, stats }
+    }
+
+    /// Drops the waiting jobs whose client went away.
+    fn drop_abandoned(&mut self) {
+        self.waiting.retain(|job| {
+            let abandoned = job.reply.is_closed();
+            if abandoned {
+                tracing::info!(job_id = %job.request.job_id, "client left while the job waited; dropping it");
+            }
+            !abandoned
+        });
     }
 
     /// Hands `job` to an idle builder, or gives it back if none can take it.
@@ -66,6 +77,11 @@ impl Handler<SubmitJob> for JobQueue {
     type Result = Result<oneshot::Receiver<JobResult>, QueueFull>;
 
     fn handle(&mut self, msg: SubmitJob, _: &mut Context<Self>) -> Self::Result {
+        if self.idle.is_empty() && self.waiting.len() >= self.max_waiting {
+            // Jobs whose clients left hold no place: a burst of timed-out clients
+            // must not turn the next live ones away.
+            self.drop_abandoned();
+        }
         if self.idle.is_empty() && self.waiting.len() >= self.max_waiting {
             Stats::bump(&self.stats.jobs_rejected);
             return Err(QueueFull { waiting: self.waiting.len() });
@@ -142,5 +158,25 @@ mod tests {
         assert_eq!(refused.waiting, 2);
         assert_eq!(stats.jobs_rejected.load(std::sync::atomic::Ordering::Relaxed), 1);
         drop(waiting);
+    }
+
+    /// Jobs whose clients went away while they waited hold no place in the queue:
+    /// with every builder busy and the queue full of abandoned jobs, a new job is
+    /// still queued, not refused.
+    #[actix_rt::test]
+    async fn abandoned_jobs_do_not_fill_the_queue() {
+        let stats = Arc::new(Stats::default());
+        let queue = JobQueue::new(2, stats.clone()).start();
+        for id in 1..=2 {
+            drop(queue.send(SubmitJob(request(id))).await.unwrap().unwrap());
+        }
+        let live = queue.send(SubmitJob(request(3))).await.unwrap();
+        assert!(live.is_ok(), "a live job was refused for abandoned ones");
+        assert_eq!(stats.jobs_rejected.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let second = queue.send(SubmitJob(request(4))).await.unwrap();
+        assert!(second.is_ok(), "one live job waits, one place is left");
+        let full = queue.send(SubmitJob(request(5))).await.unwrap().unwrap_err();
+        assert_eq!(full.waiting, 2, "two live jobs fill the queue");
+        drop((live, second));
     }
 }
