@@ -81,7 +81,12 @@ pub fn remove_tree(path: &Path, deadline: Instant) -> Result<(), RemoveError> {
     let open_root = |source| RemoveError::OpenRoot { path: path.to_owned(), source };
     let parent =
         open(parent, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(open_root)?;
-    let stat = fstatat(&parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(open_root)?;
+    let stat = match fstatat(&parent, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(stat) => stat,
+        // Already gone: what the caller wanted.
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(open_root(e)),
+    };
     let mut walk = Walk { root: path, deadline, levels: Vec::new(), pending: 0 };
     walk.check_deadline()?;
     if !is_dir(&stat) {
@@ -429,6 +434,16 @@ mod tests {
         remove_tree(&tmp.path().join("link"), later()).unwrap();
         assert!(gone(&tmp.path().join("link")));
         assert_eq!(fs::read(outside.join("sub/precious")).unwrap(), b"keep me too");
+    }
+
+    /// A tree that is already gone is removed (no failure to count or retry).
+    #[test]
+    fn a_tree_that_is_gone_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        remove_tree(&tmp.path().join("never-made"), deadline).expect("nothing to remove is success");
+        let parent_gone = tmp.path().join("no-parent/tree");
+        assert!(matches!(remove_tree(&parent_gone, deadline), Err(RemoveError::OpenRoot { .. })));
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
     counter(
         &mut r,
         "toolchain_reunpacks",
-        "Unpacked roots forgotten and unpacked again after repeated machinery failures of their jobs",
+        "Unpacked roots forgotten after repeated machinery failures of their jobs (to be unpacked afresh, and again when a toolchain is quarantined)",
         c.toolchain_reunpacks,
     );
     counter(&mut r, "toolchain_quarantines", "Toolchains put in quarantine", c.toolchains_quarantined);
