@@ -173,6 +173,10 @@ pub struct ToolchainConfig {
     pub max_entries: u64,
     /// An upload must arrive completely within this time.
     pub upload_timeout_secs: u64,
+    /// A directory shared by a farm of kilns (NFS and the like): toolchains clients
+    /// upload are published there, and a kiln fetches from it what it lacks instead
+    /// of asking the client. Unset: no store.
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -307,6 +311,7 @@ impl Default for ToolchainConfig {
             max_unpacked_bytes: 8 * GIB,
             max_entries: 500_000,
             upload_timeout_secs: 1800,
+            store: None,
         }
     }
 }
@@ -382,6 +387,14 @@ impl Config {
         }
         if self.cache_dir.as_ref().is_some_and(|dir| !dir.is_absolute()) {
             return invalid("cache_dir", "must be an absolute path");
+        }
+        if let Some(store) = &kiln.toolchains.store {
+            if !store.is_absolute() || !store.is_dir() {
+                return invalid(
+                    "kiln.toolchains.store",
+                    "must be the absolute path of an existing directory (mount the farm's store first)",
+                );
+            }
         }
         if kiln.scheduler.unclaimed_secs == 0 {
             return invalid("kiln.scheduler.unclaimed_secs", "must be at least 1");

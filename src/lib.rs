@@ -46,5 +46,6 @@ pub mod sandbox;
 pub mod scheduler;
 pub mod server;
 pub mod stats;
+pub mod store;
 pub mod sync;
 pub mod tls;

@@ -26,6 +26,7 @@ use crate::sandbox::overlay::{install_exec_shim, JobSeccomp, OverlayBackend, Ove
 use crate::sandbox::SharedBackend;
 use crate::scheduler::{LocalScheduler, Scheduler, UpstreamScheduler};
 use crate::stats::Stats;
+use crate::store::ToolchainStore;
 use crate::tls::ServerCert;
 
 /// How often assigned-but-never-run jobs are forgotten.
@@ -195,6 +196,11 @@ pub async fn serve_with(
         quarantine: workers.quarantine,
         started: std::time::Instant::now(),
     });
+    let store = kiln.toolchains.store.clone().map(|dir| {
+        tracing::info!(store = ?dir, "toolchains are shared through the store");
+        let max_bytes = kiln.toolchains.max_archive_bytes;
+        ToolchainStore::new(dir, storage.cache.clone(), config.incoming_dir(), max_bytes, stats.clone())
+    });
     let state = web::Data::new(AppState {
         ops,
         key,
@@ -212,6 +218,7 @@ pub async fn serve_with(
         next_upload: AtomicU64::new(0),
         body_memory: BodyBudget::new(kiln.jobs.max_buffered_request_bytes),
         scheduler,
+        store,
     });
     spawn_job_expiry(state.clone(), Duration::from_secs(kiln.jobs.assigned_ttl_secs));
 

@@ -38,6 +38,14 @@ counters! {
     toolchain_cache_misses,
     /// Toolchain archives evicted from the cache.
     toolchains_evicted,
+    /// Toolchain archives a client uploaded (and kiln stored).
+    toolchain_uploads,
+    /// Shared toolchain store: archives published to it, fetched from it (and their
+    /// bytes), and lookups, publishes or fetches that failed.
+    toolchain_store_publishes,
+    toolchain_store_fetches,
+    toolchain_store_fetched_bytes,
+    toolchain_store_failures,
     /// Toolchain unpacks started (one per toolchain while it stays unpacked).
     unpacks,
     /// Unpacked toolchain roots evicted.

@@ -124,3 +124,63 @@ async fn jobs_see_only_their_own_files_and_no_network() {
         run(&client, tc, command("/bin/sh", &["-c", "ls /tmp/marker"], project.cwd()), &[], project.inputs()).await;
     assert_ne!(done.output.code, 0, "a later job saw an earlier job's file");
 }
+
+/// Issue 16: two kilns of a farm share a toolchain store (a directory both mount).
+/// The client uploads the toolchain to the first; it is published to the store, and
+/// the second answers assign_job with need_toolchain = false, fetches it from the
+/// store and runs the job, byte-identical. A store entry that is not the archive it
+/// names (corrupt, or planted by someone who can write the store) is never used: the
+/// job it was promised to fails with a clear error, the entry is removed, and the
+/// next job asks its client for the toolchain.
+#[actix_rt::test]
+async fn a_farm_shares_each_toolchain_through_its_store() {
+    use kiln::protocol::{AssignJobResult, RunJobHttpRequest, Toolchain};
+
+    let store = tempfile::tempdir().unwrap();
+    let config = format!("[kiln.toolchains]\nstore = \"{}\"\n", store.path().display());
+    let (first, second) = (Kiln::start(&config), Kiln::start(&config));
+    let project = CProject::new();
+    let compile = || command("/usr/bin/gcc", &["-c", "-O2", "main.c", "-o", "main.o"], project.cwd());
+    let tc = gcc_toolchain();
+
+    let uploaded = run(&first.client(), tc, compile(), &["main.o"], project.inputs()).await;
+    assert_eq!(uploaded.output.code, 0, "{}", stderr(&uploaded));
+    let published = store.path().join(&tc.archive_id);
+    let found = wait_for(std::time::Duration::from_secs(30), || published.is_file().then_some(())).await;
+    assert!(found.is_some(), "the uploaded toolchain was not published to the store");
+
+    let client = second.client();
+    let job_id = next_job_id();
+    let toolchain = Toolchain { archive_id: tc.archive_id.clone() };
+    let AssignJobResult { need_toolchain, .. } = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
+    assert!(!need_toolchain, "the second kiln asked the client for a toolchain the store holds");
+    let request = RunJobHttpRequest { command: compile(), outputs: vec!["main.o".into()] };
+    let fetched = match client.run_job(job_id, &token(job_id), &request, &project.inputs()).await.unwrap() {
+        kiln::protocol::RunJobResult::Complete(done) => done,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(fetched.output.code, 0, "{}", stderr(&fetched));
+    assert_eq!(output_bytes(&fetched, "main.o"), output_bytes(&uploaded, "main.o"));
+    let (a, b) = (first.status().await.snapshot.counters, second.status().await.snapshot.counters);
+    assert_eq!((a.toolchain_uploads, a.toolchain_store_publishes), (1, 1), "{a:?}");
+    assert_eq!((b.toolchain_uploads, b.toolchain_store_fetches), (0, 1), "{b:?}");
+    assert!(b.toolchain_store_fetched_bytes > 0, "{b:?}");
+
+    // A store entry that is not what its name says.
+    let planted = other_toolchain();
+    std::fs::write(store.path().join(&planted.archive_id), b"\x1f\x8b not the toolchain").unwrap();
+    let job_id = next_job_id();
+    let toolchain = Toolchain { archive_id: planted.archive_id.clone() };
+    let AssignJobResult { need_toolchain, .. } = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
+    assert!(!need_toolchain, "the store offered the planted entry");
+    let refused = client.run_job(job_id, &token(job_id), &request, &project.inputs()).await;
+    let error = format!("{refused:?}");
+    assert!(error.contains("502") && error.contains("corrupt"), "{error}");
+    assert!(!store.path().join(&planted.archive_id).exists(), "the corrupt entry stayed in the store");
+    let job_id = next_job_id();
+    let AssignJobResult { need_toolchain, .. } = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
+    assert!(need_toolchain, "after a corrupt entry the client is asked again");
+    let counters = second.status().await.snapshot.counters;
+    assert_eq!(counters.toolchain_store_failures, 1, "{counters:?}");
+    assert_eq!(counters.toolchains_stored, 1, "nothing unverified was stored: {counters:?}");
+}

@@ -338,3 +338,41 @@ async fn control_characters_from_clients_are_escaped_in_the_log() {
         "raw control characters:\n{text:?}"
     );
 }
+
+/// Issue 16: whoever can write a farm's toolchain store (a shared directory) must not
+/// make kiln, which runs as root, write or read host files through it. Planted: a
+/// symlink at the temporary name kiln publishes an upload through (kiln's pid and its
+/// first file number are guessable), pointing at a host file; and a symlink named
+/// after a toolchain, pointing at a secret. The host file is untouched (the publish
+/// fails and is counted) and the symlinked "toolchain" is not offered at all.
+#[actix_rt::test]
+async fn a_store_writer_cannot_make_kiln_write_or_read_host_files() {
+    use kiln::protocol::AssignJobResult;
+
+    let store = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let (victim, secret) = (host.path().join("victim"), host.path().join("secret"));
+    std::fs::write(&victim, "host file").unwrap();
+    std::fs::write(&secret, "secret").unwrap();
+    let kiln = Kiln::start(&format!("[kiln.toolchains]\nstore = \"{}\"\n", store.path().display()));
+    let tc = gcc_toolchain();
+    let planted = store.path().join(format!(".{}.{}.0.part", tc.archive_id, kiln.pid()));
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+
+    assert_compiles(&kiln).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while kiln.status().await.snapshot.counters.toolchain_store_failures == 0 {
+        assert!(std::time::Instant::now() < deadline, "the publish through the planted name did not fail");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file", "kiln wrote through the planted symlink");
+    assert!(!store.path().join(&tc.archive_id).exists(), "published through the planted name");
+
+    let other = other_toolchain();
+    std::os::unix::fs::symlink(&secret, store.path().join(&other.archive_id)).unwrap();
+    let client = kiln.client();
+    let job_id = next_job_id();
+    let toolchain = Toolchain { archive_id: other.archive_id.clone() };
+    let AssignJobResult { need_toolchain, .. } = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
+    assert!(need_toolchain, "kiln offered a toolchain the store only holds as a symlink");
+}

@@ -33,6 +33,8 @@ pub enum ApiError {
     Job(#[from] JobError),
     #[error("kiln's {0} is not running")]
     Unavailable(&'static str),
+    #[error(transparent)]
+    StoreFetch(#[from] crate::store::FetchFailed),
     #[error("kiln already holds {limit} bytes of request bodies in memory; retry later")]
     TooManyBodies { limit: u64 },
     /// The cause, with its whole chain (`report::ErrorChain`), as text.
@@ -76,6 +78,8 @@ impl ResponseError for ApiError {
                 FailureKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                 FailureKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            // The store the server relies on failed it: a gateway's failure.
+            ApiError::StoreFetch(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotFound | ApiError::UnknownServer(_) => StatusCode::NOT_FOUND,
         }

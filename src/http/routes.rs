@@ -122,7 +122,13 @@ pub(super) async fn assign(state: &AppState, job_id: JobId, toolchain: Toolchain
         .await
         .map_err(|_| ApiError::Unavailable("toolchain cache"))?;
     Stats::bump(if has { &state.stats.toolchain_cache_hits } else { &state.stats.toolchain_cache_misses });
-    tracing::info!(archive_id = %toolchain.archive_id, need_toolchain = !has, "job assigned");
+    // Not here but in the farm's store: fetched meanwhile, the client need not send it.
+    let from_store = match (&state.store, has) {
+        (Some(store), false) => store.offers(&toolchain.archive_id).await,
+        _ => false,
+    };
+    let has = has || from_store;
+    tracing::info!(archive_id = %toolchain.archive_id, need_toolchain = !has, from_store, "job assigned");
     state.jobs.assign(job_id, toolchain, has)?;
     let job_state = if has { JobState::Ready } else { JobState::Pending };
     Ok(AssignJobResult { state: job_state, need_toolchain: !has })
@@ -159,7 +165,12 @@ async fn submit_toolchain(
                 }
             };
             match state.cache.send(StoreToolchain { archive_id: archive_id.clone(), staged, size }).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    Stats::bump(&state.stats.toolchain_uploads);
+                    if let Some(store) = &state.store {
+                        store.publish(&archive_id);
+                    }
+                }
                 Ok(Err(e @ CacheError::NoRoom { .. })) => {
                     tracing::warn!(%archive_id, error = %e, "toolchain cannot be cached");
                     return encoded_response(&req, &SubmitToolchainResult::CannotCache);
@@ -268,6 +279,10 @@ async fn run_claimed(
     let (request, inputs) = protocol::split_run_job_body(&body)?;
     let inputs_zlib = body.slice(body.len() - inputs.len()..);
     tracing::info!(executable = %request.command.executable, inputs_bytes = inputs_zlib.len(), "job accepted");
+    if let Some(store) = &state.store {
+        // assign_job promised the toolchain from the store: it must be here first.
+        store.fetched(&job.toolchain.archive_id).await?;
+    }
     claimed.start().await;
     let request = JobRequest {
         job_id: claimed.job_id(),

@@ -40,6 +40,8 @@ pub struct AppState {
     pub body_memory: BodyBudget,
     /// Where job state transitions go.
     pub scheduler: Scheduler,
+    /// The farm's shared toolchain store, if configured.
+    pub store: Option<Arc<crate::store::ToolchainStore>>,
     /// Metrics, live activity and the serving/draining lifecycle.
     pub ops: Arc<super::Ops>,
 }

@@ -108,6 +108,26 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
         gauge(&mut r, "toolchain_cache_archives", "Toolchain archives cached", archives.toolchains.len() as i64);
     }
     counter(&mut r, "toolchain_cache_hits", "assign_job found the toolchain cached", c.toolchain_cache_hits);
+    counter(&mut r, "toolchain_uploads", "Toolchain archives clients uploaded", c.toolchain_uploads);
+    counter(
+        &mut r,
+        "toolchain_store_publishes",
+        "Toolchains published to the shared store",
+        c.toolchain_store_publishes,
+    );
+    counter(&mut r, "toolchain_store_fetches", "Toolchains fetched from the shared store", c.toolchain_store_fetches);
+    counter(
+        &mut r,
+        "toolchain_store_fetched_bytes",
+        "Bytes of toolchains fetched from the shared store",
+        c.toolchain_store_fetched_bytes,
+    );
+    counter(
+        &mut r,
+        "toolchain_store_failures",
+        "Lookups, publishes and fetches of the shared store that failed or timed out",
+        c.toolchain_store_failures,
+    );
     counter(
         &mut r,
         "toolchain_cache_misses",
