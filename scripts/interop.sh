@@ -15,6 +15,9 @@
 #   upstream   upstream's scheduler with token auth + kiln on examples/sccache/server.toml
 #   docker     the same with kiln's docker builder (when a Docker daemon answers)
 #   two        two kiln servers behind one scheduler: both receive jobs
+#   farm       two kilns sharing a toolchain store (a directory): both compile, the
+#              client uploads the toolchain once (kiln_toolchain_uploads_total),
+#              the other kiln fetches it from the store
 #   baseline   upstream `sccache-dist server` on the same server.toml; prints
 #              both wall times
 #   rust       a Cargo workspace built with RUSTC_WRAPPER=sccache through plain
@@ -25,7 +28,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CASES=${INTEROP_CASES:-"local overflow badtoken upstream docker two baseline rust"}
+CASES=${INTEROP_CASES:-"local overflow badtoken upstream docker two farm baseline rust"}
 FILES=${INTEROP_FILES:-24}
 WORK=$(mktemp -d /tmp/kiln-interop.XXXXXX)
 KILN_TIMES=""
@@ -240,6 +243,40 @@ case_two() {
   local servers; servers=$(dist_servers)
   [ "$servers" = "127.0.0.1:10501 127.0.0.1:10502" ] || die "jobs went to [$servers], not to both servers"
   echo "two: both servers received jobs ($(stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["dist_compiles"])'))"
+  stop_all
+}
+
+# metric <operator port> <name>: one counter of a kiln's /metrics.
+metric() {
+  curl -sf "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'
+}
+
+case_farm() {
+  log "farm: two kilns sharing a toolchain store, behind one scheduler"
+  start_scheduler
+  mkdir -p "$WORK/store"
+  local a b
+  a=$(kiln_config farm-a 10501 overlay); b=$(kiln_config farm-b 10502 overlay)
+  printf '[kiln.toolchains]\nstore = "%s"\n' "$WORK/store" | tee -a "$a" >>"$b"
+  start_kiln farm-a "$a"
+  start_kiln farm-b "$b"
+  wait_servers 2
+  start_client "$ROOT/examples/sccache/client.toml"
+  # One compile first: its server asks the client for the toolchain and publishes it.
+  make_slow_unit 9
+  (cd "$PROJECT" && mkdir -p out-farm && timeout 300 sccache gcc -O2 -c src/slow9.c -o out-farm/slow9.o)
+  wait_for "the toolchain in the store" sh -c "ls '$WORK/store' | grep -q ."
+  compile_all out-farm
+  same_objects out-farm "$(seq -f 'unit%g' 1 "$FILES") slow9"
+  local total servers uploads fetches
+  total=$(dist_total); servers=$(dist_servers)
+  [ "$total" -eq $(( FILES + 1 )) ] || die "$total of $(( FILES + 1 )) compiles were distributed"
+  [ "$servers" = "127.0.0.1:10501 127.0.0.1:10502" ] || die "jobs went to [$servers], not to both servers"
+  uploads=$(( $(metric 10601 kiln_toolchain_uploads_total) + $(metric 10602 kiln_toolchain_uploads_total) ))
+  fetches=$(( $(metric 10601 kiln_toolchain_store_fetches_total) + $(metric 10602 kiln_toolchain_store_fetches_total) ))
+  [ "$uploads" -eq 1 ] || die "the client uploaded the toolchain $uploads times, not once"
+  [ "$fetches" -eq 1 ] || die "$fetches store fetches, not 1 (the second server's)"
+  echo "farm: both servers compiled ($(stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["dist_compiles"])')); the client uploaded the toolchain once, the other kiln fetched it from the store"
   stop_all
 }
 
