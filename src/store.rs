@@ -101,24 +101,34 @@ impl ToolchainStore {
         found
     }
 
-    /// Waits for the fetch of `archive_id` if one is under way.
+    /// Waits for the fetch of `archive_id` if one is under way, or reports the one
+    /// that failed (unless the client has uploaded the toolchain since).
     pub async fn fetched(&self, archive_id: &str) -> Result<(), FetchFailed> {
         let fetch = crate::sync::lock(&self.fetches).get(archive_id).cloned();
-        match fetch {
-            Some(fetch) => fetch.await,
-            None => Ok(()),
+        let Some(fetch) = fetch else { return Ok(()) };
+        let failed = match fetch.await {
+            Ok(()) => return Ok(()),
+            Err(failed) => failed,
+        };
+        match self.cache.send(HasToolchain { archive_id: archive_id.to_owned() }).await {
+            Ok(true) => Ok(()),
+            _ => Err(failed),
         }
     }
 
+    /// Starts fetching `archive_id`, unless a fetch is under way. A failed fetch stays
+    /// recorded (the job promised the toolchain learns why) until the next one starts.
     fn start_fetch(self: &Arc<Self>, archive_id: &str) {
         let mut fetches = crate::sync::lock(&self.fetches);
-        if fetches.contains_key(archive_id) {
+        if fetches.get(archive_id).is_some_and(|fetch| !matches!(fetch.peek(), Some(Err(_)))) {
             return;
         }
         let (store, id) = (self.clone(), archive_id.to_owned());
         let fetch = async move {
             let result = store.fetch(&id).await;
-            crate::sync::lock(&store.fetches).remove(&id);
+            if result.is_ok() {
+                crate::sync::lock(&store.fetches).remove(&id);
+            }
             result
         }
         .boxed()
@@ -172,6 +182,8 @@ impl ToolchainStore {
     /// Publishes `archive_id` (just uploaded by a client into the cache) to the
     /// store, in the background, unless the store holds it already.
     pub fn publish(self: &Arc<Self>, archive_id: &str) {
+        // Uploaded: a failed fetch of it is history.
+        crate::sync::lock(&self.fetches).remove(archive_id);
         let (store, id) = (self.clone(), archive_id.to_owned());
         actix::spawn(async move {
             let Ok(Some(lease)) = store.cache.send(CheckoutToolchain { archive_id: id.clone() }).await else { return };
