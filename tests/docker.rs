@@ -621,3 +621,39 @@ async fn a_job_cannot_reach_its_agents_stream() {
     assert!(stdout(&copied).starts_with(&container), "the container was not reused after its supervisor was killed");
     assert!(output_bytes(&copied, "out.bin") == data, "binary data changed on its way through the agent");
 }
+
+/// Inputs kiln's checks let through but the container's file system refuses (here a
+/// name of 300 bytes: ENAMETOOLONG) fail the job as the client's, not as kiln's
+/// machinery: no builder restart, no strike against the toolchain, so a client
+/// cannot get a toolchain quarantined for everyone by sending such inputs.
+#[actix_rt::test]
+async fn inputs_the_container_refuses_are_the_clients_failure() {
+    if !docker_ready() {
+        return;
+    }
+    let kiln = DockerKiln::start(&format!("builders = 1\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\n"));
+    let project = CProject::new();
+    // Written by hand: kiln's own InputsBuilder refuses such a name.
+    let inputs = {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(1);
+        header.set_mode(0o644);
+        let path = format!("{}/{}", project.cwd().trim_start_matches('/'), "n".repeat(300));
+        tar.append_data(&mut header, path, &b"x"[..]).unwrap();
+        tar.into_inner().unwrap()
+    };
+    for _ in 0..3 {
+        let job_id = assign_and_submit(&kiln.client(), gcc_toolchain()).await;
+        let request = RunJobHttpRequest { command: command("/bin/true", &[], project.cwd()), outputs: vec![] };
+        let refused = kiln.client().run_job(job_id, &token(job_id), &request, &inputs).await;
+        let error = format!("{refused:?}");
+        assert!(error.contains("400") && error.contains("laying the inputs out"), "{error}");
+    }
+    assert_compiles_docker(&kiln).await;
+    let status = kiln.status().await;
+    assert_eq!(status.snapshot.counters.builder_restarts, 0, "{status:?}");
+    assert_eq!(status.snapshot.counters.toolchains_quarantined, 0, "{status:?}");
+    assert!(status.snapshot.toolchain_health.is_empty(), "a client's inputs struck the toolchain: {status:?}");
+}

@@ -35,6 +35,9 @@ pub enum JobReply {
     TimedOut,
     /// The outputs together exceed the job's limit.
     OutputsTooLarge,
+    /// The inputs could not be laid out (a name too long for the file system, no
+    /// space left): the message says which. The job's, not the machinery's, failure.
+    InputsNotLaidOut(String),
     /// The job's supervisor was killed by this signal, by the job itself (it runs as
     /// the same user) or the OOM killer: the job's own end, like a crash.
     SupervisorKilled(u32),
@@ -122,6 +125,7 @@ impl AgentLink {
             }
             1 => JobReply::NotStarted(self.read_message().await?),
             3 => JobReply::SupervisorKilled(self.read_u32().await?),
+            4 => JobReply::InputsNotLaidOut(self.read_message().await?),
             other => return Err(self.broken(format!("reply status {other}"))),
         };
         self.in_step = true;

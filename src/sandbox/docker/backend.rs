@@ -222,6 +222,10 @@ async fn run_job(
             let output = ProcessOutput { code: 128 + signal as i32, stdout: Vec::new(), stderr: stderr.into_bytes() };
             Ok(JobComplete { output, outputs: Vec::new() })
         }
+        JobReply::InputsNotLaidOut(message) => {
+            let why = std::io::Error::other(format!("laying the inputs out in the container: {message}"));
+            Err(SandboxError::Inputs(crate::archive::ArchiveError::Read(why)))
+        }
         JobReply::TimedOut => Err(SandboxError::TimedOut(timeout)),
         JobReply::OutputsTooLarge => Err(SandboxError::OutputsTooLarge { limit: limits.max_output_bytes }),
         JobReply::NotStarted(message) => {

@@ -272,6 +272,9 @@ impl Layout {
             }
             let parent = path.parent().ok_or_else(|| refuse("entry names the root itself"))?;
             self.ensure_dir(parent).map_err(|_| refuse("its directory is not one the job may create"))?;
+            if self.files.contains(&path) {
+                return Err(refuse("the archive names it twice"));
+            }
             if self.created.contains(&path) || !matches!(self.in_image(&path), InImage::Missing) {
                 return Err(refuse("it would replace a directory or a toolchain file"));
             }

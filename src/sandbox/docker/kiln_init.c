@@ -26,6 +26,7 @@
  *          2 not a regular file | 3 over max_output (the reply ends there)
  *   "KRES" u8 1, str message                     the job could not be started
  *   "KRES" u8 3, u32 signal                      the job's supervisor was killed
+ *   "KRES" u8 4, str message                     the inputs could not be laid out
  *   "KRST" u8 0 | 1, str message
  *
  * Each job runs under a supervisor, forked from pid 1: it lays the inputs out as the
@@ -548,7 +549,7 @@ static _Noreturn void supervise(void) {
     place_entries();
     if (failure[0]) {
         put("KRES", 4);
-        put_u8(1);
+        put_u8(4);
         put_str(failure);
         flush_out();
         _exit(SUPERVISOR_REPLIED);
