@@ -91,16 +91,22 @@ static void die(const char *what) {
     _exit(SUPERVISOR_STREAM_BROKEN);
 }
 
+/* Reads more of the request into the empty buffer; the stream's end is fatal. */
+static void refill(void) {
+    for (;;) {
+        ssize_t got = read(0, in_buf, sizeof in_buf);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) die("kiln closed the stream");
+        in_pos = 0;
+        in_len = (size_t)got;
+        return;
+    }
+}
+
 static void read_exact(void *dst, size_t n) {
     unsigned char *p = dst;
     while (n) {
-        if (in_pos == in_len) {
-            ssize_t got = read(0, in_buf, sizeof in_buf);
-            if (got < 0 && errno == EINTR) continue;
-            if (got <= 0) die("kiln closed the stream");
-            in_pos = 0;
-            in_len = (size_t)got;
-        }
+        if (in_pos == in_len) refill();
         size_t take = in_len - in_pos < n ? in_len - in_pos : n;
         memcpy(p, in_buf + in_pos, take);
         in_pos += take;
@@ -378,13 +384,7 @@ static void fail(const char *what, const char *path) {
 /* Copies `size` bytes of the request into `fd` (-1: skips them). */
 static void copy_in(int fd, uint64_t size, const char *path) {
     while (size) {
-        if (in_pos == in_len) {
-            ssize_t got = read(0, in_buf, sizeof in_buf);
-            if (got < 0 && errno == EINTR) continue;
-            if (got <= 0) die("kiln closed the stream");
-            in_pos = 0;
-            in_len = (size_t)got;
-        }
+        if (in_pos == in_len) refill();
         size_t take = in_len - in_pos < size ? in_len - in_pos : (size_t)size;
         if (fd >= 0) {
             size_t done = 0;
