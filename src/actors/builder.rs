@@ -264,8 +264,7 @@ mod tests {
     use crate::actors::job_queue::SubmitJob;
     use crate::actors::toolchain_cache::StoreToolchain;
     use crate::archive::ExtractLimits;
-    use crate::observe::JobPhases;
-    use crate::protocol::{archive_id_of, CompileCommand, JobId};
+    use crate::protocol::archive_id_of;
     use crate::sandbox::fake::{FakeBackend, FakeBehaviour, FakeBehaviours, FakeCounts};
     use crate::sandbox::SandboxError;
 
@@ -343,20 +342,7 @@ mod tests {
 
     fn request(archive_id: &str) -> JobRequest {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        JobRequest {
-            job_id: JobId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
-            archive_id: archive_id.to_owned(),
-            command: CompileCommand {
-                executable: "/bin/true".into(),
-                arguments: Vec::new(),
-                env_vars: Vec::new(),
-                cwd: "/".into(),
-            },
-            outputs: Vec::new(),
-            inputs_zlib: bytes::Bytes::new(),
-            span: tracing::Span::none(),
-            phases: JobPhases::starting(Phase::Queue),
-        }
+        JobRequest::trivial(NEXT_ID.fetch_add(1, Ordering::Relaxed), archive_id)
     }
 
     impl Rig {

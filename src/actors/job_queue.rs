@@ -104,16 +104,11 @@ impl Handler<BuilderReady> for JobQueue {
 
     fn handle(&mut self, msg: BuilderReady, _: &mut Context<Self>) {
         self.idle.push(msg.0);
-        while let Some(job) = self.waiting.pop_front() {
-            if job.reply.is_closed() {
-                tracing::info!(job_id = %job.request.job_id, "client left while the job waited; dropping it");
-                continue;
-            }
+        self.drop_abandoned();
+        while !self.idle.is_empty() {
+            let Some(job) = self.waiting.pop_front() else { break };
             if let Some(job) = self.dispatch(job) {
                 self.waiting.push_front(job);
-                break;
-            }
-            if self.idle.is_empty() {
                 break;
             }
         }
@@ -123,24 +118,9 @@ impl Handler<BuilderReady> for JobQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::{JobPhases, Phase};
-    use crate::protocol::{CompileCommand, JobId};
 
     fn request(id: u64) -> JobRequest {
-        JobRequest {
-            job_id: JobId(id),
-            archive_id: "a".into(),
-            command: CompileCommand {
-                executable: "/bin/true".into(),
-                arguments: Vec::new(),
-                env_vars: Vec::new(),
-                cwd: "/".into(),
-            },
-            outputs: Vec::new(),
-            inputs_zlib: bytes::Bytes::new(),
-            span: tracing::Span::none(),
-            phases: JobPhases::starting(Phase::Queue),
-        }
+        JobRequest::trivial(id, "a")
     }
 
     /// Backpressure: with every builder busy, `max_waiting` jobs wait and the next

@@ -29,6 +29,27 @@ pub struct JobRequest {
     pub phases: SharedPhases,
 }
 
+#[cfg(test)]
+impl JobRequest {
+    /// For actor tests: `/bin/true` in `/`, no inputs, no outputs.
+    pub(crate) fn trivial(job_id: u64, archive_id: &str) -> JobRequest {
+        JobRequest {
+            job_id: JobId(job_id),
+            archive_id: archive_id.to_owned(),
+            command: CompileCommand {
+                executable: "/bin/true".into(),
+                arguments: Vec::new(),
+                env_vars: Vec::new(),
+                cwd: "/".into(),
+            },
+            outputs: Vec::new(),
+            inputs_zlib: Bytes::new(),
+            span: tracing::Span::none(),
+            phases: crate::observe::JobPhases::starting(crate::observe::Phase::Queue),
+        }
+    }
+}
+
 pub type JobResult = Result<JobComplete, JobError>;
 
 /// Why a job got no result.
