@@ -128,6 +128,24 @@ fn spawn_in(job: &JobCgroup, script: &str) -> ChildGuard {
     ChildGuard(command.spawn().expect("spawning /bin/sh"))
 }
 
+/// A dead kiln's leftover: `/bin/sleep 100` in each of the (made) job cgroups
+/// `dirs`, which no `JobCgroup` of this process owns.
+fn spawn_stale(dirs: &[PathBuf]) -> ChildGuard {
+    let mut procs = Vec::new();
+    for dir in dirs {
+        std::fs::create_dir_all(dir).unwrap();
+        procs.push(std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs")).unwrap());
+    }
+    let fds: Vec<_> = procs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    let mut command = Command::new("/bin/sleep");
+    command.arg("100");
+    // SAFETY: as in `spawn_in`; the files in `procs` are open until after the spawn.
+    unsafe {
+        command.pre_exec(move || join_from_child(&fds));
+    }
+    ChildGuard(command.spawn().expect("spawning /bin/sleep"))
+}
+
 /// Waits for the child, reading its stdout and stderr.
 fn finish(mut child: ChildGuard) -> (std::process::ExitStatus, String, String) {
     let (mut out, mut err) = (String::new(), String::new());
@@ -332,18 +350,7 @@ fn detect_sweeps_what_a_dead_kiln_left_and_spares_a_live_one() {
     let live_job = Guard(Some(live.create("sandbox-1").unwrap()));
     let live_dir = job_dir(live_job.job(), "/sys/fs/cgroup/pids");
     // A dead kiln's leftovers: an unlocked instance with a job cgroup and a process in it.
-    let stale_job = root.join("kiln-999999-0/sandbox-1");
-    std::fs::create_dir_all(&stale_job).unwrap();
-    let procs = std::fs::OpenOptions::new().write(true).open(stale_job.join("cgroup.procs")).unwrap();
-    let fds = vec![std::os::fd::AsRawFd::as_raw_fd(&procs)];
-    let mut command = Command::new("/bin/sleep");
-    command.arg("100");
-    // SAFETY: as in `spawn_in`; `procs` is open until after the spawn.
-    unsafe {
-        command.pre_exec(move || join_from_child(&fds));
-    }
-    let mut stale = ChildGuard(command.spawn().unwrap());
-    drop(procs);
+    let mut stale = spawn_stale(&[root.join("kiln-999999-0/sandbox-1")]);
 
     let second = JobCgroups::detect(limits(), &options).unwrap();
     assert!(!root.join("kiln-999999-0").exists(), "the stale instance survived the sweep");
@@ -379,20 +386,7 @@ fn detect_sweeps_a_dead_kilns_frozen_job() {
     let _cleanup = TreeGuard(parents.clone());
     // The dead kiln's job, in every hierarchy, frozen.
     let stale_jobs: Vec<PathBuf> = parents.iter().map(|p| p.join("kiln-999999-0/sandbox-1")).collect();
-    let mut procs = Vec::new();
-    for job in &stale_jobs {
-        std::fs::create_dir_all(job).unwrap();
-        procs.push(std::fs::OpenOptions::new().write(true).open(job.join("cgroup.procs")).unwrap());
-    }
-    let fds: Vec<_> = procs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
-    let mut command = Command::new("/bin/sleep");
-    command.arg("100");
-    // SAFETY: as in `spawn_in`; the files in `procs` are open until after the spawn.
-    unsafe {
-        command.pre_exec(move || join_from_child(&fds));
-    }
-    let mut stale = ChildGuard(command.spawn().unwrap());
-    drop(procs);
+    let mut stale = spawn_stale(&stale_jobs);
     let freezer_job = &stale_jobs[3];
     // Dropped before `stale`: a frozen process cannot be killed and waited for.
     let _thaw = ThawOnDrop(freezer_job.clone());
