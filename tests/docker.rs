@@ -47,6 +47,28 @@ impl DockerKiln {
     }
 }
 
+impl DockerKiln {
+    /// An Engine API connection that sees this kiln's containers and images.
+    async fn engine(&self) -> kiln::sandbox::docker::Engine {
+        let owner = kiln::sandbox::docker::owner_label(&self.kiln.data_dir);
+        kiln::sandbox::docker::Engine::connect(&self.host, owner).await.unwrap()
+    }
+}
+
+/// `source` built here (the test toolchain has no libc headers), as the inputs'
+/// file /work/proj/<name>; a job runs it through the dynamic loader (inputs arrive
+/// without the execute bit): `/lib64/ld-linux-x86-64.so.2 ./<name>` in /work/proj.
+fn program_inputs(name: &str, source: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, exe) = (dir.path().join(format!("{name}.c")), dir.path().join(name));
+    std::fs::write(&src, source).unwrap();
+    let built = std::process::Command::new("gcc").arg("-o").arg(&exe).arg(&src).status();
+    assert!(built.unwrap().success(), "building {name}.c");
+    let mut inputs = kiln::client::InputsBuilder::new();
+    inputs.add_file(&format!("/work/proj/{name}"), &std::fs::read(&exe).unwrap()).unwrap();
+    inputs.finish().unwrap()
+}
+
 impl std::ops::Deref for DockerKiln {
     type Target = Kiln;
     fn deref(&self) -> &Kiln {
@@ -365,8 +387,7 @@ async fn a_restart_after_kill_9_removes_the_old_runs_containers_and_images() {
     }
     let mut kiln = DockerKiln::start(&format!("builders = 1\n{DOCKER_CONFIG}"));
     assert_compiles_docker(&kiln).await;
-    let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
-    let engine = kiln::sandbox::docker::Engine::connect("unix:///var/run/docker.sock", owner).await.unwrap();
+    let engine = kiln.engine().await;
     let old: Vec<String> = engine.list_containers().await.unwrap().into_iter().map(|c| c.id).collect();
     assert!(!old.is_empty());
     assert_eq!(engine.list_images().await.unwrap().len(), 1);
@@ -388,8 +409,7 @@ async fn a_container_removed_mid_job_fails_that_job_and_is_replaced() {
     // One container at most: while the job runs it is the only one.
     let kiln = DockerKiln::start(&format!("builders = 1\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\n"));
     assert_compiles_docker(&kiln).await;
-    let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
-    let engine = kiln::sandbox::docker::Engine::connect("unix:///var/run/docker.sock", owner).await.unwrap();
+    let engine = kiln.engine().await;
 
     let project = CProject::new();
     let job = {
@@ -451,19 +471,9 @@ async fn new_top_level_dirs_and_sysv_ipc_do_not_outlive_a_job() {
     // One container, so consecutive jobs share it.
     let kiln = DockerKiln::start(&format!("builders = 1\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\n"));
     let client = kiln.client();
-    // Built here (the test toolchain has no libc headers), run through the dynamic
-    // loader (inputs arrive without the execute bit).
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ipc.c"), LEAVE_IPC_C).unwrap();
-    let built =
-        std::process::Command::new("gcc").arg("-o").arg(dir.path().join("ipc")).arg(dir.path().join("ipc.c")).status();
-    assert!(built.unwrap().success());
-    let mut inputs = kiln::client::InputsBuilder::new();
-    inputs.add_file("/work/proj/ipc", &std::fs::read(dir.path().join("ipc")).unwrap()).unwrap();
     let script = "cat /etc/hostname; /lib64/ld-linux-x86-64.so.2 ./ipc";
-    let first =
-        run(&client, gcc_toolchain(), command("/bin/sh", &["-c", script], "/work/proj"), &[], inputs.finish().unwrap())
-            .await;
+    let inputs = program_inputs("ipc", LEAVE_IPC_C);
+    let first = run(&client, gcc_toolchain(), command("/bin/sh", &["-c", script], "/work/proj"), &[], inputs).await;
     assert_eq!(first.output.code, 0, "{}", stderr(&first));
     let out = stdout(&first);
     let container = out.lines().next().unwrap().to_owned();
@@ -490,8 +500,7 @@ async fn a_clean_stop_removes_the_pool() {
     }
     let mut kiln = DockerKiln::start(&format!("builders = 1\n{DOCKER_CONFIG}min_idle = 2\n"));
     assert_compiles_docker(&kiln).await;
-    let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
-    let engine = kiln::sandbox::docker::Engine::connect("unix:///var/run/docker.sock", owner).await.unwrap();
+    let engine = kiln.engine().await;
     assert!(!engine.list_containers().await.unwrap().is_empty());
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(kiln.pid()), nix::sys::signal::SIGTERM).unwrap();
@@ -559,21 +568,10 @@ async fn a_job_cannot_reach_its_agents_stream() {
         "builders = 1\n[kiln.jobs]\ntimeout_secs = 20\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\n"
     ));
     let client = kiln.client();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("reach.c"), REACH_AGENT_C).unwrap();
-    let built = std::process::Command::new("gcc")
-        .arg("-o")
-        .arg(dir.path().join("reach"))
-        .arg(dir.path().join("reach.c"))
-        .status();
-    assert!(built.unwrap().success());
-    let mut inputs = kiln::client::InputsBuilder::new();
-    inputs.add_file("/work/proj/reach", &std::fs::read(dir.path().join("reach")).unwrap()).unwrap();
     // exec: the program's parent is the job's supervisor.
     let script = "cat /etc/hostname; exec /lib64/ld-linux-x86-64.so.2 ./reach";
-    let done =
-        run(&client, gcc_toolchain(), command("/bin/sh", &["-c", script], "/work/proj"), &[], inputs.finish().unwrap())
-            .await;
+    let inputs = program_inputs("reach", REACH_AGENT_C);
+    let done = run(&client, gcc_toolchain(), command("/bin/sh", &["-c", script], "/work/proj"), &[], inputs).await;
     let out = stdout(&done);
     eprintln!("{out}");
     assert_eq!(done.output.code, 0, "{}", stderr(&done));
