@@ -25,6 +25,18 @@ const IMPORT_CHUNKS: usize = 16;
 pub const IMAGE_DIRS: &[(&str, u32)] =
     &[("proc", 0o755), ("sys", 0o755), ("dev", 0o755), ("etc", 0o755), ("tmp", 0o1777)];
 
+/// The tar header of an empty directory root owns, with `mode`.
+pub fn root_dir_header(mode: u32) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(0);
+    header.set_mtime(0);
+    header
+}
+
 /// Streams the image tar of `root` on a blocking thread; the stream ends with an
 /// error item if writing failed, which makes the daemon refuse the import.
 pub fn image_tar_stream(root: PathBuf) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
@@ -48,14 +60,7 @@ fn write_image_tar(root: &Path, out: impl Write) -> io::Result<()> {
     // The daemon refuses a tar naming a path twice: the image's own directories
     // replace the root's top-level entries of the same name (contents kept).
     for (dir, mode) in IMAGE_DIRS {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_mode(*mode);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_size(0);
-        header.set_mtime(0);
-        tar.append_data(&mut header, dir, io::empty())?;
+        tar.append_data(&mut root_dir_header(*mode), dir, io::empty())?;
     }
     let helper_name = HELPER_PATH.trim_start_matches('/');
     append_tree(&mut tar, root, Path::new(""), &|name| {

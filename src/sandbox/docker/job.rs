@@ -21,7 +21,7 @@ use nix::sys::stat::{fstat, Mode, SFlag};
 use tar::EntryType;
 
 use super::engine::HELPER_PATH;
-use super::image::IMAGE_DIRS;
+use super::image::{root_dir_header, IMAGE_DIRS};
 use crate::archive::{ArchiveError, ExtractLimits, RootedDir, SandboxPath};
 use crate::protocol::CompileCommand;
 use crate::sandbox::job::{bad_path, validate_command};
@@ -328,14 +328,7 @@ impl Layout {
 pub fn top_dirs_tar(dirs: &[PathBuf]) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     for dir in dirs {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(EntryType::Directory);
-        header.set_mode(0o1777);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_size(0);
-        header.set_mtime(0);
-        tar.append_data(&mut header, dir, std::io::empty())?;
+        tar.append_data(&mut root_dir_header(0o1777), dir, std::io::empty())?;
     }
     tar.into_inner()
 }
