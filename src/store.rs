@@ -27,7 +27,7 @@ use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 
 use crate::actors::{CheckoutToolchain, HasToolchain, StoreToolchain, ToolchainCache};
-use crate::protocol::ArchiveHasher;
+use crate::protocol::ArchiveCheck;
 use crate::report::ErrorChain;
 use crate::stats::Stats;
 
@@ -228,26 +228,21 @@ fn copy_checked(source: &Path, target: &Path, archive_id: &str, max_bytes: u64) 
     }
     let mut from = from.take(max_bytes + 1);
     let mut to = new_file(target).map_err(|e| format!("creating {target:?}: {e}"))?;
-    let mut hasher = ArchiveHasher::new();
+    let mut check = ArchiveCheck::new();
     let mut buf = vec![0u8; CHUNK];
-    let (mut size, mut head) = (0u64, Vec::<u8>::with_capacity(2));
     loop {
         let n = from.read(&mut buf).map_err(|e| format!("reading {source:?}: {e}"))?;
         if n == 0 {
             break;
         }
-        if head.len() < 2 {
-            head.extend(buf[..n].iter().take(2 - head.len()));
-        }
-        hasher.update(&buf[..n]);
+        check.update(&buf[..n]);
         to.write_all(&buf[..n]).map_err(|e| format!("writing {target:?}: {e}"))?;
-        size += n as u64;
     }
     to.sync_all().map_err(|e| format!("syncing {target:?}: {e}"))?;
-    if size > max_bytes || head != [0x1f, 0x8b] || hasher.finish() != archive_id {
-        return Err(format!("{CORRUPT}: not a gzip stream whose BLAKE3 is its name"));
+    match check.verify(archive_id) {
+        Ok(size) if size <= max_bytes => Ok(size),
+        _ => Err(format!("{CORRUPT}: not a gzip stream whose BLAKE3 is its name")),
     }
-    Ok(size)
 }
 
 /// Creates `path` for writing; fails if anything, a symlink included, is there.

@@ -15,8 +15,8 @@ use crate::actors::{CacheError, HasToolchain, StoreToolchain, SubmitJob};
 use crate::jobs::{JobError, JobRequest};
 use crate::observe::{JobPhases, Phase};
 use crate::protocol::{
-    self, ArchiveHasher, AssignJobResult, JobId, JobState, RunJobResult, SubmitToolchainResult, Toolchain,
-    BINCODE_CONTENT_TYPE, MAX_SMALL_MESSAGE,
+    self, ArchiveCheck, ArchiveMismatch, AssignJobResult, JobId, JobState, RunJobResult, SubmitToolchainResult,
+    Toolchain, BINCODE_CONTENT_TYPE, MAX_SMALL_MESSAGE,
 };
 use crate::scheduler::ClaimedJob;
 use crate::stats::Stats;
@@ -188,38 +188,27 @@ async fn submit_toolchain(
     .await
 }
 
-/// gzip's magic bytes: a toolchain is a gzip'd tar.
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-
 /// Streams the upload to `staged` while hashing it; checks it is gzip and that its
 /// id (sccache's BLAKE3 hex) is `archive_id`. Returns its size.
 async fn receive_archive(mut body: BoundedBody, staged: &std::path::Path, archive_id: &str) -> Result<u64, ApiError> {
     let internal = |e: std::io::Error| ApiError::Internal(format!("staging the toolchain at {staged:?}: {e}"));
     let mut file = tokio::fs::File::create(staged).await.map_err(internal)?;
-    let mut hasher = ArchiveHasher::new();
-    let mut size = 0u64;
-    let mut head: Vec<u8> = Vec::with_capacity(2);
+    let mut check = ArchiveCheck::new();
     while let Some(chunk) = body.next_chunk().await? {
-        if head.len() < 2 {
-            head.extend(chunk.iter().take(2 - head.len()));
-        }
-        hasher.update(&chunk);
-        size += chunk.len() as u64;
+        check.update(&chunk);
         file.write_all(&chunk).await.map_err(internal)?;
     }
     // Durable before the cache adopts it: after a crash the cache trusts archives
     // on disk by name, so a truncated one must never get there.
     file.sync_all().await.map_err(internal)?;
-    if head != GZIP_MAGIC {
-        return Err(ApiError::BadToolchain("the archive is not a gzip stream".into()));
-    }
-    let actual = hasher.finish();
-    if actual != archive_id {
-        return Err(ApiError::BadToolchain(format!(
-            "the archive's BLAKE3 is {actual}, not the archive_id {archive_id}"
-        )));
-    }
-    Ok(size)
+    check.verify(archive_id).map_err(|mismatch| {
+        ApiError::BadToolchain(match mismatch {
+            ArchiveMismatch::NotGzip => "the archive is not a gzip stream".into(),
+            ArchiveMismatch::WrongId { actual } => {
+                format!("the archive's BLAKE3 is {actual}, not the archive_id {archive_id}")
+            }
+        })
+    })
 }
 
 async fn run_job(

@@ -20,8 +20,9 @@ pub use codec::{
 };
 pub use error::ProtocolError;
 pub use types::{
-    archive_id_of, is_valid_archive_id, AllocJobHttpResponse, ArchiveHasher, AssignJobResult, CompileCommand, Endpoint,
-    ErrorBody, HeartbeatServerHttpRequest, HeartbeatServerResult, JobAlloc, JobComplete, JobId, JobState, OutputData,
-    ProcessOutput, RunJobHttpRequest, RunJobResult, SchedulerStatusResult, ServerCertificateHttpResponse, ServerId,
-    ServerNonce, SubmitToolchainResult, Toolchain, UpdateJobStateResult, ARCHIVE_ID_LEN, DISTSERVER_PREFIX,
+    archive_id_of, is_valid_archive_id, AllocJobHttpResponse, ArchiveCheck, ArchiveHasher, ArchiveMismatch,
+    AssignJobResult, CompileCommand, Endpoint, ErrorBody, HeartbeatServerHttpRequest, HeartbeatServerResult, JobAlloc,
+    JobComplete, JobId, JobState, OutputData, ProcessOutput, RunJobHttpRequest, RunJobResult, SchedulerStatusResult,
+    ServerCertificateHttpResponse, ServerId, ServerNonce, SubmitToolchainResult, Toolchain, UpdateJobStateResult,
+    ARCHIVE_ID_LEN, DISTSERVER_PREFIX,
 };

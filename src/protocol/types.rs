@@ -136,6 +136,54 @@ impl ArchiveHasher {
     }
 }
 
+/// gzip's magic bytes: a toolchain is a gzip'd tar.
+pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Checks a toolchain archive as its bytes go by (an upload, a copy from a store):
+/// that it is a gzip stream and that its id is the one it claims.
+#[derive(Debug, Default)]
+pub struct ArchiveCheck {
+    hasher: ArchiveHasher,
+    head: Vec<u8>,
+    size: u64,
+}
+
+/// How an archive failed its [`ArchiveCheck`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum ArchiveMismatch {
+    NotGzip,
+    /// Its id is `actual`, not the one claimed.
+    WrongId {
+        actual: String,
+    },
+}
+
+impl ArchiveCheck {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        if self.head.len() < GZIP_MAGIC.len() {
+            self.head.extend(chunk.iter().take(GZIP_MAGIC.len() - self.head.len()));
+        }
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+    }
+
+    /// The archive's size, if it was a gzip stream whose id is `archive_id`.
+    pub fn verify(self, archive_id: &str) -> Result<u64, ArchiveMismatch> {
+        if self.head != GZIP_MAGIC {
+            return Err(ArchiveMismatch::NotGzip);
+        }
+        let actual = self.hasher.finish();
+        if actual != archive_id {
+            return Err(ArchiveMismatch::WrongId { actual });
+        }
+        Ok(self.size)
+    }
+}
+
 impl io::Write for ArchiveHasher {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.update(buf);
