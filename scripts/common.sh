@@ -35,6 +35,19 @@ install_sccache() {
   cargo install "sccache@$SCCACHE_VERSION" --locked --no-default-features --features "dist-client,dist-server"
 }
 
+# install_s3s_fs: an S3 server over a directory (the s3s project's s3s-fs), for the
+# object-store farm: tests/farm.rs and the interop farm case. ~4 minutes the first time.
+# 0.14.1: the newest release this machine's rustc builds.
+S3S_FS_VERSION=0.14.1
+install_s3s_fs() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if s3s-fs --version 2>/dev/null | grep -q " $S3S_FS_VERSION"; then
+    return
+  fi
+  log "installing s3s-fs $S3S_FS_VERSION (an S3 server over a directory)"
+  cargo install "s3s-fs@$S3S_FS_VERSION" --locked --features binary
+}
+
 # build_kiln [extra cargo args]: sets KILN. Release by default: figures are
 # compared with upstream's release build.
 build_kiln() {

@@ -173,10 +173,11 @@ pub struct ToolchainConfig {
     pub max_entries: u64,
     /// An upload must arrive completely within this time.
     pub upload_timeout_secs: u64,
-    /// A directory shared by a farm of kilns (NFS and the like): toolchains clients
-    /// upload are published there, and a kiln fetches from it what it lacks instead
-    /// of asking the client. Unset: no store.
-    pub store: Option<PathBuf>,
+    /// A store shared by a farm of kilns: a directory (NFS and the like) or an object
+    /// store's URI (`s3://bucket/prefix?region=...`). Toolchains clients upload are
+    /// published there, and a kiln fetches from it what it lacks instead of asking
+    /// the client. Unset: no store.
+    pub store: Option<crate::store::StoreLocation>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -388,7 +389,7 @@ impl Config {
         if self.cache_dir.as_ref().is_some_and(|dir| !dir.is_absolute()) {
             return invalid("cache_dir", "must be an absolute path");
         }
-        if let Some(store) = &kiln.toolchains.store {
+        if let Some(crate::store::StoreLocation::Directory(store)) = &kiln.toolchains.store {
             if !store.is_absolute() || !store.is_dir() {
                 return invalid(
                     "kiln.toolchains.store",
@@ -713,6 +714,31 @@ token = "my server's token"
         // The file the README and scripts/interop.sh hand to both servers.
         let example: Config = toml::from_str(include_str!("../examples/sccache/server.toml")).unwrap();
         example.validate().unwrap();
+    }
+
+    #[test]
+    fn the_toolchain_store_is_a_directory_or_an_object_store() {
+        use crate::store::StoreLocation;
+        let store = |value: &str| toml::from_str::<Config>(&format!("[kiln.toolchains]\nstore = \"{value}\"\n"));
+        let dir = std::env::temp_dir();
+        let c = store(&dir.display().to_string()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.kiln.toolchains.store, Some(StoreLocation::Directory(dir)));
+        let relative = store("shared/store").unwrap().validate().unwrap_err();
+        assert!(relative.to_string().contains("kiln.toolchains.store"), "{relative}");
+
+        let uri = "s3://bucket/kiln?region=eu-west-1&secret_access_key=hunter2";
+        let c = store(uri).unwrap();
+        c.validate().unwrap();
+        let location = c.kiln.toolchains.store.unwrap();
+        assert_eq!(location, StoreLocation::Object(uri.into()));
+        // Shown (logs, status page) without the query, which may hold keys.
+        assert_eq!(location.to_string(), "s3://bucket/kiln");
+        // Refused at start, with the reason.
+        let unknown = store("ftp://host/dir").unwrap_err().to_string();
+        assert!(unknown.contains("ftp"), "{unknown}");
+        let no_bucket = store("s3://?region=eu-west-1").unwrap_err().to_string();
+        assert!(no_bucket.contains("bucket"), "{no_bucket}");
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl Quarantine {
         let mut map = self.lock();
         if let Some(health) = map.get_mut(archive_id) {
             health.consecutive = 0;
-            if !health.reunpacked.is_some_and(|at| at.elapsed() < self.cool_down) {
+            if health.reunpacked.is_none_or(|at| at.elapsed() >= self.cool_down) {
                 map.remove(archive_id);
             }
         }

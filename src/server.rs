@@ -58,6 +58,8 @@ pub enum ServerError {
     },
     #[error("the HTTP server failed")]
     Http(#[source] std::io::Error),
+    #[error("opening the toolchain store failed")]
+    Store(#[from] crate::store::StoreError),
     #[error("setting up TLS failed")]
     Tls(#[source] crate::tls::TlsError),
     #[error("invalid scheduler_url")]
@@ -196,11 +198,12 @@ pub async fn serve_with(
         quarantine: workers.quarantine,
         started: std::time::Instant::now(),
     });
-    let store = kiln.toolchains.store.clone().map(|dir| {
-        tracing::info!(store = ?dir, "toolchains are shared through the store");
+    let store = kiln.toolchains.store.clone().map(|location| {
+        tracing::info!(store = %location, "toolchains are shared through the store");
         let max_bytes = kiln.toolchains.max_archive_bytes;
-        ToolchainStore::new(dir, storage.cache.clone(), config.incoming_dir(), max_bytes, stats.clone())
+        ToolchainStore::new(location, storage.cache.clone(), config.incoming_dir(), max_bytes, stats.clone())
     });
+    let store = store.transpose()?;
     let state = web::Data::new(AppState {
         ops,
         key,

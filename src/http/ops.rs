@@ -108,7 +108,11 @@ async fn prometheus(state: State) -> Result<HttpResponse, ApiError> {
 }
 
 async fn status_document(state: &AppState) -> StatusDocument {
-    StatusDocument { assigned_jobs: state.jobs.len(), snapshot: state.ops.snapshot().await }
+    StatusDocument {
+        assigned_jobs: state.jobs.len(),
+        toolchain_store: state.store.as_ref().map(|store| store.location().to_string()),
+        snapshot: state.ops.snapshot().await,
+    }
 }
 
 async fn status(state: State) -> HttpResponse {

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use crate::observe::activity::{BuilderView, JobRecord};
 use crate::observe::{Phase, StatusDocument, StoreView};
+use crate::stats::StatsSnapshot;
 
 /// Seconds between reloads of the page.
 const REFRESH_SECS: u32 = 2;
@@ -99,6 +100,7 @@ pub fn render(doc: &StatusDocument) -> String {
     h.push_str("<h2>Toolchains</h2>");
     store(&mut h, "archives", "Cached archives", s.archives.as_ref());
     store(&mut h, "roots", "Unpacked roots", s.roots.as_ref());
+    shared_store(&mut h, doc.toolchain_store.as_deref(), c);
     if let Some(roots) = &s.roots {
         for id in &roots.in_progress {
             let _ = write!(h, "<p>unpacking <code>{}</code> now</p>", escape(short(id)));
@@ -237,6 +239,30 @@ fn recent_jobs(h: &mut String, jobs: &[JobRecord]) {
         let _ = write!(h, "<td><code>{}</code></td></tr>", escape(&j.command));
     }
     h.push_str("</table>");
+}
+
+/// The farm's store: how often it spared a client an upload, and how often it failed.
+fn shared_store(h: &mut String, location: Option<&str>, c: &StatsSnapshot) {
+    let Some(location) = location else {
+        let _ = write!(
+            h,
+            "<p id=\"shared-store\" class=\"muted\">no shared store · {} uploads from clients</p>",
+            c.toolchain_uploads
+        );
+        return;
+    };
+    let _ = write!(
+        h,
+        "<p id=\"shared-store\">shared store <code>{}</code>: {} uploads from clients · {} published · \
+         {} fetched ({}) · <b class=\"{}\">{} failures</b></p>",
+        escape(location),
+        c.toolchain_uploads,
+        c.toolchain_store_publishes,
+        c.toolchain_store_fetches,
+        bytes(c.toolchain_store_fetched_bytes),
+        if c.toolchain_store_failures > 0 { "bad" } else { "ok" },
+        c.toolchain_store_failures,
+    );
 }
 
 fn store(h: &mut String, id: &str, title: &str, view: Option<&StoreView>) {

@@ -42,6 +42,9 @@ pub struct Snapshot {
 pub struct StatusDocument {
     /// Jobs assigned and not yet run.
     pub assigned_jobs: usize,
+    /// The farm's toolchain store (without options that may hold credentials).
+    #[serde(default)]
+    pub toolchain_store: Option<String>,
     #[serde(flatten)]
     pub snapshot: Snapshot,
 }

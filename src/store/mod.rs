@@ -1,0 +1,342 @@
+//! A toolchain store shared by a farm of kilns, `[kiln.toolchains] store`: archives by
+//! archive_id in a directory every kiln mounts (NFS and the like, [`directory`]) or
+//! in an object store (S3-compatible, GCS, Azure Blob: [`object`]).
+//!
+//! Behind upstream's scheduler a client uploads a toolchain to every server that asks
+//! for it. With a store, a toolchain a client uploads to one kiln is published there
+//! once (atomically: a temporary name, then a rename); a kiln that lacks a toolchain
+//! the store holds answers assign_job with `need_toolchain = false` and fetches it in
+//! the background (single-flight per archive, BLAKE3-checked, into its own cache); the
+//! job's run_job waits for that fetch. So each toolchain crosses the client's link once.
+//!
+//! A store that fails or is slow never fails a job it has not yet promised: a lookup
+//! that does not answer within [`LOOKUP_WAIT`] counts as a miss (the client is asked
+//! for the archive). A fetch that fails later fails that job with a clear error, which
+//! the client answers by compiling locally, and the corrupt entry is removed so the
+//! next job asks its client again.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::Addr;
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::FutureExt;
+use serde::Deserialize;
+
+use crate::actors::{CheckoutToolchain, HasToolchain, StoreToolchain, ToolchainCache};
+use crate::protocol::ArchiveCheck;
+use crate::report::ErrorChain;
+use crate::stats::Stats;
+
+mod directory;
+mod object;
+
+use directory::DirectoryStore;
+use object::ObjectStore;
+
+/// How long assign_job waits for the store to say whether it holds an archive.
+pub const LOOKUP_WAIT: Duration = Duration::from_secs(2);
+/// Copy and download buffer.
+const CHUNK: usize = 1 << 20;
+
+/// Where the farm's store is, as configured: an absolute path, or an object store's
+/// URI (`s3://bucket/prefix?region=eu-west-1&endpoint=https://...`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum StoreLocation {
+    Directory(PathBuf),
+    Object(String),
+}
+
+impl TryFrom<String> for StoreLocation {
+    type Error = String;
+
+    fn try_from(location: String) -> Result<Self, String> {
+        if location.contains("://") {
+            // Opened now, so a wrong scheme or option stops kiln at start.
+            ObjectStore::open(&location).map_err(|e| ErrorChain(&e).to_string())?;
+            Ok(StoreLocation::Object(location))
+        } else {
+            Ok(StoreLocation::Directory(location.into()))
+        }
+    }
+}
+
+impl fmt::Display for StoreLocation {
+    /// Without an object store's options: they may hold credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreLocation::Directory(dir) => write!(f, "{}", dir.display()),
+            StoreLocation::Object(uri) => f.write_str(uri.split('?').next().unwrap_or_default()),
+        }
+    }
+}
+
+/// Why the store could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Proven bad: the entry is not the archive its name says.
+    #[error("the store's copy is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{what}")]
+    Io { what: String, source: std::io::Error },
+    #[error("the object store")]
+    Object(#[from] opendal::Error),
+    #[error("the object store's HTTP client: {0}")]
+    Client(String),
+    #[error("the store did not answer within {0:?}")]
+    TimedOut(Duration),
+    #[error("the store's worker thread failed")]
+    ThreadFailed,
+}
+
+impl StoreError {
+    fn io(what: String, source: std::io::Error) -> Self {
+        StoreError::Io { what, source }
+    }
+}
+
+/// A failed fetch, as the job that waited for it reports it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("fetching toolchain {archive_id} from the store failed: {reason}")]
+pub struct FetchFailed {
+    pub archive_id: String,
+    pub reason: String,
+}
+
+/// The one store a kiln is configured with.
+enum Backend {
+    Directory(DirectoryStore),
+    Object(ObjectStore),
+}
+
+impl Backend {
+    async fn lookup(&self, archive_id: &str) -> Result<Option<u64>, StoreError> {
+        match self {
+            Backend::Directory(store) => store.lookup(archive_id).await,
+            Backend::Object(store) => store.lookup(archive_id).await,
+        }
+    }
+
+    async fn fetch(&self, archive_id: &str, staged: &Path, max_bytes: u64) -> Result<u64, StoreError> {
+        match self {
+            Backend::Directory(store) => store.fetch(archive_id, staged, max_bytes).await,
+            Backend::Object(store) => store.fetch(archive_id, staged, max_bytes).await,
+        }
+    }
+
+    async fn publish(&self, archive_id: &str, source: &Path) -> Result<bool, StoreError> {
+        match self {
+            Backend::Directory(store) => store.publish(archive_id, source).await,
+            Backend::Object(store) => store.publish(archive_id, source).await,
+        }
+    }
+
+    async fn remove(&self, archive_id: &str) -> Result<(), StoreError> {
+        match self {
+            Backend::Directory(store) => store.remove(archive_id).await,
+            Backend::Object(store) => store.remove(archive_id).await,
+        }
+    }
+}
+
+/// An archive arriving from the store: written to a new file and checked as it goes,
+/// then synced before the cache may adopt it.
+struct Staging {
+    file: std::fs::File,
+    check: ArchiveCheck,
+    written: u64,
+    max_bytes: u64,
+}
+
+impl Staging {
+    /// Fails if anything, a symlink included, is at `path`.
+    fn create(path: &Path, max_bytes: u64) -> Result<Self, StoreError> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| StoreError::io(format!("creating {path:?}"), e))?;
+        Ok(Staging { file, check: ArchiveCheck::new(), written: 0, max_bytes })
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        self.written += chunk.len() as u64;
+        if self.written > self.max_bytes {
+            return Err(StoreError::Corrupt(format!("larger than {} bytes", self.max_bytes)));
+        }
+        self.check.update(chunk);
+        self.file.write_all(chunk).map_err(|e| StoreError::io("writing the staged archive".into(), e))
+    }
+
+    /// The archive's size, if it is a gzip stream whose BLAKE3 is `archive_id`.
+    fn finish(self, archive_id: &str) -> Result<u64, StoreError> {
+        self.file.sync_all().map_err(|e| StoreError::io("syncing the staged archive".into(), e))?;
+        self.check
+            .verify(archive_id)
+            .map_err(|_| StoreError::Corrupt("not a gzip stream whose BLAKE3 is its name".into()))
+    }
+}
+
+type Fetch = Shared<BoxFuture<'static, Result<(), FetchFailed>>>;
+
+/// The store, and the fetches from it under way.
+pub struct ToolchainStore {
+    location: StoreLocation,
+    backend: Backend,
+    cache: Addr<ToolchainCache>,
+    /// Where fetched archives are staged (the cache's file system).
+    incoming_dir: PathBuf,
+    stats: Arc<Stats>,
+    fetches: Mutex<HashMap<String, Fetch>>,
+    next_file: AtomicU64,
+    /// Largest archive taken from the store (`max_archive_bytes`, as for uploads).
+    max_bytes: u64,
+}
+
+impl ToolchainStore {
+    pub fn new(
+        location: StoreLocation,
+        cache: Addr<ToolchainCache>,
+        incoming_dir: PathBuf,
+        max_bytes: u64,
+        stats: Arc<Stats>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let backend = match &location {
+            StoreLocation::Directory(dir) => Backend::Directory(DirectoryStore::new(dir.clone())),
+            StoreLocation::Object(uri) => Backend::Object(ObjectStore::open(uri)?),
+        };
+        let (fetches, next_file) = (Mutex::default(), AtomicU64::new(0));
+        Ok(Arc::new(ToolchainStore { location, backend, cache, incoming_dir, stats, fetches, next_file, max_bytes }))
+    }
+
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// Whether the store holds `archive_id`; if so, its fetch into the cache starts
+    /// (or is already under way). `false` also when the store does not answer in time.
+    pub async fn offers(self: &Arc<Self>, archive_id: &str) -> bool {
+        let looked_up = tokio::time::timeout(LOOKUP_WAIT, self.backend.lookup(archive_id))
+            .await
+            .unwrap_or(Err(StoreError::TimedOut(LOOKUP_WAIT)));
+        let found = match looked_up {
+            Ok(size) => size.is_some_and(|size| size <= self.max_bytes),
+            Err(e) => {
+                Stats::bump(&self.stats.toolchain_store_failures);
+                let error = ErrorChain(&e);
+                tracing::warn!(%archive_id, store = %self.location, %error, "the toolchain store failed a lookup; asking the client");
+                false
+            }
+        };
+        if found {
+            self.start_fetch(archive_id);
+        }
+        found
+    }
+
+    /// Waits for the fetch of `archive_id` if one is under way, or reports the one
+    /// that failed (unless the client has uploaded the toolchain since).
+    pub async fn fetched(&self, archive_id: &str) -> Result<(), FetchFailed> {
+        let fetch = crate::sync::lock(&self.fetches).get(archive_id).cloned();
+        let Some(fetch) = fetch else { return Ok(()) };
+        let failed = match fetch.await {
+            Ok(()) => return Ok(()),
+            Err(failed) => failed,
+        };
+        match self.cache.send(HasToolchain { archive_id: archive_id.to_owned() }).await {
+            Ok(true) => Ok(()),
+            _ => Err(failed),
+        }
+    }
+
+    /// Starts fetching `archive_id`, unless a fetch is under way. A failed fetch stays
+    /// recorded (the job promised the toolchain learns why) until the next one starts.
+    fn start_fetch(self: &Arc<Self>, archive_id: &str) {
+        let mut fetches = crate::sync::lock(&self.fetches);
+        if fetches.get(archive_id).is_some_and(|fetch| !matches!(fetch.peek(), Some(Err(_)))) {
+            return;
+        }
+        let (store, id) = (self.clone(), archive_id.to_owned());
+        let fetch = async move {
+            let result = store.fetch(&id).await;
+            if result.is_ok() {
+                crate::sync::lock(&store.fetches).remove(&id);
+            }
+            result
+        }
+        .boxed()
+        .shared();
+        fetches.insert(archive_id.to_owned(), fetch.clone());
+        // Runs whether or not a job waits for it.
+        actix::spawn(async move {
+            let _ = fetch.await;
+        });
+    }
+
+    async fn fetch(&self, archive_id: &str) -> Result<(), FetchFailed> {
+        let failed = |reason: String| FetchFailed { archive_id: archive_id.to_owned(), reason };
+        let has = self.cache.send(HasToolchain { archive_id: archive_id.to_owned() }).await;
+        if has.map_err(|_| failed("the toolchain cache is not running".into()))? {
+            return Ok(());
+        }
+        let n = self.next_file.fetch_add(1, Ordering::Relaxed);
+        let staged = self.incoming_dir.join(format!("store-{archive_id}-{n}.part"));
+        let size = match self.backend.fetch(archive_id, &staged, self.max_bytes).await {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&staged).await;
+                Stats::bump(&self.stats.toolchain_store_failures);
+                let reason = ErrorChain(&e).to_string();
+                tracing::error!(%archive_id, store = %self.location, %reason, "fetching a toolchain from the store failed");
+                if matches!(e, StoreError::Corrupt(_)) {
+                    // Proven bad by its hash: the next job asks its client instead.
+                    if let Err(e) = self.backend.remove(archive_id).await {
+                        tracing::warn!(%archive_id, error = %ErrorChain(&e), "removing a corrupt entry from the store failed");
+                    }
+                }
+                return Err(failed(reason));
+            }
+        };
+        let stored = self.cache.send(StoreToolchain { archive_id: archive_id.to_owned(), staged, size }).await;
+        match stored {
+            Ok(Ok(())) => {
+                Stats::bump(&self.stats.toolchain_store_fetches);
+                self.stats.toolchain_store_fetched_bytes.fetch_add(size, Ordering::Relaxed);
+                tracing::info!(%archive_id, size, store = %self.location, "toolchain fetched from the store");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(failed(ErrorChain(&e).to_string())),
+            Err(_) => Err(failed("the toolchain cache is not running".into())),
+        }
+    }
+
+    /// Publishes `archive_id` (just uploaded by a client into the cache) to the
+    /// store, in the background, unless the store holds it already.
+    pub fn publish(self: &Arc<Self>, archive_id: &str) {
+        // Uploaded: a failed fetch of it is history.
+        crate::sync::lock(&self.fetches).remove(archive_id);
+        let (store, id) = (self.clone(), archive_id.to_owned());
+        actix::spawn(async move {
+            let Ok(Some(lease)) = store.cache.send(CheckoutToolchain { archive_id: id.clone() }).await else { return };
+            // The lease keeps the cache from evicting the archive while it is copied.
+            match store.backend.publish(&id, &lease.path).await {
+                Ok(true) => {
+                    Stats::bump(&store.stats.toolchain_store_publishes);
+                    tracing::info!(archive_id = %id, store = %store.location, "toolchain published to the store");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    Stats::bump(&store.stats.toolchain_store_failures);
+                    let error = ErrorChain(&e);
+                    tracing::warn!(archive_id = %id, store = %store.location, %error, "publishing a toolchain to the store failed");
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,117 @@
+//! The store as an object store (S3 and S3-compatible servers, GCS, Azure Blob),
+//! through opendal, as sccache does for its own cache.
+//!
+//! The store is named by a URI, `s3://bucket/prefix?region=...&endpoint=...`; the
+//! query holds the service's options, and credentials come, as usual for each
+//! service, from the environment (AWS_ACCESS_KEY_ID, instance roles, ...). An object
+//! appears only once its upload completes, so publishing needs no temporary name.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use opendal::{HttpTransporter, Operator};
+use opendal_http_transport_reqwest::ReqwestTransport;
+use tokio::io::AsyncReadExt;
+
+use super::{Staging, StoreError, CHUNK};
+
+/// Chunks in flight between the download and the thread that checks and writes them.
+const IN_FLIGHT: usize = 4;
+
+pub(super) struct ObjectStore {
+    op: Operator,
+}
+
+impl ObjectStore {
+    /// Opens the store `uri` names; nothing is sent to it yet.
+    pub(super) fn open(uri: &str) -> Result<Self, StoreError> {
+        let client = http_client()?;
+        let op = Operator::from_uri(uri)?;
+        // Its own HTTP client: no connection shared with another store (or another
+        // kiln of the same process, in tests) whose runtime may be gone.
+        let context = op.context().with_http_transport(HttpTransporter::new(ReqwestTransport::new(client)));
+        let op = op.with_context(context).layer(opendal::layers::RetryLayer::new().with_max_times(2));
+        Ok(ObjectStore { op })
+    }
+
+    pub(super) async fn lookup(&self, archive_id: &str) -> Result<Option<u64>, StoreError> {
+        match self.op.stat(archive_id).await {
+            Ok(meta) => Ok(meta.is_file().then(|| meta.content_length())),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Streams `archive_id` into a new `staged` file, checked as it arrives.
+    pub(super) async fn fetch(&self, archive_id: &str, staged: &Path, max_bytes: u64) -> Result<u64, StoreError> {
+        let mut stream = self.op.reader_with(archive_id).chunk(CHUNK).await?.into_bytes_stream(..).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(IN_FLIGHT);
+        let (staged, id) = (staged.to_owned(), archive_id.to_owned());
+        // Decompressing and hashing are CPU work: off the async thread.
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut staging = Staging::create(&staged, max_bytes)?;
+            while let Some(chunk) = rx.blocking_recv() {
+                staging.write(&chunk)?;
+            }
+            staging.finish(&id)
+        });
+        let downloaded = async {
+            while let Some(chunk) =
+                stream.try_next().await.map_err(|e| StoreError::io(format!("downloading {archive_id}"), e))?
+            {
+                if tx.send(chunk).await.is_err() {
+                    break; // The writer stopped: its error says why.
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(tx);
+        let written = writer.await.map_err(|_| StoreError::ThreadFailed)?;
+        downloaded.and(written)
+    }
+
+    /// Uploads `source` as `archive_id`. `Ok(false)`: the store held it already.
+    pub(super) async fn publish(&self, archive_id: &str, source: &Path) -> Result<bool, StoreError> {
+        if self.op.exists(archive_id).await? {
+            return Ok(false);
+        }
+        let mut file =
+            tokio::fs::File::open(source).await.map_err(|e| StoreError::io(format!("opening {source:?}"), e))?;
+        let mut writer = self.op.writer_with(archive_id).chunk(8 * CHUNK).await?;
+        let uploaded = async {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = file.read(&mut buf).await.map_err(|e| StoreError::io(format!("reading {source:?}"), e))?;
+                if n == 0 {
+                    break;
+                }
+                writer.write(Bytes::copy_from_slice(&buf[..n])).await?;
+            }
+            writer.close().await?;
+            Ok(())
+        }
+        .await;
+        if uploaded.is_err() {
+            let _ = writer.abort().await;
+        }
+        uploaded.map(|()| true)
+    }
+
+    pub(super) async fn remove(&self, archive_id: &str) -> Result<(), StoreError> {
+        Ok(self.op.delete(archive_id).await?)
+    }
+}
+
+/// An HTTP client with rustls on ring, kiln's one crypto provider (reqwest's default
+/// would build aws-lc-rs), after registering opendal's services for `from_uri`.
+fn http_client() -> Result<reqwest::Client, StoreError> {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: the process has a provider already; reqwest uses that one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        opendal::init_default_registry();
+    });
+    reqwest::Client::builder().build().map_err(|e| StoreError::Client(e.to_string()))
+}

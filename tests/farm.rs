@@ -1,0 +1,200 @@
+//! Issue 16: a farm of kilns shares each toolchain through a store, so a client sends
+//! it once. Real kiln processes on 127.0.0.1, the system gcc packed as a toolchain,
+//! and two kinds of store: a directory, and an object store spoken to over S3
+//! (s3s-fs, an S3 server over a directory, on 127.0.0.1).
+//!
+//! Without s3s-fs on PATH (or at `KILN_S3S_FS`) the S3 tests skip loudly, unless
+//! `KILN_REQUIRE_S3` is set (CI sets it and installs s3s-fs), in which case they fail.
+
+mod common;
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kiln::protocol::{AssignJobResult, RunJobHttpRequest, RunJobResult, Toolchain};
+
+use common::*;
+
+/// Two kilns share a store. The client uploads the toolchain to the first; it is
+/// published, and the second answers assign_job with need_toolchain = false,
+/// fetches it and runs the job, byte-identical. A store entry that is not the
+/// archive it names (corrupt, or planted by whoever can write the store) is never
+/// used: the job it was promised to fails with a clear error (502), the entry is
+/// removed, and the next job asks its client for the toolchain.
+///
+/// `entry` is where the store keeps an archive as a file on this host. Returns the
+/// second kiln.
+async fn two_kilns_share_toolchains(kiln_config: &str, entry: impl Fn(&str) -> PathBuf) -> Kiln {
+    let (first, second) = (Kiln::start(kiln_config), Kiln::start(kiln_config));
+    let project = CProject::new();
+    let compile = || command("/usr/bin/gcc", &["-c", "-O2", "main.c", "-o", "main.o"], project.cwd());
+    let tc = gcc_toolchain();
+
+    let uploaded = run(&first.client(), tc, compile(), &["main.o"], project.inputs()).await;
+    assert_eq!(uploaded.output.code, 0, "{}", stderr(&uploaded));
+    let published = entry(&tc.archive_id);
+    let found = wait_for(Duration::from_secs(30), || published.is_file().then_some(())).await;
+    assert!(found.is_some(), "the uploaded toolchain was not published to the store");
+
+    let client = second.client();
+    let job_id = next_job_id();
+    let toolchain = Toolchain { archive_id: tc.archive_id.clone() };
+    let AssignJobResult { need_toolchain, .. } = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
+    assert!(!need_toolchain, "the second kiln asked the client for a toolchain the store holds");
+    let request = RunJobHttpRequest { command: compile(), outputs: vec!["main.o".into()] };
+    let fetched = match client.run_job(job_id, &token(job_id), &request, &project.inputs()).await.unwrap() {
+        RunJobResult::Complete(done) => done,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(fetched.output.code, 0, "{}", stderr(&fetched));
+    assert_eq!(output_bytes(&fetched, "main.o"), output_bytes(&uploaded, "main.o"));
+    let (a, b) = (first.status().await.snapshot.counters, second.status().await.snapshot.counters);
+    assert_eq!((a.toolchain_uploads, a.toolchain_store_publishes), (1, 1), "{a:?}");
+    assert_eq!((b.toolchain_uploads, b.toolchain_store_fetches), (0, 1), "{b:?}");
+    assert_eq!(b.toolchain_store_fetched_bytes, std::fs::metadata(&published).unwrap().len(), "{b:?}");
+
+    // A store entry that is not what its name says.
+    let planted = other_toolchain();
+    std::fs::write(entry(&planted.archive_id), b"\x1f\x8b not the toolchain").unwrap();
+    let job_id = next_job_id();
+    let toolchain = Toolchain { archive_id: planted.archive_id.clone() };
+    let AssignJobResult { need_toolchain, .. } = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
+    assert!(!need_toolchain, "the store offered the planted entry");
+    let refused = client.run_job(job_id, &token(job_id), &request, &project.inputs()).await;
+    let error = format!("{refused:?}");
+    assert!(error.contains("502") && error.contains("corrupt"), "{error}");
+    assert!(!entry(&planted.archive_id).exists(), "the corrupt entry stayed in the store");
+    let job_id = next_job_id();
+    let AssignJobResult { need_toolchain, .. } = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
+    assert!(need_toolchain, "after a corrupt entry the client is asked again");
+    let counters = second.status().await.snapshot.counters;
+    assert_eq!(counters.toolchain_store_failures, 1, "{counters:?}");
+    assert_eq!(counters.toolchains_stored, 1, "nothing unverified was stored: {counters:?}");
+    second
+}
+
+/// The store as a directory both kilns mount.
+#[actix_rt::test]
+async fn a_farm_shares_each_toolchain_through_a_directory() {
+    let store = tempfile::tempdir().unwrap();
+    let config = format!("[kiln.toolchains]\nstore = \"{}\"\n", store.path().display());
+    two_kilns_share_toolchains(&config, |id| store.path().join(id)).await;
+}
+
+/// The store as an S3 bucket: kiln publishes with PUT (multipart for large archives)
+/// and streams fetches to disk, signed with the bucket's keys.
+#[actix_rt::test]
+async fn a_farm_shares_each_toolchain_through_an_s3_bucket() {
+    let Some(s3) = S3Server::start() else { return };
+    let config = format!("[kiln.toolchains]\nstore = \"{}\"\n", s3.uri());
+    let kiln = two_kilns_share_toolchains(&config, |id| s3.object(id)).await;
+
+    // The operator sees where the store is, and its figures, never its keys.
+    let status = kiln.status().await;
+    let shown_location = format!("s3://{BUCKET}/{PREFIX}");
+    assert_eq!(status.toolchain_store.as_deref(), Some(shown_location.as_str()));
+    let (code, page) = kiln::client::Client::new(format!("{}/status", kiln.ops)).get_raw("").await.unwrap();
+    assert_eq!(code, 200);
+    let page = String::from_utf8(page.to_vec()).unwrap();
+    let shown = page.split("id=\"shared-store\"").nth(1).expect("the status page shows the shared store");
+    assert!(shown.contains(&shown_location) && shown.contains("1 fetched"), "{shown}");
+    assert!(!page.contains(SECRET_KEY), "the status page shows the store's secret key");
+}
+
+/// A store that accepts connections and never answers does not hold jobs up: the
+/// lookup gives up after its bound, the client is asked for the toolchain, and the
+/// job runs. The failure is counted.
+#[actix_rt::test]
+async fn a_store_that_never_answers_falls_back_to_the_client() {
+    let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let uri = format!(
+        "s3://toolchains?endpoint=http://127.0.0.1:{port}&region=us-east-1&access_key_id=k&secret_access_key=s"
+    );
+    let kiln = Kiln::start(&format!("[kiln.toolchains]\nstore = \"{uri}\"\n"));
+    let client = kiln.client();
+    let tc = gcc_toolchain();
+    let job_id = next_job_id();
+    let toolchain = Toolchain { archive_id: tc.archive_id.clone() };
+    let token = token(job_id);
+    let assigned = actix_rt::time::timeout(Duration::from_secs(60), client.assign_job(job_id, &token, &toolchain));
+    let AssignJobResult { need_toolchain, .. } = assigned.await.expect("assign_job waits on a silent store").unwrap();
+    assert!(need_toolchain, "kiln promised a toolchain from a store that never answered");
+    let done = assert_compiles(&kiln).await;
+    assert_eq!(done.output.code, 0, "{}", stderr(&done));
+    let counters = kiln.status().await.snapshot.counters;
+    assert!(counters.toolchain_store_failures >= 1, "{counters:?}");
+    assert_eq!(counters.toolchain_store_fetches, 0, "{counters:?}");
+    drop(silent);
+}
+
+/// s3s-fs serving one bucket from a temporary directory, on a free port of 127.0.0.1.
+struct S3Server {
+    child: Child,
+    root: tempfile::TempDir,
+    port: u16,
+}
+
+const BUCKET: &str = "toolchains";
+const PREFIX: &str = "farm";
+const ACCESS_KEY: &str = "kiln-test";
+const SECRET_KEY: &str = "kiln-test-secret";
+
+impl S3Server {
+    /// None (the test skips) when s3s-fs is missing and `KILN_REQUIRE_S3` is unset.
+    fn start() -> Option<S3Server> {
+        let program = std::env::var_os("KILN_S3S_FS").unwrap_or_else(|| "s3s-fs".into());
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+        let spawned = Command::new(&program)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) if std::env::var_os("KILN_REQUIRE_S3").is_some() => {
+                panic!("KILN_REQUIRE_S3 is set but {program:?} does not start: {e}")
+            }
+            Err(e) => {
+                eprintln!("\n!!!!! SKIPPING S3 test: {program:?} does not start ({e}); install it (`cargo install s3s-fs --features binary`) or set KILN_REQUIRE_S3=1 to fail instead !!!!!\n");
+                return None;
+            }
+        };
+        let server = S3Server { child, root, port };
+        for _ in 0..100 {
+            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("s3s-fs did not listen on 127.0.0.1:{port} within 5 s");
+    }
+
+    /// The store's URI, options and keys in its query.
+    fn uri(&self) -> String {
+        format!(
+            "s3://{BUCKET}/{PREFIX}?endpoint=http://127.0.0.1:{}&region=us-east-1&access_key_id={ACCESS_KEY}&secret_access_key={SECRET_KEY}",
+            self.port
+        )
+    }
+
+    /// Where s3s-fs keeps the object for `archive_id`.
+    fn object(&self, archive_id: &str) -> PathBuf {
+        let dir: &Path = self.root.path();
+        let dir = dir.join(BUCKET).join(PREFIX);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(archive_id)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
