@@ -15,9 +15,12 @@
 #   upstream   upstream's scheduler with token auth + kiln on examples/sccache/server.toml
 #   docker     the same with kiln's docker builder (when a Docker daemon answers)
 #   two        two kiln servers behind one scheduler: both receive jobs
-#   farm       two kilns sharing a toolchain store (a directory): both compile, the
-#              client uploads the toolchain once (kiln_toolchain_uploads_total),
-#              the other kiln fetches it from the store
+#   farm       two kilns sharing a toolchain store (a directory): both compile C and
+#              Rust, the client uploads gcc and rustc once each
+#              (kiln_toolchain_uploads_total), the other kiln fetches each from
+#              the store (kiln_toolchain_store_fetches_total)
+#   farm_s3    the same with the store in an S3 bucket (s3s-fs on 127.0.0.1,
+#              installed from crates.io)
 #   baseline   upstream `sccache-dist server` on the same server.toml; prints
 #              both wall times
 #   rust       a Cargo workspace built with RUSTC_WRAPPER=sccache through plain
@@ -28,7 +31,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CASES=${INTEROP_CASES:-"local overflow badtoken upstream docker two farm baseline rust"}
+CASES=${INTEROP_CASES:-"local overflow badtoken upstream docker two farm farm_s3 baseline rust"}
 FILES=${INTEROP_FILES:-24}
 WORK=$(mktemp -d /tmp/kiln-interop.XXXXXX)
 KILN_TIMES=""
@@ -251,33 +254,95 @@ metric() {
   curl -sf "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'
 }
 
-case_farm() {
-  log "farm: two kilns sharing a toolchain store, behind one scheduler"
+# make_rust_parts <n>: a workspace of n independent library crates, built locally as
+# the reference; sets RUST_PARTS.
+make_rust_parts() {
+  local dir=$WORK/rust-parts members=""
+  mkdir -p "$dir"
+  for i in $(seq 1 "$1"); do
+    mkdir -p "$dir/part$i/src"
+    printf '[package]\nname = "part%s"\nversion = "0.1.0"\nedition = "2021"\n' "$i" >"$dir/part$i/Cargo.toml"
+    cat >"$dir/part$i/src/lib.rs" <<EOF
+/// Part $i of a farm's build: enough code that its compile takes a moment.
+pub fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold($i, |h: u64, b| h.rotate_left(5) ^ u64::from(*b).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+pub fn table() -> Vec<(String, f64)> {
+    (0..64).map(|k| (format!("part$i-{k}"), (k as f64 * $i.5).sqrt())).collect()
+}
+EOF
+    members="$members\"part$i\", "
+  done
+  printf '[workspace]\nmembers = [%s]\nresolver = "2"\n' "$members" >"$dir/Cargo.toml"
+  (cd "$dir" && CARGO_TARGET_DIR=$WORK/rust-parts-local cargo build --release --offline -q)
+  RUST_PARTS=$dir
+}
+
+# farm <name> <store> <entries>: two kilns (new data dirs, named after <name>)
+# sharing <store> (a directory or an s3:// URI) behind one scheduler; <entries> is
+# the directory where its entries show up as files. C, then a Rust workspace: for each toolchain one compile first (its server
+# asks the client and publishes it), then parallel compiles that land on both
+# servers. Each toolchain crosses the client's link once; the other kiln fetches it.
+farm() {
+  local name=$1 store=$2 entries=$3
   start_scheduler
-  mkdir -p "$WORK/store"
   local a b
-  a=$(kiln_config farm-a 10501 overlay); b=$(kiln_config farm-b 10502 overlay)
-  printf '[kiln.toolchains]\nstore = "%s"\n' "$WORK/store" | tee -a "$a" >>"$b"
-  start_kiln farm-a "$a"
-  start_kiln farm-b "$b"
+  a=$(kiln_config "$name-a" 10501 overlay); b=$(kiln_config "$name-b" 10502 overlay)
+  printf '[kiln.toolchains]\nstore = "%s"\n' "$store" | tee -a "$a" >>"$b"
+  start_kiln "$name-a" "$a"
+  start_kiln "$name-b" "$b"
   wait_servers 2
   start_client "$ROOT/examples/sccache/client.toml"
-  # One compile first: its server asks the client for the toolchain and publishes it.
   make_slow_unit 9
-  (cd "$PROJECT" && mkdir -p out-farm && timeout 300 sccache gcc -O2 -c src/slow9.c -o out-farm/slow9.o)
-  wait_for "the toolchain in the store" sh -c "ls '$WORK/store' | grep -q ."
-  compile_all out-farm
-  same_objects out-farm "$(seq -f 'unit%g' 1 "$FILES") slow9"
-  local total servers uploads fetches
+  (cd "$PROJECT" && mkdir -p "out-$name" && timeout 300 sccache gcc -O2 -c src/slow9.c -o "out-$name/slow9.o")
+  wait_for "the gcc toolchain in the store" sh -c "[ \$(ls '$entries' | wc -l) -ge 1 ]"
+  compile_all "out-$name"
+  same_objects "out-$name" "$(seq -f 'unit%g' 1 "$FILES") slow9"
+  local total servers
   total=$(dist_total); servers=$(dist_servers)
   [ "$total" -eq $(( FILES + 1 )) ] || die "$total of $(( FILES + 1 )) compiles were distributed"
   [ "$servers" = "127.0.0.1:10501 127.0.0.1:10502" ] || die "jobs went to [$servers], not to both servers"
+
+  make_rust_parts 8
+  local target=$WORK/rust-parts-dist.$RANDOM
+  (cd "$RUST_PARTS" && RUSTC_WRAPPER=sccache CARGO_TARGET_DIR=$target timeout 900 cargo build --release --offline -q -p part1) \
+    || die "cargo build -p part1 through sccache and the farm failed"
+  wait_for "the rustc toolchain in the store" sh -c "[ \$(ls '$entries' | wc -l) -ge 2 ]"
+  (cd "$RUST_PARTS" && RUSTC_WRAPPER=sccache CARGO_TARGET_DIR=$target timeout 900 cargo build --release --offline -q -j 8) \
+    || die "cargo build through sccache and the farm failed"
+  total=$(dist_total)
+  [ "$total" -eq $(( FILES + 1 + 8 )) ] || die "$total of $(( FILES + 1 + 8 )) compiles were distributed ($(stats | tr -d '\n' | head -c 600))"
+  [ "$(dist_errors)" -eq 0 ] || die "$(dist_errors) compiles fell back to local"
+  for i in $(seq 1 8); do
+    cmp -s "$(ls "$target"/release/deps/libpart$i-*.rlib)" "$(ls "$WORK"/rust-parts-local/release/deps/libpart$i-*.rlib)" \
+      || die "libpart$i.rlib built on the farm differs from the local build's"
+  done
+
+  # Each toolchain (gcc, rustc) uploaded once; the other kiln fetched each from the store.
+  local uploads fetches
   uploads=$(( $(metric 10601 kiln_toolchain_uploads_total) + $(metric 10602 kiln_toolchain_uploads_total) ))
   fetches=$(( $(metric 10601 kiln_toolchain_store_fetches_total) + $(metric 10602 kiln_toolchain_store_fetches_total) ))
-  [ "$uploads" -eq 1 ] || die "the client uploaded the toolchain $uploads times, not once"
-  [ "$fetches" -eq 1 ] || die "$fetches store fetches, not 1 (the second server's)"
-  echo "farm: both servers compiled ($(stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["dist_compiles"])')); the client uploaded the toolchain once, the other kiln fetched it from the store"
+  [ "$uploads" -eq 2 ] || die "the client uploaded $uploads toolchains, not 2 (gcc and rustc once each)"
+  [ "$fetches" -eq 2 ] || die "$fetches store fetches, not 2 (each toolchain by the other kiln)"
+  echo "$name: both servers compiled C and Rust ($(stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["dist_compiles"])')); objects and .rlibs byte-identical; the client uploaded gcc and rustc once each, the other kiln fetched each from the store"
   stop_all
+}
+
+case_farm() {
+  log "farm: two kilns sharing a toolchain store (a directory), behind one scheduler"
+  mkdir -p "$WORK/store"
+  farm farm "$WORK/store" "$WORK/store"
+}
+
+case_farm_s3() {
+  log "farm_s3: two kilns sharing a toolchain store (an S3 bucket on s3s-fs), behind one scheduler"
+  install_s3s_fs
+  mkdir -p "$WORK/s3/toolchains/kiln"
+  s3s-fs --host 127.0.0.1 --port 10700 --access-key farm --secret-key farm-secret "$WORK/s3" >"$WORK/s3s-fs.log" 2>&1 &
+  PIDS+=($!)
+  wait_for "s3s-fs" curl -s -o /dev/null http://127.0.0.1:10700/
+  farm farm-s3 "s3://toolchains/kiln?endpoint=http://127.0.0.1:10700&region=us-east-1&access_key_id=farm&secret_access_key=farm-secret" \
+    "$WORK/s3/toolchains/kiln"
 }
 
 case_baseline() {

@@ -4,7 +4,7 @@
 //!
 //! Behind upstream's scheduler a client uploads a toolchain to every server that asks
 //! for it. With a store, a toolchain a client uploads to one kiln is published there
-//! once (atomically: a temporary name, then a rename); a kiln that lacks a toolchain
+//! once (atomically: no kiln sees it half written); a kiln that lacks a toolchain
 //! the store holds answers assign_job with `need_toolchain = false` and fetches it in
 //! the background (single-flight per archive, BLAKE3-checked, into its own cache); the
 //! job's run_job waits for that fetch. So each toolchain crosses the client's link once.
