@@ -45,7 +45,8 @@ impl ObjectStore {
 
     /// Streams `archive_id` into a new `staged` file, checked as it arrives.
     pub(super) async fn fetch(&self, archive_id: &str, staged: &Path, max_bytes: u64) -> Result<u64, StoreError> {
-        let mut stream = self.op.reader_with(archive_id).chunk(CHUNK).await?.into_bytes_stream(..).await?;
+        // One GET, streamed (a chunked reader would make one ranged request per chunk).
+        let mut stream = self.op.reader(archive_id).await?.into_bytes_stream(..).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(IN_FLIGHT);
         let (staged, id) = (staged.to_owned(), archive_id.to_owned());
         // Decompressing and hashing are CPU work: off the async thread.
