@@ -48,6 +48,14 @@ install_s3s_fs() {
   cargo install "s3s-fs@$S3S_FS_VERSION" --locked --features binary
 }
 
+# start_client <client config>: a fresh sccache daemon with an empty local cache.
+start_client() {
+  sccache --stop-server >/dev/null 2>&1 || true
+  export SCCACHE_CONF=$1 SCCACHE_DIR=$WORK/sccache-cache.$RANDOM SCCACHE_ERROR_LOG=$WORK/sccache-client.log
+  export SCCACHE_LOG=${SCCACHE_LOG:-info} SCCACHE_SERVER_PORT=4226 SCCACHE_IDLE_TIMEOUT=0
+  sccache --start-server >/dev/null
+}
+
 # build_kiln [extra cargo args]: sets KILN. Release by default: figures are
 # compared with upstream's release build.
 build_kiln() {

@@ -86,13 +86,6 @@ make_slow_unit() {
 }
 
 # --- the sccache client ------------------------------------------------------
-# start_client <client config>: a fresh sccache daemon with an empty local cache.
-start_client() {
-  sccache --stop-server >/dev/null 2>&1 || true
-  export SCCACHE_CONF=$1 SCCACHE_DIR=$WORK/sccache-cache.$RANDOM SCCACHE_ERROR_LOG=$WORK/sccache-client.log
-  export SCCACHE_LOG=${SCCACHE_LOG:-info} SCCACHE_SERVER_PORT=4226 SCCACHE_IDLE_TIMEOUT=0
-  sccache --start-server >/dev/null
-}
 
 # compile_all <outdir>: every unit through sccache, in parallel like make -jN, with
 # N = one server's capacity at the scheduler (cpus + 1 + cpus/8 >= nproc + 1):

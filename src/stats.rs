@@ -40,8 +40,10 @@ counters! {
     toolchains_evicted,
     /// Toolchain archives a client uploaded (and kiln stored).
     toolchain_uploads,
-    /// Shared toolchain store: archives published to it, fetched from it (and their
-    /// bytes), and lookups, publishes or fetches that failed.
+    /// Shared toolchain store: assign_jobs it spared an upload (hits), archives
+    /// published to it, fetched from it (and their bytes), and lookups, publishes or
+    /// fetches that failed.
+    toolchain_store_hits,
     toolchain_store_publishes,
     toolchain_store_fetches,
     toolchain_store_fetched_bytes,

@@ -52,7 +52,7 @@ async fn two_kilns_share_toolchains(kiln_config: &str, entry: impl Fn(&str) -> P
     assert_eq!(output_bytes(&fetched, "main.o"), output_bytes(&uploaded, "main.o"));
     let (a, b) = (first.status().await.snapshot.counters, second.status().await.snapshot.counters);
     assert_eq!((a.toolchain_uploads, a.toolchain_store_publishes), (1, 1), "{a:?}");
-    assert_eq!((b.toolchain_uploads, b.toolchain_store_fetches), (0, 1), "{b:?}");
+    assert_eq!((b.toolchain_uploads, b.toolchain_store_hits, b.toolchain_store_fetches), (0, 1, 1), "{b:?}");
     assert_eq!(b.toolchain_store_fetched_bytes, std::fs::metadata(&published).unwrap().len(), "{b:?}");
 
     // A store entry that is not what its name says.
@@ -99,7 +99,7 @@ async fn a_farm_shares_each_toolchain_through_an_s3_bucket() {
     assert_eq!(code, 200);
     let page = String::from_utf8(page.to_vec()).unwrap();
     let shown = page.split("id=\"shared-store\"").nth(1).expect("the status page shows the shared store");
-    assert!(shown.contains(&shown_location) && shown.contains("1 fetched"), "{shown}");
+    assert!(shown.contains(&shown_location) && shown.contains("2 hits") && shown.contains("1 fetched"), "{shown}");
     assert!(!page.contains(SECRET_KEY), "the status page shows the store's secret key");
 }
 

@@ -253,10 +253,11 @@ fn shared_store(h: &mut String, location: Option<&str>, c: &StatsSnapshot) {
     };
     let _ = write!(
         h,
-        "<p id=\"shared-store\">shared store <code>{}</code>: {} uploads from clients · {} published · \
-         {} fetched ({}) · <b class=\"{}\">{} failures</b></p>",
+        "<p id=\"shared-store\">shared store <code>{}</code>: {} uploads from clients · {} hits (uploads spared) · \
+         {} published · {} fetched ({}) · <b class=\"{}\">{} failures</b></p>",
         escape(location),
         c.toolchain_uploads,
+        c.toolchain_store_hits,
         c.toolchain_store_publishes,
         c.toolchain_store_fetches,
         bytes(c.toolchain_store_fetched_bytes),

@@ -111,6 +111,12 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
     counter(&mut r, "toolchain_uploads", "Toolchain archives clients uploaded", c.toolchain_uploads);
     counter(
         &mut r,
+        "toolchain_store_hits",
+        "assign_job found the toolchain in the shared store, not here: the client need not send it",
+        c.toolchain_store_hits,
+    );
+    counter(
+        &mut r,
         "toolchain_store_publishes",
         "Toolchains published to the shared store",
         c.toolchain_store_publishes,

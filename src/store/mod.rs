@@ -235,6 +235,7 @@ impl ToolchainStore {
             }
         };
         if found {
+            Stats::bump(&self.stats.toolchain_store_hits);
             self.start_fetch(archive_id);
         }
         found
