@@ -190,17 +190,24 @@ async fn submit_toolchain(
 
 /// Streams the upload to `staged` while hashing it; checks it is gzip and that its
 /// id (sccache's BLAKE3 hex) is `archive_id`. Returns its size.
+/// Bytes of an upload gathered before each write to disk.
+const UPLOAD_BUFFER: usize = 1 << 20;
+
 async fn receive_archive(mut body: BoundedBody, staged: &std::path::Path, archive_id: &str) -> Result<u64, ApiError> {
     let internal = |e: std::io::Error| ApiError::Internal(format!("staging the toolchain at {staged:?}: {e}"));
-    let mut file = tokio::fs::File::create(staged).await.map_err(internal)?;
+    // Buffered: the body arrives in chunks of a few KiB, and each write to a tokio
+    // file is a round trip to the blocking pool.
+    let file = tokio::fs::File::create(staged).await.map_err(internal)?;
+    let mut file = tokio::io::BufWriter::with_capacity(UPLOAD_BUFFER, file);
     let mut check = ArchiveCheck::new();
     while let Some(chunk) = body.next_chunk().await? {
         check.update(&chunk);
         file.write_all(&chunk).await.map_err(internal)?;
     }
+    file.flush().await.map_err(internal)?;
     // Durable before the cache adopts it: after a crash the cache trusts archives
     // on disk by name, so a truncated one must never get there.
-    file.sync_all().await.map_err(internal)?;
+    file.get_ref().sync_all().await.map_err(internal)?;
     check.verify(archive_id).map_err(|mismatch| {
         ApiError::BadToolchain(match mismatch {
             ArchiveMismatch::NotGzip => "the archive is not a gzip stream".into(),
