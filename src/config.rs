@@ -734,6 +734,8 @@ token = "my server's token"
         assert_eq!(location, StoreLocation::Object(uri.into()));
         // Shown (logs, status page) without the query, which may hold keys.
         assert_eq!(location.to_string(), "s3://bucket/kiln");
+        let with_user = StoreLocation::Object("s3://key:secret@bucket/kiln?region=x".into());
+        assert_eq!(with_user.to_string(), "s3://bucket/kiln");
         // Refused at start, with the reason.
         let unknown = store("ftp://host/dir").unwrap_err().to_string();
         assert!(unknown.contains("ftp"), "{unknown}");

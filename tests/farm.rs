@@ -198,3 +198,37 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// `kiln check` says whether the configured store answers; one that does not is a
+/// warning (kiln then asks clients for toolchains), not a failure.
+#[test]
+fn kiln_check_reports_whether_the_store_answers() {
+    let check = |store: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("kiln.toml");
+        std::fs::write(&config, format!("[kiln.toolchains]\nstore = \"{store}\"\n")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln")).arg("check").arg("--config").arg(&config).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|line| line.contains("toolchain store")).map(str::to_owned);
+        (out.status.success(), line.unwrap_or_else(|| panic!("no toolchain store line in:\n{text}")))
+    };
+    let store = tempfile::tempdir().unwrap();
+    let (passed, line) = check(&store.path().display().to_string());
+    assert!(passed && line.starts_with("[ok  ] toolchain store"), "{line}");
+
+    let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (passed, line) = check(&format!(
+        "s3://toolchains?endpoint=http://127.0.0.1:{port}&region=us-east-1&access_key_id=k&secret_access_key=hunter2"
+    ));
+    assert!(passed && line.starts_with("[warn] toolchain store"), "{line}");
+    assert!(line.contains("s3://toolchains") && !line.contains("hunter2"), "{line}");
+
+    if let Some(s3) = S3Server::start() {
+        let (passed, line) = check(&s3.uri());
+        assert!(passed && line.starts_with("[ok  ] toolchain store"), "{line}");
+        // Keys that the bucket refuses: it answers, but not to kiln.
+        let (passed, line) = check(&s3.uri().replace(SECRET_KEY, "not-the-secret"));
+        assert!(passed && line.starts_with("[warn] toolchain store"), "{line}");
+    }
+}

@@ -9,13 +9,17 @@ use std::time::Duration;
 use crate::config::{Backend, Config};
 use crate::host_check::overlayfs_available;
 use crate::observe::views::human_bytes;
+use crate::report::ErrorChain;
 use crate::sandbox::cgroup::JobCgroups;
 use crate::sandbox::overlay::{check_bwrap, probe_unprivileged};
+use crate::store::StoreLocation;
 
 /// Where the Docker Engine API listens.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// Connecting to and hearing from the docker daemon takes at most this.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(3);
+/// The toolchain store answers a lookup within this.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Below this much free space in the data dir kiln cannot do useful work.
 const MIN_FREE_BYTES: u64 = 1 << 30;
 
@@ -105,7 +109,37 @@ pub fn check(config: &Config) -> Vec<Finding> {
     ] {
         findings.push(disk_space(what, &dir, budget));
     }
+    if let Some(location) = &config.kiln.toolchains.store {
+        findings.push(toolchain_store(location));
+    }
     findings
+}
+
+/// The farm's store answers. Only a warning when it does not: kiln then asks clients
+/// for toolchains, as without a store.
+fn toolchain_store(location: &StoreLocation) -> Finding {
+    const WHAT: &str = "toolchain store";
+    let probed =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string()).and_then(
+            |runtime| {
+                let probe = async { tokio::time::timeout(STORE_TIMEOUT, crate::store::probe(location)).await };
+                match runtime.block_on(probe) {
+                    Ok(probed) => probed.map_err(|e| ErrorChain(&e).to_string()),
+                    Err(_) => Err(format!("no answer within {STORE_TIMEOUT:?}")),
+                }
+            },
+        );
+    match probed {
+        Ok(()) => Finding::ok(WHAT, format!("{location} answers")),
+        Err(e) => Finding::bad(
+            WHAT,
+            Verdict::Warn,
+            format!("{location}: {e}"),
+            "without it every kiln asks clients for toolchains: mount the directory, or check the URI's bucket, \
+             endpoint and region and the service's credentials (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+             or an instance role)",
+        ),
+    }
 }
 
 /// What confines overlay jobs: bubblewrap (found and checked: `bwrap`) as an

@@ -68,12 +68,16 @@ impl TryFrom<String> for StoreLocation {
 }
 
 impl fmt::Display for StoreLocation {
-    /// Without an object store's options: they may hold credentials.
+    /// Without an object store's options or user info: they may hold credentials.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreLocation::Directory(dir) => write!(f, "{}", dir.display()),
-            StoreLocation::Object(uri) => f.write_str(uri.split('?').next().unwrap_or_default()),
-        }
+        let uri = match self {
+            StoreLocation::Directory(dir) => return write!(f, "{}", dir.display()),
+            StoreLocation::Object(uri) => uri.split(['?', '#']).next().unwrap_or_default(),
+        };
+        let Some((scheme, rest)) = uri.split_once("://") else { return f.write_str(uri) };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+        write!(f, "{scheme}://{host}{path}")
     }
 }
 
@@ -143,6 +147,16 @@ impl Backend {
             Backend::Object(store) => store.remove(archive_id).await,
         }
     }
+}
+
+/// Whether the store at `location` answers a lookup (`kiln check`).
+pub async fn probe(location: &StoreLocation) -> Result<(), StoreError> {
+    let backend = match location {
+        StoreLocation::Directory(dir) => Backend::Directory(DirectoryStore::new(dir.clone())),
+        StoreLocation::Object(uri) => Backend::Object(ObjectStore::open(uri)?),
+    };
+    // No archive has this name: any answer, found or not, proves the store reachable.
+    backend.lookup(".kiln-check").await.map(drop)
 }
 
 /// An archive arriving from the store: written to a new file and checked as it goes,

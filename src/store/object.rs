@@ -10,6 +10,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
+use opendal::layers::{RetryEvent, RetryLayer};
 use opendal::{HttpTransporter, Operator};
 use opendal_http_transport_reqwest::ReqwestTransport;
 use tokio::io::AsyncReadExt;
@@ -31,7 +32,12 @@ impl ObjectStore {
         // Its own HTTP client: no connection shared with another store (or another
         // kiln of the same process, in tests) whose runtime may be gone.
         let context = op.context().with_http_transport(HttpTransporter::new(ReqwestTransport::new(client)));
-        let op = op.with_context(context).layer(opendal::layers::RetryLayer::new().with_max_times(2));
+        // Retries logged in one line (opendal's own notice is a warning with the
+        // error's Debug form, a backtrace when RUST_BACKTRACE is set).
+        let retry = RetryLayer::new().with_max_times(2).with_notify(|event: RetryEvent<'_>| {
+            tracing::info!(operation = ?event.op, attempt = event.attempt, error = %event.err, "retrying a store request");
+        });
+        let op = op.with_context(context).layer(retry);
         Ok(ObjectStore { op })
     }
 
