@@ -232,3 +232,23 @@ fn kiln_check_reports_whether_the_store_answers() {
         assert!(passed && line.starts_with("[warn] toolchain store"), "{line}");
     }
 }
+
+/// An entry larger than this kiln takes (`max_archive_bytes`) is not offered: the
+/// client is asked instead, and the entry stays for kilns that take more.
+#[actix_rt::test]
+async fn an_entry_larger_than_this_kiln_takes_is_left_alone() {
+    let store = tempfile::tempdir().unwrap();
+    let kiln =
+        Kiln::start(&format!("[kiln.toolchains]\nstore = \"{}\"\nmax_archive_bytes = 4096\n", store.path().display()));
+    let big = other_toolchain();
+    let entry = store.path().join(&big.archive_id);
+    std::fs::write(&entry, vec![0x1f; 8192]).unwrap();
+    let client = kiln.client();
+    let job_id = next_job_id();
+    let toolchain = Toolchain { archive_id: big.archive_id.clone() };
+    let AssignJobResult { need_toolchain, .. } = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
+    assert!(need_toolchain, "kiln offered an entry larger than max_archive_bytes");
+    assert!(entry.exists(), "the entry was removed");
+    let counters = kiln.status().await.snapshot.counters;
+    assert_eq!((counters.toolchain_store_hits, counters.toolchain_store_failures), (0, 0), "{counters:?}");
+}

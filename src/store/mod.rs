@@ -87,6 +87,10 @@ pub enum StoreError {
     /// Proven bad: the entry is not the archive its name says.
     #[error("the store's copy is corrupt: {0}")]
     Corrupt(String),
+    /// Larger than this kiln takes, though the store said otherwise: not proof that
+    /// the entry is bad (another kiln may take more), so it stays.
+    #[error("the store's copy is larger than max_archive_bytes ({0} bytes)")]
+    TooLarge(u64),
     #[error("{what}")]
     Io { what: String, source: std::io::Error },
     #[error("the object store")]
@@ -182,7 +186,7 @@ impl Staging {
     fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         self.written += chunk.len() as u64;
         if self.written > self.max_bytes {
-            return Err(StoreError::Corrupt(format!("larger than {} bytes", self.max_bytes)));
+            return Err(StoreError::TooLarge(self.max_bytes));
         }
         self.check.update(chunk);
         self.file.write_all(chunk).map_err(|e| StoreError::io("writing the staged archive".into(), e))
@@ -240,7 +244,12 @@ impl ToolchainStore {
             .await
             .unwrap_or(Err(StoreError::TimedOut(LOOKUP_WAIT)));
         let found = match looked_up {
-            Ok(size) => size.is_some_and(|size| size <= self.max_bytes),
+            Ok(Some(size)) if size > self.max_bytes => {
+                let max = self.max_bytes;
+                tracing::warn!(%archive_id, size, max, "the store's entry is larger than max_archive_bytes; asking the client");
+                false
+            }
+            Ok(size) => size.is_some(),
             Err(e) => {
                 Stats::bump(&self.stats.toolchain_store_failures);
                 let error = ErrorChain(&e);

@@ -55,7 +55,7 @@ impl ObjectStore {
         let mut stream = self.op.reader(archive_id).await?.into_bytes_stream(..).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(IN_FLIGHT);
         let (staged, id) = (staged.to_owned(), archive_id.to_owned());
-        // Decompressing and hashing are CPU work: off the async thread.
+        // Hashing and writing: off the async thread.
         let writer = tokio::task::spawn_blocking(move || {
             let mut staging = Staging::create(&staged, max_bytes)?;
             while let Some(chunk) = rx.blocking_recv() {
