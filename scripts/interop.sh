@@ -301,7 +301,10 @@ farm() {
   (cd "$RUST_PARTS" && RUSTC_WRAPPER=sccache CARGO_TARGET_DIR=$target timeout 900 cargo build --release --offline -q -p part1) \
     || die "cargo build -p part1 through sccache and the farm failed"
   wait_for "the rustc toolchain in the store" sh -c "[ \$(ls '$entries' | wc -l) -ge 2 ]"
-  (cd "$RUST_PARTS" && RUSTC_WRAPPER=sccache CARGO_TARGET_DIR=$target timeout 900 cargo build --release --offline -q -j 8) \
+  # At most the two servers' capacity at once (see compile_all): beyond it, upstream's
+  # scheduler answers Fail and the client compiles locally.
+  (cd "$RUST_PARTS" && RUSTC_WRAPPER=sccache CARGO_TARGET_DIR=$target timeout 900 \
+    cargo build --release --offline -q -j $(( 2 * ($(nproc) + 1) ))) \
     || die "cargo build through sccache and the farm failed"
   total=$(dist_total)
   [ "$total" -eq $(( FILES + 1 + 8 )) ] || die "$total of $(( FILES + 1 + 8 )) compiles were distributed ($(stats | tr -d '\n' | head -c 600))"
