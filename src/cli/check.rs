@@ -118,27 +118,26 @@ pub fn check(config: &Config) -> Vec<Finding> {
 /// The farm's store answers. Only a warning when it does not: kiln then asks clients
 /// for toolchains, as without a store.
 fn toolchain_store(location: &StoreLocation) -> Finding {
-    const WHAT: &str = "toolchain store";
-    let probed =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string()).and_then(
-            |runtime| {
-                let probe = async { tokio::time::timeout(STORE_TIMEOUT, crate::store::probe(location)).await };
-                match runtime.block_on(probe) {
-                    Ok(probed) => probed.map_err(|e| ErrorChain(&e).to_string()),
-                    Err(_) => Err(format!("no answer within {STORE_TIMEOUT:?}")),
-                }
-            },
-        );
-    match probed {
-        Ok(()) => Finding::ok(WHAT, format!("{location} answers")),
+    match probe_store(location) {
+        Ok(()) => Finding::ok("toolchain store", format!("{location} answers")),
         Err(e) => Finding::bad(
-            WHAT,
+            "toolchain store",
             Verdict::Warn,
             format!("{location}: {e}"),
             "without it every kiln asks clients for toolchains: mount the directory, or check the URI's bucket, \
              endpoint and region and the service's credentials (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
              or an instance role)",
         ),
+    }
+}
+
+/// One lookup in the store, on a runtime of its own (`kiln check` has none).
+fn probe_store(location: &StoreLocation) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let probe = async { tokio::time::timeout(STORE_TIMEOUT, crate::store::probe(location)).await };
+    match runtime.block_on(probe) {
+        Ok(probed) => probed.map_err(|e| ErrorChain(&e).to_string()),
+        Err(_) => Err(format!("no answer within {STORE_TIMEOUT:?}")),
     }
 }
 

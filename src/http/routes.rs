@@ -188,11 +188,11 @@ async fn submit_toolchain(
     .await
 }
 
-/// Streams the upload to `staged` while hashing it; checks it is gzip and that its
-/// id (sccache's BLAKE3 hex) is `archive_id`. Returns its size.
 /// Bytes of an upload gathered before each write to disk.
 const UPLOAD_BUFFER: usize = 1 << 20;
 
+/// Streams the upload to `staged` while hashing it; checks it is gzip and that its
+/// id (sccache's BLAKE3 hex) is `archive_id`. Returns its size.
 async fn receive_archive(mut body: BoundedBody, staged: &std::path::Path, archive_id: &str) -> Result<u64, ApiError> {
     let internal = |e: std::io::Error| ApiError::Internal(format!("staging the toolchain at {staged:?}: {e}"));
     // Buffered: the body arrives in chunks of a few KiB, and each write to a tokio
