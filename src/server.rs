@@ -26,7 +26,7 @@ use crate::sandbox::overlay::{install_exec_shim, JobSeccomp, OverlayBackend, Ove
 use crate::sandbox::SharedBackend;
 use crate::scheduler::{LocalScheduler, Scheduler, UpstreamScheduler};
 use crate::stats::Stats;
-use crate::store::ToolchainStore;
+use crate::store::{FetchLimits, ToolchainStore};
 use crate::tls::ServerCert;
 
 /// How often assigned-but-never-run jobs are forgotten.
@@ -200,8 +200,11 @@ pub async fn serve_with(
     });
     let store = kiln.toolchains.store.clone().map(|location| {
         tracing::info!(store = %location, "toolchains are shared through the store");
-        let max_bytes = kiln.toolchains.max_archive_bytes;
-        ToolchainStore::new(location, storage.cache.clone(), config.incoming_dir(), max_bytes, stats.clone())
+        let limits = FetchLimits {
+            max_bytes: kiln.toolchains.max_archive_bytes,
+            timeout: Duration::from_secs(kiln.toolchains.upload_timeout_secs),
+        };
+        ToolchainStore::new(location, storage.cache.clone(), config.incoming_dir(), limits, stats.clone())
     });
     let store = store.transpose()?;
     let state = web::Data::new(AppState {

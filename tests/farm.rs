@@ -252,3 +252,67 @@ async fn an_entry_larger_than_this_kiln_takes_is_left_alone() {
     let counters = kiln.status().await.snapshot.counters;
     assert_eq!((counters.toolchain_store_hits, counters.toolchain_store_failures), (0, 0), "{counters:?}");
 }
+
+/// A store that answers the lookup and then stalls the download fails the job it was
+/// promised to after the upload bound (`upload_timeout_secs`), not never; the client
+/// then compiles locally.
+#[actix_rt::test]
+async fn a_store_that_stalls_a_fetch_fails_the_job_in_bounded_time() {
+    let port = stalling_s3_endpoint();
+    let uri = format!(
+        "s3://toolchains?endpoint=http://127.0.0.1:{port}&region=us-east-1&access_key_id=k&secret_access_key=s"
+    );
+    let kiln = Kiln::start(&format!("[kiln.toolchains]\nstore = \"{uri}\"\nupload_timeout_secs = 3\n"));
+    let client = kiln.client();
+    let project = CProject::new();
+    let job_id = next_job_id();
+    let toolchain = Toolchain { archive_id: gcc_toolchain().archive_id.clone() };
+    let AssignJobResult { need_toolchain, .. } = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
+    assert!(!need_toolchain, "the store's HEAD said it holds the toolchain");
+    let request = RunJobHttpRequest {
+        command: command("/usr/bin/gcc", &["-c", "main.c", "-o", "main.o"], project.cwd()),
+        outputs: vec!["main.o".into()],
+    };
+    let (token, inputs) = (token(job_id), project.inputs());
+    let ran = actix_rt::time::timeout(Duration::from_secs(60), client.run_job(job_id, &token, &request, &inputs));
+    let error = format!("{:?}", ran.await.expect("run_job waits on a stalled fetch"));
+    assert!(error.contains("502") && error.contains("did not answer within 3s"), "{error}");
+    let counters = kiln.status().await.snapshot.counters;
+    assert_eq!((counters.toolchain_store_failures, counters.toolchain_store_fetches), (1, 0), "{counters:?}");
+}
+
+/// An S3 endpoint on 127.0.0.1 that says every object exists (HEAD) and, asked for
+/// one (GET), sends its first bytes and then nothing. At most 16 connections.
+fn stalling_s3_endpoint() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                for _ in 0..8 {
+                    let mut request = String::new();
+                    if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut header = String::new();
+                    while reader.read_line(&mut header).unwrap_or(0) > 2 {
+                        header.clear();
+                    }
+                    let head =
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\nContent-Type: application/octet-stream\r\n\
+                                 ETag: \"kiln\"\r\nLast-Modified: Sun, 29 Nov 2026 00:00:00 GMT\r\n\r\n";
+                    let _ = stream.write_all(head);
+                    if request.starts_with("GET") {
+                        let _ = stream.write_all(&[0x1f, 0x8b, 8, 0]);
+                        std::thread::sleep(Duration::from_secs(30));
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}

@@ -124,6 +124,13 @@ enum Backend {
 }
 
 impl Backend {
+    fn open(location: &StoreLocation) -> Result<Self, StoreError> {
+        Ok(match location {
+            StoreLocation::Directory(dir) => Backend::Directory(DirectoryStore::new(dir.clone())),
+            StoreLocation::Object(uri) => Backend::Object(ObjectStore::open(uri)?),
+        })
+    }
+
     async fn lookup(&self, archive_id: &str) -> Result<Option<u64>, StoreError> {
         match self {
             Backend::Directory(store) => store.lookup(archive_id).await,
@@ -155,10 +162,7 @@ impl Backend {
 
 /// Whether the store at `location` answers a lookup (`kiln check`).
 pub async fn probe(location: &StoreLocation) -> Result<(), StoreError> {
-    let backend = match location {
-        StoreLocation::Directory(dir) => Backend::Directory(DirectoryStore::new(dir.clone())),
-        StoreLocation::Object(uri) => Backend::Object(ObjectStore::open(uri)?),
-    };
+    let backend = Backend::open(location)?;
     // No archive has this name: any answer, found or not, proves the store reachable.
     backend.lookup(".kiln-check").await.map(drop)
 }
@@ -213,8 +217,16 @@ pub struct ToolchainStore {
     stats: Arc<Stats>,
     fetches: Mutex<HashMap<String, Fetch>>,
     next_file: AtomicU64,
-    /// Largest archive taken from the store (`max_archive_bytes`, as for uploads).
-    max_bytes: u64,
+    limits: FetchLimits,
+}
+
+/// What a fetch from the store may take: the bounds of a client's upload.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchLimits {
+    /// `max_archive_bytes`.
+    pub max_bytes: u64,
+    /// `upload_timeout_secs`: a store that stalls mid-fetch fails the job after it.
+    pub timeout: Duration,
 }
 
 impl ToolchainStore {
@@ -222,15 +234,12 @@ impl ToolchainStore {
         location: StoreLocation,
         cache: Addr<ToolchainCache>,
         incoming_dir: PathBuf,
-        max_bytes: u64,
+        limits: FetchLimits,
         stats: Arc<Stats>,
     ) -> Result<Arc<Self>, StoreError> {
-        let backend = match &location {
-            StoreLocation::Directory(dir) => Backend::Directory(DirectoryStore::new(dir.clone())),
-            StoreLocation::Object(uri) => Backend::Object(ObjectStore::open(uri)?),
-        };
+        let backend = Backend::open(&location)?;
         let (fetches, next_file) = (Mutex::default(), AtomicU64::new(0));
-        Ok(Arc::new(ToolchainStore { location, backend, cache, incoming_dir, stats, fetches, next_file, max_bytes }))
+        Ok(Arc::new(ToolchainStore { location, backend, cache, incoming_dir, stats, fetches, next_file, limits }))
     }
 
     pub fn location(&self) -> &StoreLocation {
@@ -244,8 +253,8 @@ impl ToolchainStore {
             .await
             .unwrap_or(Err(StoreError::TimedOut(LOOKUP_WAIT)));
         let found = match looked_up {
-            Ok(Some(size)) if size > self.max_bytes => {
-                let max = self.max_bytes;
+            Ok(Some(size)) if size > self.limits.max_bytes => {
+                let max = self.limits.max_bytes;
                 tracing::warn!(%archive_id, size, max, "the store's entry is larger than max_archive_bytes; asking the client");
                 false
             }
@@ -311,7 +320,9 @@ impl ToolchainStore {
         }
         let n = self.next_file.fetch_add(1, Ordering::Relaxed);
         let staged = self.incoming_dir.join(format!("store-{archive_id}-{n}.part"));
-        let size = match self.backend.fetch(archive_id, &staged, self.max_bytes).await {
+        let FetchLimits { max_bytes, timeout } = self.limits;
+        let fetched = tokio::time::timeout(timeout, self.backend.fetch(archive_id, &staged, max_bytes)).await;
+        let size = match fetched.unwrap_or(Err(StoreError::TimedOut(timeout))) {
             Ok(size) => size,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&staged).await;
