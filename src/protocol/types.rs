@@ -171,6 +171,11 @@ impl ArchiveCheck {
         self.size += chunk.len() as u64;
     }
 
+    /// Bytes checked so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// The archive's size, if it was a gzip stream whose id is `archive_id`.
     pub fn verify(self, archive_id: &str) -> Result<u64, ArchiveMismatch> {
         if self.head != GZIP_MAGIC {

@@ -172,7 +172,6 @@ pub async fn probe(location: &StoreLocation) -> Result<(), StoreError> {
 struct Staging {
     file: std::fs::File,
     check: ArchiveCheck,
-    written: u64,
     max_bytes: u64,
 }
 
@@ -184,12 +183,11 @@ impl Staging {
             .create_new(true)
             .open(path)
             .map_err(|e| StoreError::io(format!("creating {path:?}"), e))?;
-        Ok(Staging { file, check: ArchiveCheck::new(), written: 0, max_bytes })
+        Ok(Staging { file, check: ArchiveCheck::new(), max_bytes })
     }
 
     fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        self.written += chunk.len() as u64;
-        if self.written > self.max_bytes {
+        if self.check.size() + chunk.len() as u64 > self.max_bytes {
             return Err(StoreError::TooLarge(self.max_bytes));
         }
         self.check.update(chunk);
