@@ -58,8 +58,8 @@ impl TryFrom<String> for StoreLocation {
 
     fn try_from(location: String) -> Result<Self, String> {
         if location.contains("://") {
-            // Opened now, so a wrong scheme or option stops kiln at start.
-            ObjectStore::open(&location).map_err(|e| ErrorChain(&e).to_string())?;
+            // Checked now, so a wrong scheme or option stops kiln at start.
+            ObjectStore::check_uri(&location).map_err(|e| ErrorChain(&e).to_string())?;
             Ok(StoreLocation::Object(location))
         } else {
             Ok(StoreLocation::Directory(location.into()))

@@ -25,10 +25,16 @@ pub(super) struct ObjectStore {
 }
 
 impl ObjectStore {
+    /// Checks that `uri` names a store opendal can open (scheme, bucket, options),
+    /// without making the HTTP client `open` makes: for the config's validation.
+    pub(super) fn check_uri(uri: &str) -> Result<(), StoreError> {
+        Ok(operator(uri).map(drop)?)
+    }
+
     /// Opens the store `uri` names; nothing is sent to it yet.
     pub(super) fn open(uri: &str) -> Result<Self, StoreError> {
+        let op = operator(uri)?;
         let client = http_client()?;
-        let op = Operator::from_uri(uri)?;
         // Its own HTTP client: no connection shared with another store (or another
         // kiln of the same process, in tests) whose runtime may be gone.
         let context = op.context().with_http_transport(HttpTransporter::new(ReqwestTransport::new(client)));
@@ -111,14 +117,20 @@ impl ObjectStore {
     }
 }
 
+/// The operator `uri` names, with opendal's services registered first.
+fn operator(uri: &str) -> opendal::Result<Operator> {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(opendal::init_default_registry);
+    Operator::from_uri(uri)
+}
+
 /// An HTTP client with rustls on ring, kiln's one crypto provider (reqwest's default
-/// would build aws-lc-rs), after registering opendal's services for `from_uri`.
+/// would build aws-lc-rs).
 fn http_client() -> Result<reqwest::Client, StoreError> {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
         // Err: the process has a provider already; reqwest uses that one.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        opendal::init_default_registry();
     });
     reqwest::Client::builder().build().map_err(|e| StoreError::Client(e.to_string()))
 }
