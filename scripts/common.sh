@@ -56,6 +56,17 @@ start_client() {
   sccache --start-server >/dev/null
 }
 
+# start_s3s_fs: s3s-fs over $WORK/s3 on 127.0.0.1:10700, bucket "toolchains". The
+# store URI S3_STORE names its prefix "kiln" (keys in the query, as the farm's kilns
+# get them); that prefix's objects show up as files in $WORK/s3/toolchains/kiln.
+S3_STORE="s3://toolchains/kiln?endpoint=http://127.0.0.1:10700&region=us-east-1&access_key_id=farm&secret_access_key=farm-secret"
+start_s3s_fs() {
+  mkdir -p "$WORK/s3/toolchains/kiln"
+  s3s-fs --host 127.0.0.1 --port 10700 --access-key farm --secret-key farm-secret "$WORK/s3" >"$WORK/s3s-fs.log" 2>&1 &
+  PIDS+=($!)
+  wait_for "s3s-fs" curl -s -o /dev/null http://127.0.0.1:10700/
+}
+
 # build_kiln [extra cargo args]: sets KILN. Release by default: figures are
 # compared with upstream's release build.
 build_kiln() {

@@ -33,7 +33,6 @@ trap cleanup EXIT
 ROUNDS=${FARM_ROUNDS:-3}
 TARGETS=${FARM_TARGETS:-upstream,kiln,kiln-dir,kiln-s3}
 OUT=$ROOT/target/farm-bench
-S3_URI="s3://toolchains/kiln?endpoint=http://127.0.0.1:10700&region=us-east-1&access_key_id=farm&secret_access_key=farm-secret"
 
 [ "$(id -u)" -eq 0 ] || die "run as root: kiln and sccache-dist's overlay builder need it"
 install_sccache
@@ -76,7 +75,7 @@ start_server() {
       cfg=$(kiln_config "$name" 10501 overlay)
       case $target in
         kiln-dir) printf '[kiln.toolchains]\nstore = "%s"\n' "$STORE" >>"$cfg" ;;
-        kiln-s3) printf '[kiln.toolchains]\nstore = "%s"\n' "$S3_URI" >>"$cfg" ;;
+        kiln-s3) printf '[kiln.toolchains]\nstore = "%s"\n' "$S3_STORE" >>"$cfg" ;;
       esac
       start_kiln "$name" "$cfg" ;;
   esac
@@ -134,13 +133,7 @@ run() {
 }
 
 start_scheduler
-case ",$TARGETS," in
-  *,kiln-s3,*)
-    mkdir -p "$WORK/s3/toolchains"
-    s3s-fs --host 127.0.0.1 --port 10700 --access-key farm --secret-key farm-secret "$WORK/s3" >"$WORK/s3s-fs.log" 2>&1 &
-    PIDS+=($!)
-    wait_for "s3s-fs" curl -s -o /dev/null http://127.0.0.1:10700/ ;;
-esac
+case ",$TARGETS," in *,kiln-s3,*) start_s3s_fs ;; esac
 start_client "$ROOT/examples/sccache/client.toml"
 for round in $(seq 1 "$ROUNDS"); do
   for target in ${TARGETS//,/ }; do

@@ -333,12 +333,8 @@ case_farm() {
 case_farm_s3() {
   log "farm_s3: two kilns sharing a toolchain store (an S3 bucket on s3s-fs), behind one scheduler"
   install_s3s_fs
-  mkdir -p "$WORK/s3/toolchains/kiln"
-  s3s-fs --host 127.0.0.1 --port 10700 --access-key farm --secret-key farm-secret "$WORK/s3" >"$WORK/s3s-fs.log" 2>&1 &
-  PIDS+=($!)
-  wait_for "s3s-fs" curl -s -o /dev/null http://127.0.0.1:10700/
-  farm farm-s3 "s3://toolchains/kiln?endpoint=http://127.0.0.1:10700&region=us-east-1&access_key_id=farm&secret_access_key=farm-secret" \
-    "$WORK/s3/toolchains/kiln"
+  start_s3s_fs
+  farm farm-s3 "$S3_STORE" "$WORK/s3/toolchains/kiln"
 }
 
 case_baseline() {
