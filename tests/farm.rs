@@ -108,12 +108,8 @@ async fn a_farm_shares_each_toolchain_through_an_s3_bucket() {
 /// job runs. The failure is counted.
 #[actix_rt::test]
 async fn a_store_that_never_answers_falls_back_to_the_client() {
-    let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let uri = format!(
-        "s3://toolchains?endpoint=http://127.0.0.1:{port}&region=us-east-1&access_key_id=k&secret_access_key=s"
-    );
-    let kiln = Kiln::start(&format!("[kiln.toolchains]\nstore = \"{uri}\"\n"));
+    let (silent, port) = silent_listener();
+    let kiln = Kiln::start(&format!("[kiln.toolchains]\nstore = \"{}\"\n", s3_uri_at(port)));
     let client = kiln.client();
     let tc = gcc_toolchain();
     let job_id = next_job_id();
@@ -128,6 +124,23 @@ async fn a_store_that_never_answers_falls_back_to_the_client() {
     assert!(counters.toolchain_store_failures >= 1, "{counters:?}");
     assert_eq!(counters.toolchain_store_fetches, 0, "{counters:?}");
     drop(silent);
+}
+
+/// The secret key in [`s3_uri_at`]'s URI.
+const FAKE_SECRET: &str = "hunter2";
+
+/// The store URI of bucket "toolchains" at an S3 endpoint on 127.0.0.1:`port`, its
+/// keys in the query.
+fn s3_uri_at(port: u16) -> String {
+    format!("s3://toolchains?endpoint=http://127.0.0.1:{port}&region=us-east-1&access_key_id=k&secret_access_key={FAKE_SECRET}")
+}
+
+/// A listener on 127.0.0.1 that accepts connections (the kernel's backlog) and never
+/// answers; it listens while the returned value lives.
+fn silent_listener() -> (TcpListener, u16) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
 }
 
 /// s3s-fs serving one bucket from a temporary directory, on a free port of 127.0.0.1.
@@ -216,13 +229,10 @@ fn kiln_check_reports_whether_the_store_answers() {
     let (passed, line) = check(&store.path().display().to_string());
     assert!(passed && line.starts_with("[ok  ] toolchain store"), "{line}");
 
-    let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let (passed, line) = check(&format!(
-        "s3://toolchains?endpoint=http://127.0.0.1:{port}&region=us-east-1&access_key_id=k&secret_access_key=hunter2"
-    ));
+    let (_silent, port) = silent_listener();
+    let (passed, line) = check(&s3_uri_at(port));
     assert!(passed && line.starts_with("[warn] toolchain store"), "{line}");
-    assert!(line.contains("s3://toolchains") && !line.contains("hunter2"), "{line}");
+    assert!(line.contains("s3://toolchains") && !line.contains(FAKE_SECRET), "{line}");
 
     if let Some(s3) = S3Server::start() {
         let (passed, line) = check(&s3.uri());
@@ -259,10 +269,7 @@ async fn an_entry_larger_than_this_kiln_takes_is_left_alone() {
 #[actix_rt::test]
 async fn a_store_that_stalls_a_fetch_fails_the_job_in_bounded_time() {
     let port = stalling_s3_endpoint();
-    let uri = format!(
-        "s3://toolchains?endpoint=http://127.0.0.1:{port}&region=us-east-1&access_key_id=k&secret_access_key=s"
-    );
-    let kiln = Kiln::start(&format!("[kiln.toolchains]\nstore = \"{uri}\"\nupload_timeout_secs = 3\n"));
+    let kiln = Kiln::start(&format!("[kiln.toolchains]\nstore = \"{}\"\nupload_timeout_secs = 3\n", s3_uri_at(port)));
     let client = kiln.client();
     let project = CProject::new();
     let job_id = next_job_id();
