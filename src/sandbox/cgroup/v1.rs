@@ -87,7 +87,9 @@ pub(super) fn write_limit(dir: &CgroupDir, controller: Controller, limits: &Cgro
             if dir.has("memory.memsw.limit_in_bytes") {
                 dir.write("memory.memsw.limit_in_bytes", &bytes)?;
             }
-            Ok(())
+            // Before any process joins: a socket is charged to the cgroup it was
+            // created in only if accounting was on then.
+            limit_socket_memory(dir, limits.max_memory_bytes)
         }
         Controller::Cpu if limits.max_cpus > 0 => {
             dir.write("cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
@@ -95,6 +97,23 @@ pub(super) fn write_limit(dir: &CgroupDir, controller: Controller, limits: &Cgro
         }
         Controller::Cpu | Controller::Freezer => Ok(()),
     }
+}
+
+/// Charges the TCP socket buffers of the cgroup's processes to it, up to `bytes`.
+///
+/// On cgroup v1, socket buffers are not part of `memory.usage_in_bytes`: they are
+/// charged to the cgroup only once `memory.kmem.tcp.limit_in_bytes` has been written
+/// (the write turns the accounting on for this cgroup; sockets created before it
+/// stay uncharged), and then against that limit alone
+/// (Documentation/admin-guide/cgroup-v1/memory.rst, 2.7.1 and 2.7.3). Without it a
+/// job's sockets pin kernel memory from the pool every TCP socket on the host shares
+/// (`net.ipv4.tcp_mem`; past its high mark all TCP on the host stalls), beyond any
+/// job limit. A socket over the limit is put under memory pressure: its sender
+/// blocks or gets EAGAIN, its receiver drops (and its peer retransmits), like a host
+/// past `tcp_mem` but for this cgroup only. So a job may hold its memory limit in
+/// process memory plus as much again in socket buffers: twice the limit at most.
+pub(super) fn limit_socket_memory(dir: &CgroupDir, bytes: u64) -> Result<(), CgroupError> {
+    dir.write("memory.kmem.tcp.limit_in_bytes", &bytes.to_string())
 }
 
 #[cfg(test)]

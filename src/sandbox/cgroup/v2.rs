@@ -106,6 +106,9 @@ pub(super) fn write_limit(dir: &CgroupDir, controller: Controller, limits: &Cgro
     match controller {
         Controller::Pids => dir.write("pids.max", &limits.max_pids.to_string()),
         Controller::Memory => {
+            // Socket buffers are charged to memory.current on v2 (the `sock` line of
+            // memory.stat), so memory.max bounds a job's TCP memory too; v1 needs its
+            // own limit (v1::limit_socket_memory).
             dir.write("memory.max", &limits.max_memory_bytes.to_string())?;
             // memory.max counts RAM only: no swap at all keeps "memory + swap" at the limit.
             // The file is absent when swap is not accounted (no swap controller).
