@@ -1412,3 +1412,192 @@ async fn mount_inspection_and_mitigation_undoing_personas_are_refused() {
         assert!(out.lines().any(|l| l == allowed), "expected `{allowed}`\n{out}");
     }
 }
+
+// --- 15. the seccomp filter: vsock, kernel AIO, mount inspection, personas ---
+// (issue 27, findings 5, 8 and 9)
+
+/// Binds and listens on vsock port argv[1] (any CID), holds it 3 s. Also tries
+/// the family with garbage above the `int` (the kernel reads the low 32 bits).
+const VSOCK_LISTEN_C: &str = r#"
+#include <errno.h>
+#include <linux/vm_sockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long wide = syscall(SYS_socket, 0xffffffff00000000L | AF_VSOCK, SOCK_STREAM, 0);
+    printf("wide socket %ld errno %d\n", wide, wide < 0 ? errno : 0);
+    int s = socket(AF_VSOCK, SOCK_STREAM, 0);
+    if (s < 0) { printf("socket errno %d\n", errno); return 0; }
+    struct sockaddr_vm addr = {0};
+    addr.svm_family = AF_VSOCK;
+    addr.svm_cid = VMADDR_CID_ANY;
+    addr.svm_port = (unsigned)atoi(argv[1]);
+    int bound = -1;
+    for (int i = 0; i < 50 && bound != 0; i++) {
+        bound = bind(s, (struct sockaddr *)&addr, sizeof addr);
+        if (bound != 0) usleep(20000);
+    }
+    if (bound != 0 || listen(s, 1) != 0) { printf("bind/listen errno %d\n", errno); return 0; }
+    printf("listening on %u\n", addr.svm_port);
+    fflush(stdout);
+    sleep(3);
+    return 0;
+}
+"#;
+
+/// Whether the host binds vsock `port` (any CID) at this moment; it lets go at once.
+fn host_binds_vsock(port: u32) -> Result<(), nix::errno::Errno> {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    bind(fd.as_raw_fd(), &VsockAddr::new(nix::libc::VMADDR_CID_ANY, port))
+}
+
+#[actix_rt::test]
+async fn a_job_cannot_take_a_vsock_port_from_the_host() {
+    let port = 40_000 + std::process::id() % 20_000;
+    if let Err(e) = host_binds_vsock(port) {
+        eprintln!("\n!!!!! SKIPPING: this host has no vsock ({e}) !!!!!\n");
+        return;
+    }
+    let kiln = Kiln::start(JOB_TIMEOUT);
+    let program = static_program("vsock_listen", VSOCK_LISTEN_C);
+    let client = kiln.client();
+    let cmd = command("./vsock_listen", &[&port.to_string()], "/work");
+    let job = run(&client, gcc_toolchain(), cmd, &[], programs(&[("vsock_listen", &program)]));
+    // The host binds the port (and lets it go) every 50 ms while the job runs.
+    let (done, samples) = sampling(TEST_LIMIT, job, || host_binds_vsock(port)).await;
+    let out = stdout(&done);
+    println!("{}\nhost binds: {samples:?}", both(&done));
+    let taken = samples.iter().filter(|s| **s == Err(nix::errno::Errno::EADDRINUSE)).count();
+    assert_eq!(taken, 0, "the job held vsock port {port}: the host's bind failed {taken} times\n{out}");
+    assert!(samples.iter().any(Result::is_ok), "the host bound the port while the job ran: {samples:?}");
+    let refused = format!("errno {}", nix::libc::EAFNOSUPPORT);
+    assert!(out.contains(&format!("socket {refused}")), "the job's vsock socket was refused\n{out}");
+    assert!(out.contains(&format!("wide socket -1 {refused}")), "AF_VSOCK with high bits was refused\n{out}");
+    assert_compiles(&kiln).await;
+}
+
+/// Sets up kernel AIO contexts until io_setup fails (halving the size on each
+/// failure; at most 200 calls), then holds them 3 s.
+const AIO_HOG_C: &str = r#"
+#include <errno.h>
+#include <linux/aio_abi.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+    long taken = 0;
+    int last = 0;
+    unsigned n = 65536;
+    for (int calls = 0; calls < 200 && n > 0; calls++) {
+        aio_context_t ctx = 0;
+        if (syscall(SYS_io_setup, n, &ctx) == 0) taken += n;
+        else { last = errno; n /= 2; }
+    }
+    printf("aio taken %ld errno %d\n", taken, last);
+    fflush(stdout);
+    sleep(3);
+    return 0;
+}
+"#;
+
+fn aio_in_use() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/aio-nr").unwrap().trim().parse().unwrap()
+}
+
+#[actix_rt::test]
+async fn a_job_cannot_take_the_hosts_aio_budget() {
+    let kiln = Kiln::start(JOB_TIMEOUT);
+    let program = static_program("aio_hog", AIO_HOG_C);
+    let before = aio_in_use();
+    let client = kiln.client();
+    let job =
+        run(&client, gcc_toolchain(), command("./aio_hog", &[], "/work"), &[], programs(&[("aio_hog", &program)]));
+    let (done, samples) = sampling(TEST_LIMIT, job, aio_in_use).await;
+    let most = samples.iter().copied().max().unwrap_or(before);
+    println!(
+        "fs.aio-nr before {before}, at most {most} of {}\n{}",
+        std::fs::read_to_string("/proc/sys/fs/aio-max-nr").unwrap().trim(),
+        both(&done)
+    );
+    assert_eq!(most, before, "the job took {} of the host's fs.aio-max-nr", most.saturating_sub(before));
+    let out = stdout(&done);
+    assert!(out.contains(&format!("aio taken 0 errno {}", nix::libc::ENOSYS)), "io_setup was refused\n{out}");
+    assert_compiles(&kiln).await;
+}
+
+/// Calls the mount-inspection and mount API calls the filter did not know, and
+/// personas that undo exploit mitigations (last, so a persona that was set stays
+/// for the host to see); prints each result; then holds 2 s (argv[1] is the
+/// test's marker, to find the process on the host).
+const INSPECT_C: &str = r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/personality.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+struct mnt_id_req { unsigned size, spare; unsigned long long mnt_id, param, mnt_ns_id; };
+static void report(const char *what, long r) { printf("%s %ld errno %d\n", what, r, r < 0 ? errno : 0); }
+int main(void) {
+    unsigned long long ids[64], buf[512];
+    struct mnt_id_req req = { 32, 0, 0xffffffffffffffffULL /* LSMT_ROOT */, 0, 0 };
+    report("listmount", syscall(458, &req, ids, 64, 0));
+    req.mnt_id = ids[0];
+    report("statmount", syscall(457, &req, buf, sizeof buf, 0));
+    unsigned long long attr[4] = {0};
+    report("open_tree_attr", syscall(467, AT_FDCWD, "/", 1 /* OPEN_TREE_CLONE */, attr, sizeof attr));
+    report("linux32", syscall(SYS_personality, PER_LINUX32));
+    report("query", syscall(SYS_personality, 0xffffffff));
+    report("linux", syscall(SYS_personality, PER_LINUX));
+    report("no_randomize", syscall(SYS_personality, ADDR_NO_RANDOMIZE));
+    report("linux32_no_randomize", syscall(SYS_personality, PER_LINUX32 | ADDR_NO_RANDOMIZE));
+    report("read_implies_exec", syscall(SYS_personality, READ_IMPLIES_EXEC | ADDR_NO_RANDOMIZE));
+    fflush(stdout);
+    sleep(2);
+    return 0;
+}
+"#;
+
+#[actix_rt::test]
+async fn mount_inspection_and_mitigation_undoing_personas_are_refused() {
+    let kiln = Kiln::start(JOB_TIMEOUT);
+    let m = marker("inspect");
+    let program = static_program("inspect", INSPECT_C);
+    let client = kiln.client();
+    let job =
+        run(&client, gcc_toolchain(), command("./inspect", &[&m], "/work"), &[], programs(&[("inspect", &program)]));
+    // The job's personas as the host's /proc shows them.
+    let (done, samples) = sampling(TEST_LIMIT, job, || {
+        job_processes(&m)
+            .into_iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/personality")).ok())
+            .filter_map(|p| u32::from_str_radix(p.trim(), 16).ok())
+            .collect::<Vec<u32>>()
+    })
+    .await;
+    let out = stdout(&done);
+    println!("{}\npersonas seen: {samples:?}", both(&done));
+    let personas: Vec<u32> = samples.into_iter().flatten().collect();
+    assert!(!personas.is_empty(), "the job's process was seen on the host");
+    let undoing = nix::libc::ADDR_NO_RANDOMIZE as u32 | 0x0040_0000 /* READ_IMPLIES_EXEC */;
+    assert!(personas.iter().all(|p| p & undoing == 0), "a persona undid a mitigation: {personas:x?}");
+    let (eperm, enosys) = (nix::libc::EPERM, nix::libc::ENOSYS);
+    for refused in [
+        format!("listmount -1 errno {enosys}"),
+        format!("statmount -1 errno {enosys}"),
+        format!("open_tree_attr -1 errno {eperm}"),
+        format!("no_randomize -1 errno {eperm}"),
+        format!("linux32_no_randomize -1 errno {eperm}"),
+        format!("read_implies_exec -1 errno {eperm}"),
+    ] {
+        assert!(out.lines().any(|l| l == refused), "expected `{refused}`\n{out}");
+    }
+    // Docker's personas still work (the query answers the current one).
+    for allowed in ["linux32 0 errno 0", "query 8 errno 0", "linux 8 errno 0"] {
+        assert!(out.lines().any(|l| l == allowed), "expected `{allowed}`\n{out}");
+    }
+}

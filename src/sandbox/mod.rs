@@ -4,7 +4,8 @@
 //! prepared [`Sandbox`] runs exactly one job and leaves [`Leftovers`] for the cleaner.
 //! The overlay backend lives in [`overlay`], the docker backend in [`docker`]; every
 //! backend hides behind
-//! [`SandboxBackend`], so the actors never know which one runs.
+//! [`SandboxBackend`], so the actors never know which one runs. [`syscalls`] is the
+//! one system-call policy both backends enforce, each in its own form.
 
 pub mod cgroup;
 pub mod docker;
@@ -14,6 +15,7 @@ pub(crate) mod fake;
 mod job;
 mod kill;
 pub mod overlay;
+pub mod syscalls;
 
 pub use error::SandboxError;
 pub use job::{SandboxJob, SandboxLimits};
