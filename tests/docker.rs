@@ -655,3 +655,106 @@ async fn inputs_the_container_refuses_are_the_clients_failure() {
     assert_eq!(status.snapshot.counters.toolchains_quarantined, 0, "{status:?}");
     assert!(status.snapshot.toolchain_health.is_empty(), "a client's inputs struck the toolchain: {status:?}");
 }
+
+/// Issue 27, findings 5, 8 and 9 on the docker backend: listens on vsock port
+/// argv[1] (any CID), sets up kernel AIO contexts (at most 200 calls) and an
+/// io_uring, prints what each got, then holds them 3 s.
+const VSOCK_AIO_URING_C: &str = r#"
+#include <errno.h>
+#include <linux/aio_abi.h>
+#include <linux/vm_sockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int s = socket(AF_VSOCK, SOCK_STREAM, 0);
+    if (s < 0) printf("vsock errno %d\n", errno);
+    else {
+        struct sockaddr_vm addr;
+        memset(&addr, 0, sizeof addr);
+        addr.svm_family = AF_VSOCK;
+        addr.svm_cid = VMADDR_CID_ANY;
+        addr.svm_port = (unsigned)atoi(argv[1]);
+        int ok = bind(s, (struct sockaddr *)&addr, sizeof addr) == 0 && listen(s, 1) == 0;
+        printf("vsock listening %d errno %d\n", ok, ok ? 0 : errno);
+    }
+    long taken = 0;
+    int last = 0;
+    unsigned n = 65536;
+    for (int calls = 0; calls < 200 && n > 0; calls++) {
+        aio_context_t ctx = 0;
+        if (syscall(SYS_io_setup, n, &ctx) == 0) taken += n;
+        else { last = errno; n /= 2; }
+    }
+    printf("aio taken %ld errno %d\n", taken, last);
+    char params[120];
+    memset(params, 0, sizeof params);
+    long ring = syscall(SYS_io_uring_setup, 4, params);
+    printf("io_uring %ld errno %d\n", ring, ring < 0 ? errno : 0);
+    fflush(stdout);
+    sleep(3);
+    return 0;
+}
+"#;
+
+/// Whether the host binds vsock `port` (any CID) at this moment; it lets go at once.
+fn host_binds_vsock(port: u32) -> Result<(), nix::errno::Errno> {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    use std::os::fd::AsRawFd;
+    let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    bind(fd.as_raw_fd(), &VsockAddr::new(nix::libc::VMADDR_CID_ANY, port))
+}
+
+#[actix_rt::test]
+async fn a_container_gets_no_vsock_port_no_kernel_aio_and_no_io_uring() {
+    if !docker_ready() {
+        return;
+    }
+    let port = 40_000 + std::process::id() % 20_000 + 1;
+    let host_vsock = host_binds_vsock(port).is_ok();
+    let kiln = DockerKiln::start(DOCKER_CONFIG);
+    let inputs = program_inputs("hog", VSOCK_AIO_URING_C);
+    let aio_before = std::fs::read_to_string("/proc/sys/fs/aio-nr").unwrap();
+    let script = format!("/lib64/ld-linux-x86-64.so.2 ./hog {port}");
+    let client = kiln.client();
+    let job = run(&client, gcc_toolchain(), command("/bin/sh", &["-c", &script], "/work/proj"), &[], inputs);
+    // While the job runs: the host binds the port (and lets it go) and reads fs.aio-nr.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut job = std::pin::pin!(job);
+    let mut samples = Vec::new();
+    let done = loop {
+        tokio::select! {
+            done = &mut job => break done,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                assert!(Instant::now() < deadline, "the job did not end");
+                let aio: u64 = std::fs::read_to_string("/proc/sys/fs/aio-nr").unwrap().trim().parse().unwrap();
+                samples.push((host_binds_vsock(port), aio));
+            }
+        }
+    };
+    let out = stdout(&done);
+    println!("exit {}\n{out}{}\nfs.aio-nr before {}", done.output.code, stderr(&done), aio_before.trim());
+    assert_eq!(done.output.code, 0, "{}", stderr(&done));
+    let before: u64 = aio_before.trim().parse().unwrap();
+    let most = samples.iter().map(|(_, aio)| *aio).max().unwrap_or(before);
+    assert_eq!(most, before, "the job took {} of the host's fs.aio-max-nr", most.saturating_sub(before));
+    if host_vsock {
+        let taken = samples.iter().filter(|(bind, _)| *bind == Err(nix::errno::Errno::EADDRINUSE)).count();
+        assert_eq!(taken, 0, "the job held vsock port {port}: the host's bind failed {taken} times\n{out}");
+    } else {
+        eprintln!("this host has no vsock: only the job's side is checked");
+    }
+    let (eafnosupport, enosys, eperm) = (nix::libc::EAFNOSUPPORT, nix::libc::ENOSYS, nix::libc::EPERM);
+    for refused in [
+        format!("vsock errno {eafnosupport}"),
+        format!("aio taken 0 errno {enosys}"),
+        format!("io_uring -1 errno {eperm}"),
+    ] {
+        assert!(out.lines().any(|l| l == refused), "expected `{refused}`\n{out}");
+    }
+    // kiln-init runs under the profile: the container still compiles.
+    assert_compiles_docker(&kiln).await;
+}
