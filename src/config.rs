@@ -159,6 +159,23 @@ pub struct KilnConfig {
     pub jobs: JobConfig,
     pub sandbox: SandboxConfig,
     pub scheduler: LocalSchedulerConfig,
+    pub disk_reserve: DiskReserveConfig,
+}
+
+/// The share of the data dir's file system (and the toolchain cache's) that
+/// toolchain uploads and unpacks never write into: the larger of `percent` of its
+/// size and the floors, for bytes and inodes alike. An upload or unpack that would
+/// go below it is refused (503) and kiln keeps serving: the data dir is often the
+/// host's root file system, which must keep room for everything else (issue 27).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiskReserveConfig {
+    /// Percent of the file system's bytes, and of its inodes, kept free.
+    pub percent: u64,
+    /// At least this many bytes kept free.
+    pub min_free_bytes: u64,
+    /// At least this many inodes kept free (file systems that count them).
+    pub min_free_inodes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,9 +183,14 @@ pub struct KilnConfig {
 pub struct ToolchainConfig {
     /// Bytes of unpacked toolchain roots kept on disk (LRU beyond that).
     pub unpacked_bytes: u64,
+    /// Inodes (files, directories, links) of unpacked roots kept on disk (LRU
+    /// beyond that, like bytes): a root of empty files costs inodes, not bytes.
+    pub unpacked_inodes: u64,
     /// Largest archive accepted in one upload.
     pub max_archive_bytes: u64,
-    /// Largest unpacked size and entry count of one toolchain.
+    /// Largest unpacked size and entry count of one toolchain. Entries count
+    /// every file, directory and link made, including parent directories the
+    /// archive does not list.
     pub max_unpacked_bytes: u64,
     pub max_entries: u64,
     /// An upload must arrive completely within this time.
@@ -300,7 +322,14 @@ impl Default for KilnConfig {
             jobs: JobConfig::default(),
             sandbox: SandboxConfig::default(),
             scheduler: LocalSchedulerConfig::default(),
+            disk_reserve: DiskReserveConfig::default(),
         }
+    }
+}
+
+impl Default for DiskReserveConfig {
+    fn default() -> Self {
+        DiskReserveConfig { percent: 5, min_free_bytes: GIB, min_free_inodes: 10_000 }
     }
 }
 
@@ -308,9 +337,14 @@ impl Default for ToolchainConfig {
     fn default() -> Self {
         ToolchainConfig {
             unpacked_bytes: 20 * GIB,
+            // ext4's default of one inode per 16 KiB, applied to unpacked_bytes.
+            unpacked_inodes: 1_000_000,
             max_archive_bytes: 4 * GIB,
             max_unpacked_bytes: 8 * GIB,
-            max_entries: 500_000,
+            // A whole gcc or clang installation is a few thousand files, a rustc
+            // sysroot fewer (sccache packs only what the compiler loads): 100,000
+            // leaves ample room and bounds one upload's inodes.
+            max_entries: 100_000,
             upload_timeout_secs: 1800,
             store: None,
         }
@@ -430,6 +464,15 @@ impl Config {
         }
         if kiln.toolchains.max_archive_bytes > self.toolchain_cache_size {
             return invalid("kiln.toolchains.max_archive_bytes", "must not exceed toolchain_cache_size");
+        }
+        if kiln.toolchains.max_entries == 0 || kiln.toolchains.unpacked_inodes <= kiln.toolchains.max_entries {
+            return invalid(
+                "kiln.toolchains.unpacked_inodes",
+                "must exceed kiln.toolchains.max_entries (one toolchain must fit), which must not be 0",
+            );
+        }
+        if kiln.disk_reserve.percent > 50 {
+            return invalid("kiln.disk_reserve.percent", "must be at most 50");
         }
         let jobs = &kiln.jobs;
         if jobs.timeout_secs == 0 || jobs.body_timeout_secs == 0 || kiln.toolchains.upload_timeout_secs == 0 {
@@ -613,6 +656,16 @@ pub fn parse_scheduler_url(url: &str) -> Result<String, SchedulerUrlError> {
 impl ToolchainConfig {
     pub fn extract_limits(&self) -> ExtractLimits {
         ExtractLimits { max_entries: self.max_entries, max_bytes: self.max_unpacked_bytes, max_depth: MAX_PATH_DEPTH }
+    }
+}
+
+impl DiskReserveConfig {
+    pub fn reserve(&self) -> crate::observe::DiskReserve {
+        crate::observe::DiskReserve {
+            percent: self.percent,
+            min_free_bytes: self.min_free_bytes,
+            min_free_inodes: self.min_free_inodes,
+        }
     }
 }
 

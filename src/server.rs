@@ -297,14 +297,19 @@ async fn start_storage(config: &Config, stats: &Arc<Stats>, observer: &Arc<Obser
     let archives = config.archives_dir();
     let (budget, cache_stats) = (config.toolchain_cache_size, stats.clone());
     let cache_dir = archives.clone();
-    let cache = tokio::task::spawn_blocking(move || ToolchainCache::load(&cache_dir, budget, cache_stats))
-        .await
-        .map_err(|_| ServerError::Startup)?
-        .map_err(data_err(&archives))?
-        .start();
+    let reserve = config.kiln.disk_reserve.reserve();
+    let cache = tokio::task::spawn_blocking(move || {
+        ToolchainCache::load(&cache_dir, budget, cache_stats).map(|cache| cache.with_reserve(reserve))
+    })
+    .await
+    .map_err(|_| ServerError::Startup)?
+    .map_err(data_err(&archives))?
+    .start();
     let toolchains = &config.kiln.toolchains;
     let unpacker =
         Unpacker::new(config.roots_dir(), toolchains.unpacked_bytes, toolchains.extract_limits(), stats.clone())
+            .with_inode_budget(toolchains.unpacked_inodes)
+            .with_reserve(reserve)
             .start();
     Ok(Storage { cleaner, cache, unpacker })
 }

@@ -52,6 +52,9 @@ counters! {
     unpacks,
     /// Unpacked toolchain roots evicted.
     roots_evicted,
+    /// Uploads and unpacks refused because they would eat into the data dir's
+    /// free-space or free-inode reserve (`kiln.disk_reserve`).
+    disk_reserve_refusals,
     /// Sandboxes prepared, and those handed out already prepared.
     sandboxes_prepared,
     sandboxes_warm_hits,

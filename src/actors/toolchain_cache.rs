@@ -3,20 +3,23 @@
 //! Archives are verified (BLAKE3) and staged by the web facade before they reach
 //! this actor; it only decides what to keep, renames the staged file into place and
 //! deletes what it evicts. Archives survive restarts: the directory is re-read at
-//! startup.
+//! startup. It also keeps the cache's file system's reserve ([`DiskReserve`]): the
+//! facade asks [`CheckDiskReserve`] before an upload and as it streams in.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::lru::{ByteLru, NoRoom};
+use crate::lru::{Cost, Lru, NoRoom};
+use crate::observe::{BelowReserve, DiskReserve, FsSpace};
 use crate::protocol::is_valid_archive_id;
 use crate::stats::Stats;
 
 pub struct ToolchainCache {
     dir: PathBuf,
-    index: ByteLru,
+    index: Lru,
+    reserve: DiskReserve,
     stats: Arc<Stats>,
 }
 
@@ -44,20 +47,36 @@ impl ToolchainCache {
     /// Indexes the archives a previous run left in `dir` (blocking; called at startup).
     pub fn load(dir: &Path, budget: u64, stats: Arc<Stats>) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let mut index = ByteLru::new(budget);
+        let mut index = Lru::new(Cost::bytes_only(budget));
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let meta = entry.metadata()?;
-            if is_valid_archive_id(&name) && meta.is_file() && index.make_room(meta.len()).is_ok() {
-                drop(index.insert(name, meta.len()));
+            if is_valid_archive_id(&name) && meta.is_file() && index.make_room(Cost::file(meta.len())).is_ok() {
+                drop(index.insert(name, Cost::file(meta.len())));
             } else {
                 tracing::info!(path = ?entry.path(), "removing stray file from the toolchain cache");
                 let _ = std::fs::remove_file(entry.path()).or_else(|_| std::fs::remove_dir_all(entry.path()));
             }
         }
-        tracing::info!(archives = index.len(), bytes = index.used(), "toolchain cache loaded");
-        Ok(ToolchainCache { dir: dir.to_owned(), index, stats })
+        tracing::info!(archives = index.len(), bytes = index.used().bytes, "toolchain cache loaded");
+        Ok(ToolchainCache { dir: dir.to_owned(), index, reserve: DiskReserve::NONE, stats })
+    }
+
+    /// Keeps `reserve` free on the cache's file system (`kiln.disk_reserve`);
+    /// warns at once if it is already below it.
+    pub fn with_reserve(mut self, reserve: DiskReserve) -> Self {
+        self.reserve = reserve;
+        match FsSpace::of(&self.dir).map(|space| reserve.check(&space, &self.dir, "storing toolchains", 0, 1)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "toolchain uploads and unpacks will be refused until space is freed")
+            }
+            Err(e) => {
+                tracing::warn!(path = ?self.dir, error = %e, "cannot read the free space of the toolchain cache's file system")
+            }
+        }
+        self
     }
 
     fn path_of(&self, archive_id: &str) -> PathBuf {
@@ -98,11 +117,15 @@ impl Handler<StoreToolchain> for ToolchainCache {
 
     fn handle(&mut self, msg: StoreToolchain, _: &mut Context<Self>) -> Self::Result {
         let target = self.path_of(&msg.archive_id);
-        let evicted =
-            if self.index.contains(&msg.archive_id) { Ok(Vec::new()) } else { self.index.make_room(msg.size) };
+        let evicted = if self.index.contains(&msg.archive_id) {
+            Ok(Vec::new())
+        } else {
+            self.index.make_room(Cost::file(msg.size))
+        };
         let victims: Vec<PathBuf> = match evicted {
             Ok(ids) => ids.iter().map(|id| self.path_of(id)).collect(),
             Err(NoRoom { needed, budget }) => {
+                let (needed, budget) = (needed.bytes, budget.bytes);
                 let staged = msg.staged;
                 return AtomicResponse::new(Box::pin(
                     async move {
@@ -133,10 +156,44 @@ impl Handler<StoreToolchain> for ToolchainCache {
                 let (archive_id, size) = result?;
                 tracing::info!(%archive_id, size, "toolchain archive stored");
                 Stats::bump(&act.stats.toolchains_stored);
-                drop(act.index.insert(archive_id, size));
+                drop(act.index.insert(archive_id, Cost::file(size)));
                 Ok(())
             }),
         ))
+    }
+}
+
+/// Whether `bytes` more (and one inode) fit on the cache's file system above its
+/// reserve. The facade asks before it stages an upload and again every few MiB
+/// while it streams in, so an upload never takes the disk below the reserve.
+#[derive(Message)]
+#[rtype(result = "Result<(), BelowReserve>")]
+pub struct CheckDiskReserve {
+    pub bytes: u64,
+}
+
+impl Handler<CheckDiskReserve> for ToolchainCache {
+    type Result = ResponseFuture<Result<(), BelowReserve>>;
+
+    fn handle(&mut self, msg: CheckDiskReserve, _: &mut Context<Self>) -> Self::Result {
+        let (dir, reserve, stats) = (self.dir.clone(), self.reserve, self.stats.clone());
+        Box::pin(async move {
+            // statvfs on the blocking pool: the cache may be on a network mount.
+            let probe = dir.clone();
+            let space = match tokio::task::spawn_blocking(move || FsSpace::of(&probe)).await {
+                Ok(Ok(space)) => space,
+                // Unreadable: let the upload go on; a full disk still fails its write.
+                Ok(Err(e)) => {
+                    tracing::warn!(path = ?dir, error = %e, "cannot read the free space of the toolchain cache's file system");
+                    return Ok(());
+                }
+                Err(_) => return Ok(()),
+            };
+            reserve.check(&space, &dir, "storing a toolchain upload", msg.bytes, 1).map(drop).inspect_err(|e| {
+                Stats::bump(&stats.disk_reserve_refusals);
+                tracing::error!(error = %e, "toolchain upload refused: no room on the cache's file system");
+            })
+        })
     }
 }
 
@@ -202,8 +259,8 @@ impl Handler<TrimCache> for ToolchainCache {
 
     fn handle(&mut self, _: TrimCache, _: &mut Context<Self>) -> Self::Result {
         let before = self.index.used();
-        let victims = self.index.make_room_best_effort(0);
-        let freed = crate::observe::Freed { items: victims.len() as u64, bytes: before - self.index.used() };
+        let victims = self.index.make_room_best_effort(Cost::default());
+        let freed = crate::observe::Freed { items: victims.len() as u64, bytes: (before - self.index.used()).bytes };
         for id in victims {
             Stats::bump(&self.stats.toolchains_evicted);
             let path = self.path_of(&id);

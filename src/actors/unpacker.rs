@@ -4,7 +4,14 @@
 //! Single-flight per toolchain: the first request starts the unpack on tokio's
 //! blocking pool, later ones for the same toolchain wait for that result. Different
 //! toolchains unpack in parallel; no lock is held while one unpacks. Roots are
-//! LRU-bounded by bytes and never evicted while a sandbox holds their lease.
+//! LRU-bounded by bytes and by inodes (a root of 50,000 empty files is ~2 MB but
+//! 50,000 inodes: issue 27) and never evicted while a sandbox holds their lease.
+//!
+//! An unpack never takes the data dir's file system below its reserve
+//! ([`DiskReserve`]): it is refused when the reserve is already reached, and bounded
+//! while it runs by what is above it (the archive's entries by the free inodes, its
+//! bytes by the free bytes). A refused unpack fails its jobs with `no_space` (503:
+//! another server, or later, may take them) and evicts every idle root.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,11 +22,13 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use flate2::read::MultiGzDecoder;
+use nix::errno::Errno;
 use tokio::sync::oneshot;
 
 use super::toolchain_cache::ArchiveLease;
 use crate::archive::{extract_tar, ArchiveError, ExtractLimits};
-use crate::lru::ByteLru;
+use crate::lru::{Cost, Lru};
+use crate::observe::{BelowReserve, DiskReserve, DiskView, FsSpace};
 use crate::report::ErrorChain;
 use crate::sandbox::ToolchainRoot;
 use crate::stats::Stats;
@@ -32,6 +41,9 @@ pub struct UnpackFailed {
     pub reason: String,
     /// The archive itself is bad (as opposed to the server's disk).
     pub bad_archive: bool,
+    /// The data dir's file system is full, or the unpack would have taken it below
+    /// its reserve: neither the archive's fault nor a failure of kiln's machinery.
+    pub no_space: bool,
 }
 
 type Waiter = oneshot::Sender<Result<ToolchainRoot, UnpackFailed>>;
@@ -39,7 +51,8 @@ type Waiter = oneshot::Sender<Result<ToolchainRoot, UnpackFailed>>;
 pub struct Unpacker {
     dir: PathBuf,
     limits: ExtractLimits,
-    index: ByteLru,
+    index: Lru,
+    reserve: DiskReserve,
     in_flight: HashMap<String, Vec<Waiter>>,
     next_tmp: AtomicU64,
     stats: Arc<Stats>,
@@ -47,15 +60,30 @@ pub struct Unpacker {
 
 impl Unpacker {
     /// `dir` must be empty or absent: roots of a previous run are swept at startup.
+    /// Roots are bounded by `budget` bytes only, and no reserve is kept, until
+    /// [`Unpacker::with_inode_budget`] and [`Unpacker::with_reserve`] say otherwise.
     pub fn new(dir: PathBuf, budget: u64, limits: ExtractLimits, stats: Arc<Stats>) -> Self {
         Unpacker {
             dir,
             limits,
-            index: ByteLru::new(budget),
+            index: Lru::new(Cost::bytes_only(budget)),
+            reserve: DiskReserve::NONE,
             in_flight: HashMap::new(),
             next_tmp: AtomicU64::new(0),
             stats,
         }
+    }
+
+    /// Bounds the inodes of all roots together (`kiln.toolchains.unpacked_inodes`).
+    pub fn with_inode_budget(mut self, inodes: u64) -> Self {
+        self.index = Lru::new(Cost { bytes: self.index.budget().bytes, inodes });
+        self
+    }
+
+    /// Keeps `reserve` free on the roots' file system (`kiln.disk_reserve`).
+    pub fn with_reserve(mut self, reserve: DiskReserve) -> Self {
+        self.reserve = reserve;
+        self
     }
 
     fn root_of(&mut self, archive_id: &str) -> Option<ToolchainRoot> {
@@ -91,17 +119,15 @@ impl Handler<UnpackToolchain> for Unpacker {
             let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
             let staging = self.dir.join(format!(".unpacking-{archive_id}-{n}"));
             let target = self.dir.join(&archive_id);
-            let limits = self.limits;
+            let job = UnpackJob { staging, target, limits: self.limits, reserve: self.reserve };
             let me = ctx.address();
             actix_rt::spawn(async move {
                 let archive = msg.archive;
                 tracing::info!(archive_id = %archive.archive_id, "unpacking toolchain");
                 let started = std::time::Instant::now();
-                let result = tokio::task::spawn_blocking(move || unpack(&archive.path, &staging, &target, &limits))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(UnpackError::Io(std::io::Error::other(format!("unpack task failed: {e}"))))
-                    });
+                let result = tokio::task::spawn_blocking(move || job.run(&archive.path)).await.unwrap_or_else(|e| {
+                    Err(UnpackError::Io(std::io::Error::other(format!("unpack task failed: {e}"))))
+                });
                 tracing::info!(%archive_id, elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "unpack finished");
                 me.do_send(UnpackFinished { archive_id, result });
             });
@@ -112,6 +138,7 @@ impl Handler<UnpackToolchain> for Unpacker {
                     archive_id: String::new(),
                     reason: "the unpacker stopped".into(),
                     bad_archive: false,
+                    no_space: false,
                 })
             })
         })
@@ -123,7 +150,7 @@ impl Handler<UnpackToolchain> for Unpacker {
 #[rtype(result = "()")]
 struct UnpackFinished {
     archive_id: String,
-    result: Result<u64, UnpackError>,
+    result: Result<Cost, UnpackError>,
 }
 
 impl Handler<UnpackFinished> for Unpacker {
@@ -132,26 +159,49 @@ impl Handler<UnpackFinished> for Unpacker {
     fn handle(&mut self, msg: UnpackFinished, _: &mut Context<Self>) {
         let waiters = self.in_flight.remove(&msg.archive_id).unwrap_or_default();
         let answer = match msg.result {
-            Ok(size) => {
+            Ok(cost) => {
                 // The waiting jobs need this root whatever the budget says: evict
                 // every idle root that has to go, and tolerate the overshoot while
                 // roots stay in use (the next unpack evicts them once idle).
-                let evicted = self.index.make_room_best_effort(size);
+                let evicted = self.index.make_room_best_effort(cost);
                 self.evict(evicted);
-                if self.index.used() + size > self.index.budget() {
-                    tracing::warn!(archive_id = %msg.archive_id, used = self.index.used(), size, budget = self.index.budget(), "unpacked roots over budget while in use");
+                let (used, budget) = (self.index.used(), self.index.budget());
+                if !(used + cost).fits(budget) {
+                    tracing::warn!(
+                        archive_id = %msg.archive_id,
+                        used_bytes = used.bytes,
+                        used_inodes = used.inodes,
+                        bytes = cost.bytes,
+                        inodes = cost.inodes,
+                        budget_bytes = budget.bytes,
+                        budget_inodes = budget.inodes,
+                        "unpacked roots over budget while in use"
+                    );
                 }
-                drop(self.index.insert(msg.archive_id.clone(), size));
+                drop(self.index.insert(msg.archive_id.clone(), cost));
                 match self.root_of(&msg.archive_id) {
                     Some(root) => Ok(root),
                     None => unreachable_failure(&msg.archive_id),
                 }
             }
             Err(e) => {
-                tracing::error!(archive_id = %msg.archive_id, error = %ErrorChain(&e), "toolchain unpack failed");
+                let no_space = e.is_no_space();
+                if no_space {
+                    if matches!(e, UnpackError::Reserve(_)) {
+                        Stats::bump(&self.stats.disk_reserve_refusals);
+                    }
+                    // Idle roots are the space kiln can give back: the next try (or
+                    // the next toolchain) finds it free.
+                    let idle = self.index.evict_idle();
+                    tracing::error!(archive_id = %msg.archive_id, error = %ErrorChain(&e), evicting_idle_roots = idle.len(), "toolchain unpack refused: no room on the data dir's file system");
+                    self.evict(idle);
+                } else {
+                    tracing::error!(archive_id = %msg.archive_id, error = %ErrorChain(&e), "toolchain unpack failed");
+                }
                 Err(UnpackFailed {
                     archive_id: msg.archive_id.clone(),
                     bad_archive: e.is_bad_archive(),
+                    no_space,
                     reason: ErrorChain(&e).to_string(),
                 })
             }
@@ -167,6 +217,7 @@ fn unreachable_failure(archive_id: &str) -> Result<ToolchainRoot, UnpackFailed> 
         archive_id: archive_id.to_owned(),
         reason: "root vanished from the index".into(),
         bad_archive: false,
+        no_space: false,
     })
 }
 
@@ -191,38 +242,101 @@ enum UnpackError {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Reserve(#[from] BelowReserve),
 }
 
 impl UnpackError {
     fn is_bad_archive(&self) -> bool {
-        matches!(self, UnpackError::Archive(e) if !matches!(e, ArchiveError::OpenRoot { .. } | ArchiveError::Write { .. }))
+        !self.is_no_space()
+            && matches!(self, UnpackError::Archive(e) if !matches!(e, ArchiveError::OpenRoot { .. } | ArchiveError::Write { .. }))
+    }
+
+    /// The file system is full (ENOSPC, EDQUOT) or at its reserve.
+    fn is_no_space(&self) -> bool {
+        let full = |errno: Option<i32>| {
+            errno.is_some_and(|errno| [Errno::ENOSPC as i32, Errno::EDQUOT as i32].contains(&errno))
+        };
+        match self {
+            UnpackError::Reserve(_) => true,
+            UnpackError::Io(e) => full(e.raw_os_error()),
+            UnpackError::Archive(ArchiveError::Write { source, .. }) => full(source.raw_os_error()),
+            UnpackError::Archive(ArchiveError::Io { source, .. }) => full(Some(*source as i32)),
+            UnpackError::Archive(_) => false,
+        }
     }
 }
 
-/// Blocking: gunzip + untar into `staging`, then rename it to `target`.
-/// Returns the unpacked size in bytes.
-fn unpack(archive: &Path, staging: &Path, target: &Path, limits: &ExtractLimits) -> Result<u64, UnpackError> {
-    std::fs::create_dir_all(staging)?;
-    let result = (|| {
-        let file = File::open(archive)?;
-        // Multi-member: sccache's client writes the archive with a parallel gzip.
-        let stats = extract_tar(MultiGzDecoder::new(BufReader::new(file)), staging, limits)?;
-        // A root forgotten after failures (ForgetRoot) may still be there: move it
-        // aside (jobs still running in it keep their open files) and remove it.
-        if std::fs::symlink_metadata(target).is_ok() {
-            let aside = staging.with_extension("stale");
-            std::fs::rename(target, &aside)?;
-            if let Err(e) = std::fs::remove_dir_all(&aside).or_else(|_| std::fs::remove_file(&aside)) {
-                tracing::warn!(path = ?aside, error = %e, "removing a forgotten root failed");
+/// One unpack, run on the blocking pool.
+struct UnpackJob {
+    staging: PathBuf,
+    target: PathBuf,
+    limits: ExtractLimits,
+    reserve: DiskReserve,
+}
+
+/// What a refusal says the unpack was doing.
+const UNPACKING: &str = "unpacking a toolchain";
+
+impl UnpackJob {
+    /// Blocking: gunzip + untar into `staging`, then rename it to `target`.
+    /// Returns what the root costs: its file bytes and its inodes (the root
+    /// directory, and every entry and parent directory extraction made).
+    fn run(&self, archive: &Path) -> Result<Cost, UnpackError> {
+        let (staging, target) = (&self.staging, &self.target);
+        let dir = staging.parent().unwrap_or(staging);
+        // The staging directory is the first inode: refused if even that is
+        // below the reserve, else the archive may take what is above it and no more.
+        std::fs::create_dir_all(dir)?;
+        let before = FsSpace::of(dir)?;
+        let headroom = self.reserve.check(&before, dir, UNPACKING, 0, 1)?;
+        let limits = ExtractLimits {
+            max_entries: self.limits.max_entries.min(headroom.inodes - 1),
+            max_bytes: self.limits.max_bytes.min(headroom.bytes),
+            ..self.limits
+        };
+        // A limit the reserve lowered, hit: what the archive needed, in words.
+        let over_reserve = |e: &ArchiveError| match e {
+            ArchiveError::TooManyEntries { .. } if limits.max_entries < self.limits.max_entries => {
+                Some(format!("more than the {} inodes above them", headroom.inodes))
             }
+            ArchiveError::TooLarge { .. } if limits.max_bytes < self.limits.max_bytes => {
+                Some(format!("more than the {} bytes above them", headroom.bytes))
+            }
+            _ => None,
+        };
+        std::fs::create_dir_all(staging)?;
+        let result = (|| {
+            let file = File::open(archive)?;
+            // Multi-member: sccache's client writes the archive with a parallel gzip.
+            let stats = match extract_tar(MultiGzDecoder::new(BufReader::new(file)), staging, &limits) {
+                Err(e) => match over_reserve(&e) {
+                    Some(needed) => return Err(self.reserve.refusal(&before, dir, UNPACKING, needed).into()),
+                    None => return Err(e.into()),
+                },
+                Ok(stats) => stats,
+            };
+            // Blocks and directories cost more than file bytes: read back what is
+            // left, and give the space back rather than stay below the reserve.
+            let after = FsSpace::of(dir)?;
+            self.reserve.check(&after, dir, UNPACKING, 0, 0)?;
+            // A root forgotten after failures (ForgetRoot) may still be there: move it
+            // aside (jobs still running in it keep their open files) and remove it.
+            if std::fs::symlink_metadata(target).is_ok() {
+                let aside = staging.with_extension("stale");
+                std::fs::rename(target, &aside)?;
+                if let Err(e) = std::fs::remove_dir_all(&aside).or_else(|_| std::fs::remove_file(&aside)) {
+                    tracing::warn!(path = ?aside, error = %e, "removing a forgotten root failed");
+                }
+            }
+            std::fs::rename(staging, target)?;
+            Ok(Cost { bytes: stats.bytes, inodes: stats.entries + 1 })
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(staging);
         }
-        std::fs::rename(staging, target)?;
-        Ok(stats.bytes)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(staging);
+        result
     }
-    result
 }
 
 /// Forgets the unpacked root of a toolchain whose jobs keep failing (see
@@ -252,12 +366,25 @@ impl Handler<ForgetRoot> for Unpacker {
 pub struct DescribeRoots;
 
 impl Handler<DescribeRoots> for Unpacker {
-    type Result = MessageResult<DescribeRoots>;
+    type Result = ResponseFuture<crate::observe::StoreView>;
 
     fn handle(&mut self, _: DescribeRoots, _: &mut Context<Self>) -> Self::Result {
         let mut view = crate::observe::StoreView::of(&self.index);
         view.in_progress = self.in_flight.keys().cloned().collect();
-        MessageResult(view)
+        let (dir, reserve) = (self.dir.clone(), self.reserve);
+        Box::pin(async move {
+            // statvfs on the blocking pool: the data dir may be a network mount.
+            // Before the first unpack `roots/` may not exist yet: its parent then.
+            let space = tokio::task::spawn_blocking(move || {
+                FsSpace::of(&dir).or_else(|e| dir.parent().map_or(Err(e), FsSpace::of))
+            })
+            .await;
+            if let Ok(Ok(space)) = space {
+                let (reserved_bytes, reserved_inodes) = reserve.reserved(&space);
+                view.disk = Some(DiskView { space, reserved_bytes, reserved_inodes });
+            }
+            view
+        })
     }
 }
 
@@ -272,9 +399,81 @@ impl Handler<EvictIdleRoots> for Unpacker {
 
     fn handle(&mut self, _: EvictIdleRoots, _: &mut Context<Self>) -> Self::Result {
         let before = self.index.used();
-        let victims = self.index.make_room_best_effort(self.index.budget());
-        let freed = crate::observe::Freed { items: victims.len() as u64, bytes: before - self.index.used() };
+        let victims = self.index.evict_idle();
+        let freed = crate::observe::Freed { items: victims.len() as u64, bytes: (before - self.index.used()).bytes };
         self.evict(victims);
         MessageResult(freed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gzip'd tar of `files` empty files in one directory.
+    fn archive_of(dir: &Path, files: u32) -> PathBuf {
+        let mut tar = tar::Builder::new(Vec::new());
+        for i in 0..files {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_path(format!("d/f{i}")).unwrap();
+            header.set_size(0);
+            header.set_cksum();
+            tar.append(&header, &b""[..]).unwrap();
+        }
+        let path = dir.join("archive.tar.gz");
+        let mut gz = flate2::write::GzEncoder::new(File::create(&path).unwrap(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+        gz.finish().unwrap();
+        path
+    }
+
+    fn job(dir: &Path, reserve: DiskReserve) -> UnpackJob {
+        let limits = ExtractLimits { max_entries: 100_000, max_bytes: 1 << 30, max_depth: 32 };
+        UnpackJob { staging: dir.join("roots/.unpacking"), target: dir.join("roots/tc"), limits, reserve }
+    }
+
+    #[test]
+    fn a_root_costs_its_bytes_and_every_inode_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = archive_of(dir.path(), 300);
+        let cost = job(dir.path(), DiskReserve::NONE).run(&archive).unwrap();
+        // 300 files, the directory `d` no entry listed, and the root itself.
+        assert_eq!(cost, Cost { bytes: 0, inodes: 302 });
+        assert!(dir.path().join("roots/tc/d/f299").is_file());
+    }
+
+    /// The reserve as the unpack meets it: 2,000 inodes above it on this host's
+    /// temporary file system (whatever else runs there: the archive is ten times
+    /// that), and an archive of 20,000 files is refused as it goes, not after.
+    #[test]
+    fn an_unpack_stops_at_the_reserve_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = archive_of(dir.path(), 20_000);
+        std::fs::create_dir_all(dir.path().join("roots")).unwrap();
+        let space = FsSpace::of(dir.path()).unwrap();
+        if space.total_inodes == 0 {
+            return; // no inode count to reserve (btrfs)
+        }
+        let reserve = DiskReserve { percent: 0, min_free_bytes: 0, min_free_inodes: space.free_inodes - 2_000 };
+        let err = job(dir.path(), reserve).run(&archive).unwrap_err();
+        assert!(matches!(err, UnpackError::Reserve(_)), "{err}");
+        assert!(err.is_no_space() && !err.is_bad_archive());
+        assert!(err.to_string().contains("kiln.disk_reserve"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path().join("roots")).unwrap().count(), 0, "the partial root is removed");
+    }
+
+    #[test]
+    fn a_full_disk_is_no_space_not_a_bad_archive() {
+        let full =
+            UnpackError::Archive(ArchiveError::Io { op: "create file", path: "/f".into(), source: Errno::ENOSPC });
+        assert!(full.is_no_space() && !full.is_bad_archive());
+        let write = UnpackError::Archive(ArchiveError::Write {
+            path: "/f".into(),
+            source: std::io::Error::from_raw_os_error(Errno::EDQUOT as i32),
+        });
+        assert!(write.is_no_space());
+        let bad = UnpackError::Archive(ArchiveError::TooManyEntries { limit: 3 });
+        assert!(bad.is_bad_archive() && !bad.is_no_space());
     }
 }

@@ -18,7 +18,8 @@ use super::{ArchiveError, RootedDir, SandboxPath};
 /// before the bytes concerned are read.
 #[derive(Debug, Clone, Copy)]
 pub struct ExtractLimits {
-    /// Entries of any kind.
+    /// Entries of any kind, counting each parent directory the archive does not
+    /// list but its paths need: what the extraction costs in inodes.
     pub max_entries: u64,
     /// Sum of regular file sizes, and also the bound on the decompressed stream
     /// (plus header overhead), so a compression bomb stops at the same point.
@@ -30,6 +31,8 @@ pub struct ExtractLimits {
 /// What an extraction created.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ExtractStats {
+    /// Entries, and the parent directories made for them that no entry listed. At
+    /// least the inodes created (a hard link or a replaced file counts, costs none).
     pub entries: u64,
     pub bytes: u64,
 }
@@ -56,6 +59,9 @@ pub fn extract_tar_into(
     let stream_limit = limits.max_bytes.saturating_add(limits.max_entries.saturating_mul(HEADER_ALLOWANCE));
     let mut archive = tar::Archive::new(LimitedReader { inner: reader, remaining: stream_limit });
     let mut stats = ExtractStats::default();
+    // The directory the last entry was made in: most archives list a directory's
+    // files together, so most entries need no look-up to count missing parents.
+    let mut known_dir: Option<SandboxPath> = None;
     for entry in archive.entries().map_err(ArchiveError::Read)? {
         let mut entry = entry.map_err(read_error)?;
         let kind = entry.header().entry_type();
@@ -69,6 +75,15 @@ pub fn extract_tar_into(
         let path = SandboxPath::parse(&entry.path_bytes())?;
         if path.depth() > limits.max_depth {
             return Err(ArchiveError::BadPath { path: path.display(), reason: "path is too deep" });
+        }
+        // `a/b/.../f` alone makes a directory per missing component: counted before
+        // they are made, so deep paths cannot multiply an archive's inodes.
+        let parent = path.split_last().map(|(parent, _)| parent);
+        if let Some(parent) = parent.as_ref().filter(|p| known_dir.as_ref() != Some(*p)) {
+            stats.entries += missing_dirs(root, parent);
+            if stats.entries > limits.max_entries {
+                return Err(ArchiveError::TooManyEntries { limit: limits.max_entries });
+            }
         }
         // Permission bits only: set-uid and set-gid never survive unpacking.
         let mode = Mode::from_bits_truncate(entry.header().mode().unwrap_or(0o644)) & Mode::from_bits_truncate(0o777);
@@ -112,8 +127,29 @@ pub fn extract_tar_into(
                 return Err(ArchiveError::BadEntryType { path: path.display(), kind: format!("{other:?}") });
             }
         }
+        known_dir = if kind == EntryType::Directory { Some(path) } else { parent };
     }
     Ok(stats)
+}
+
+/// How many directories of `dir`, itself included, do not exist yet: creating it
+/// makes that many inodes. Walks up from `dir` only while components are missing,
+/// so the look-ups are at most one more than the directories about to be made. A
+/// look-up that fails otherwise stops the count; creating the path reports it.
+fn missing_dirs(root: &RootedDir, dir: &SandboxPath) -> u64 {
+    let mut missing = 0;
+    let mut current = dir.clone();
+    while current.depth() > 0 {
+        match root.open_in(&current, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()) {
+            Err(Errno::ENOENT) => missing += 1,
+            _ => break,
+        }
+        current = match current.split_last() {
+            Some((parent, _)) => parent,
+            None => break,
+        };
+    }
+    missing
 }
 
 fn write_file(root: &RootedDir, path: &SandboxPath, mode: Mode, data: &mut impl Read) -> Result<(), ArchiveError> {
@@ -338,6 +374,51 @@ mod tests {
         let mut lying = h.as_bytes().to_vec();
         lying.extend_from_slice(&[0u8; 1024]);
         assert!(matches!(extract_tar(&lying[..], dest.path(), &LIMITS), Err(ArchiveError::TooLarge { .. })));
+    }
+
+    /// Files listed without their directories still pay for them: the parents a
+    /// path needs count as entries, so an archive of deep paths cannot create
+    /// `max_depth` inodes per entry under an entry cap (issue 27).
+    #[test]
+    fn unlisted_parent_directories_count_as_entries() {
+        let data = tar_of(|b| {
+            raw_entry(b, EntryType::Regular, b"a/b/c/f1", None, b"");
+            raw_entry(b, EntryType::Regular, b"a/b/c/f2", None, b"");
+            raw_entry(b, EntryType::Regular, b"a/b/d/f3", None, b"");
+            raw_entry(b, EntryType::Directory, b"a/e/", None, b"");
+            raw_entry(b, EntryType::Regular, b"a/e/f4", None, b"");
+        });
+        let dest = tempfile::tempdir().unwrap();
+        let stats = extract_tar(&data[..], dest.path(), &LIMITS).unwrap();
+        // 5 entries, plus a, a/b, a/b/c and a/b/d: the 9 inodes made.
+        assert_eq!(stats.entries, 9);
+        let walked = walkdir_count(dest.path());
+        assert_eq!(stats.entries, walked);
+
+        // One entry 30 directories deep is 30 inodes: over a cap of 20.
+        let deep_path = format!("{}f", "d/".repeat(29));
+        let deep = tar_of(|b| raw_entry(b, EntryType::Regular, deep_path.as_bytes(), None, b""));
+        let dest = tempfile::tempdir().unwrap();
+        let capped = ExtractLimits { max_entries: 20, ..LIMITS };
+        let result = extract_tar(&deep[..], dest.path(), &capped);
+        assert!(matches!(result, Err(ArchiveError::TooManyEntries { limit: 20 })), "{result:?}");
+        assert!(walkdir_count(dest.path()) <= 20, "nothing past the cap was made");
+    }
+
+    /// Every file, directory and link under `dir` (not `dir` itself).
+    fn walkdir_count(dir: &Path) -> u64 {
+        let mut count = 0;
+        let mut pending = vec![dir.to_owned()];
+        while let Some(next) = pending.pop() {
+            for entry in std::fs::read_dir(next).unwrap() {
+                let entry = entry.unwrap();
+                count += 1;
+                if entry.file_type().unwrap().is_dir() {
+                    pending.push(entry.path());
+                }
+            }
+        }
+        count
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum ApiError {
     StoreFetch(#[from] crate::store::FetchFailed),
     #[error("kiln already holds {limit} bytes of request bodies in memory; retry later")]
     TooManyBodies { limit: u64 },
+    #[error(transparent)]
+    DiskReserve(#[from] crate::observe::BelowReserve),
     /// The cause, with its whole chain (`report::ErrorChain`), as text.
     #[error("internal error: {0}")]
     Internal(String),
@@ -71,6 +73,7 @@ impl ResponseError for ApiError {
             ApiError::QueueFull(_)
             | ApiError::Unavailable(_)
             | ApiError::TooManyBodies { .. }
+            | ApiError::DiskReserve(_)
             | ApiError::Draining(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Job(e) => match e.kind() {
@@ -106,6 +109,7 @@ impl ResponseError for ApiError {
             ApiError::QueueFull(_)
             | ApiError::Unavailable(_)
             | ApiError::TooManyBodies { .. }
+            | ApiError::DiskReserve(_)
             | ApiError::Draining(_) => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));
             }

@@ -157,7 +157,7 @@ async fn submit_toolchain(
         } else {
             let n = state.next_upload.fetch_add(1, Ordering::Relaxed);
             let staged = state.incoming_dir.join(format!("{job_id}-{n}.part"));
-            let size = match receive_archive(body, &staged, &archive_id).await {
+            let size = match receive_archive(body, &staged, &archive_id, &state.cache).await {
                 Ok(size) => size,
                 Err(e) => {
                     let _ = tokio::fs::remove_file(&staged).await;
@@ -191,16 +191,39 @@ async fn submit_toolchain(
 /// Bytes of an upload gathered before each write to disk.
 const UPLOAD_BUFFER: usize = 1 << 20;
 
+/// Bytes of an upload received between two checks of the disk reserve; each check
+/// asks for this much room above it, so the upload never writes into it.
+const RESERVE_CHECK_BYTES: u64 = 16 << 20;
+
+/// Refused (503) when `bytes` more would take the cache's file system below its
+/// reserve (`kiln.disk_reserve`).
+async fn check_disk_reserve(cache: &actix::Addr<crate::actors::ToolchainCache>, bytes: u64) -> Result<(), ApiError> {
+    let check = crate::actors::toolchain_cache::CheckDiskReserve { bytes };
+    Ok(cache.send(check).await.map_err(|_| ApiError::Unavailable("toolchain cache"))??)
+}
+
 /// Streams the upload to `staged` while hashing it; checks it is gzip and that its
 /// id (sccache's BLAKE3 hex) is `archive_id`. Returns its size.
-async fn receive_archive(mut body: BoundedBody, staged: &std::path::Path, archive_id: &str) -> Result<u64, ApiError> {
+async fn receive_archive(
+    mut body: BoundedBody,
+    staged: &std::path::Path,
+    archive_id: &str,
+    cache: &actix::Addr<crate::actors::ToolchainCache>,
+) -> Result<u64, ApiError> {
     let internal = |e: std::io::Error| ApiError::Internal(format!("staging the toolchain at {staged:?}: {e}"));
+    check_disk_reserve(cache, RESERVE_CHECK_BYTES).await?;
     // Buffered: the body arrives in chunks of a few KiB, and each write to a tokio
     // file is a round trip to the blocking pool.
     let file = tokio::fs::File::create(staged).await.map_err(internal)?;
     let mut file = tokio::io::BufWriter::with_capacity(UPLOAD_BUFFER, file);
     let mut check = ArchiveCheck::new();
+    let mut unchecked = 0u64;
     while let Some(chunk) = body.next_chunk().await? {
+        unchecked += chunk.len() as u64;
+        if unchecked >= RESERVE_CHECK_BYTES {
+            check_disk_reserve(cache, RESERVE_CHECK_BYTES).await?;
+            unchecked = 0;
+        }
         check.update(&chunk);
         file.write_all(&chunk).await.map_err(internal)?;
     }

@@ -75,6 +75,7 @@ impl JobError {
         match self {
             JobError::ToolchainMissing { .. } => FailureKind::BadRequest,
             JobError::Unpack(e) if e.bad_archive => FailureKind::BadRequest,
+            JobError::Unpack(e) if e.no_space => FailureKind::Unavailable,
             JobError::Sandbox(e) if e.is_client_error() => FailureKind::BadRequest,
             JobError::Sandbox(e) if e.is_backend_unavailable() => FailureKind::Unavailable,
             JobError::ActorGone(_) | JobError::Quarantined(_) => FailureKind::Unavailable,
@@ -86,7 +87,7 @@ impl JobError {
     pub fn is_infrastructure_failure(&self) -> bool {
         match self {
             JobError::Sandbox(e) => e.is_infrastructure_failure(),
-            JobError::Unpack(e) => !e.bad_archive,
+            JobError::Unpack(e) => !e.bad_archive && !e.no_space,
             JobError::ToolchainMissing { .. } | JobError::Quarantined(_) => false,
             JobError::ActorGone(_) | JobError::BuilderCrashed => true,
         }

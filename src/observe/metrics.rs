@@ -148,7 +148,26 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
         gauge(&mut r, "unpacked_roots", "Unpacked toolchain roots on disk", roots.toolchains.len() as i64);
         gauge(&mut r, "unpacked_bytes", "Bytes of unpacked toolchain roots", roots.used_bytes as i64);
         gauge(&mut r, "unpacked_budget_bytes", "kiln.toolchains.unpacked_bytes", roots.budget_bytes as i64);
+        gauge(&mut r, "unpacked_inodes", "Files, directories and links of unpacked roots", roots.used_inodes as i64);
+        if let Some(budget) = roots.budget_inodes {
+            gauge(&mut r, "unpacked_budget_inodes", "kiln.toolchains.unpacked_inodes", budget as i64);
+        }
+        if let Some(disk) = &roots.disk {
+            let free = "free to unprivileged writers (statvfs f_bavail / f_favail)";
+            let (bytes, inodes) = (disk.space.free_bytes as i64, disk.space.free_inodes as i64);
+            gauge(&mut r, "data_dir_free_bytes", &format!("Bytes of the data dir's file system {free}"), bytes);
+            gauge(&mut r, "data_dir_free_inodes", &format!("Inodes of the data dir's file system {free}"), inodes);
+            let kept = "uploads and unpacks leave (kiln.disk_reserve)";
+            gauge(&mut r, "data_dir_reserved_bytes", &format!("Free bytes {kept}"), disk.reserved_bytes as i64);
+            gauge(&mut r, "data_dir_reserved_inodes", &format!("Free inodes {kept}"), disk.reserved_inodes as i64);
+        }
     }
+    counter(
+        &mut r,
+        "disk_reserve_refusals",
+        "Uploads and unpacks refused because they would eat into the data dir's reserve",
+        c.disk_reserve_refusals,
+    );
 
     // Sandbox pool, per backend.
     if let Some(pool) = &snap.pool {

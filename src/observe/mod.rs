@@ -10,8 +10,11 @@
 //!   actors are asked by `http::Ops`: this module is a leaf, it names no actor).
 //! - [`metrics`]: the Prometheus exposition; [`lifecycle`]: serving / draining.
 //! - [`logging`]: text or JSON logs, with a level that SIGHUP can change.
+//! - [`disk`]: free bytes and inodes of the data dir's file system (`statvfs`) and
+//!   the reserve kiln leaves free there.
 
 pub mod activity;
+pub mod disk;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
@@ -21,8 +24,9 @@ pub mod signals;
 pub mod snapshot;
 pub mod views;
 
+pub use disk::{BelowReserve, DiskReserve, FsSpace, Headroom};
 pub use lifecycle::{Draining, InFlight, Lifecycle};
 pub use observer::Observer;
 pub use phases::{JobPhases, Phase, PhaseTimings, SharedPhases};
 pub use snapshot::{GcReport, Snapshot, StatusDocument};
-pub use views::{Freed, LinkHealth, PoolView, SharedLinkHealth, StoreView, StoredToolchain, WarmToolchain};
+pub use views::{DiskView, Freed, LinkHealth, PoolView, SharedLinkHealth, StoreView, StoredToolchain, WarmToolchain};

@@ -3,40 +3,70 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::lru::ByteLru;
+use super::disk::FsSpace;
+use crate::lru::Lru;
 
 /// One archive or unpacked root.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredToolchain {
     pub archive_id: String,
     pub bytes: u64,
+    /// Files, directories and links (an archive: 1).
+    #[serde(default)]
+    pub inodes: u64,
     /// A job or a sandbox holds it (it cannot be evicted now).
     pub in_use: bool,
 }
 
-/// A byte-bounded store of toolchains (the archive cache, or the unpacked roots).
+/// A bounded store of toolchains (the archive cache, or the unpacked roots).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StoreView {
     pub budget_bytes: u64,
     pub used_bytes: u64,
+    #[serde(default)]
+    pub used_inodes: u64,
+    /// Unset when only bytes are bounded (the archive cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_inodes: Option<u64>,
     /// Most recently used first.
     pub toolchains: Vec<StoredToolchain>,
     /// Toolchains being unpacked now (roots only).
     #[serde(default)]
     pub in_progress: Vec<String>,
+    /// The file system the store is on and its reserve (roots only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskView>,
+}
+
+/// A file system's free space and the share of it kiln keeps free.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskView {
+    #[serde(flatten)]
+    pub space: FsSpace,
+    pub reserved_bytes: u64,
+    pub reserved_inodes: u64,
 }
 
 impl StoreView {
-    pub fn of(index: &ByteLru) -> Self {
+    pub fn of(index: &Lru) -> Self {
+        let (budget, used) = (index.budget(), index.used());
         StoreView {
-            budget_bytes: index.budget(),
-            used_bytes: index.used(),
+            budget_bytes: budget.bytes,
+            used_bytes: used.bytes,
+            used_inodes: used.inodes,
+            budget_inodes: (budget.inodes != u64::MAX).then_some(budget.inodes),
             toolchains: index
                 .entries()
                 .into_iter()
-                .map(|(archive_id, bytes, in_use)| StoredToolchain { archive_id, bytes, in_use })
+                .map(|e| StoredToolchain {
+                    archive_id: e.id,
+                    bytes: e.cost.bytes,
+                    inodes: e.cost.inodes,
+                    in_use: e.in_use,
+                })
                 .collect(),
             in_progress: Vec::new(),
+            disk: None,
         }
     }
 }
