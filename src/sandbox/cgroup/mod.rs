@@ -19,6 +19,7 @@ mod dir;
 mod error;
 mod jobs;
 mod kill;
+mod process;
 mod procfs;
 mod v1;
 mod v2;
@@ -31,4 +32,5 @@ pub use jobs::{
     join_from_child, CgroupLimits, CgroupOptions, JobCgroup, JobCgroups, MissingControllers, JOBS_PARENT,
     MIN_MEMORY_BYTES,
 };
+pub use process::ProcessMemcg;
 pub use v2::SERVER_LEAF;

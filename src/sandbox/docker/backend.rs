@@ -4,7 +4,8 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
@@ -18,6 +19,7 @@ use super::pool::{ContainerDestroyed, ContainerPool, ReturnContainer, ShutDown, 
 use crate::observe::Phase;
 use crate::protocol::{JobComplete, OutputData, ProcessOutput};
 use crate::report::ErrorChain;
+use crate::sandbox::cgroup::ProcessMemcg;
 use crate::sandbox::{
     Cancellation, CleanItself, Leftovers, Sandbox, SandboxBackend, SandboxError, SandboxJob, SandboxLimits,
     ToolchainRoot,
@@ -30,6 +32,10 @@ const MAX_CONSECUTIVE_FAILURES: u32 = 3;
 const RESET_TIMEOUT: Duration = Duration::from_secs(30);
 /// The agent times a job out itself and replies; kiln gives up this much later.
 const AGENT_GRACE: Duration = Duration::from_secs(5);
+/// After the agent's link broke, how long kiln waits for the daemon to see the
+/// container stopped (and whether the OOM killer stopped it) before it decides.
+const STOP_SEEN_TIMEOUT: Duration = Duration::from_secs(3);
+const STOP_SEEN_POLL: Duration = Duration::from_millis(50);
 
 /// One container of the pool, as it travels between pool, job and cleaner.
 #[derive(Debug)]
@@ -46,11 +52,39 @@ pub struct Container {
     pub agent: AgentLink,
     /// Top-level directories made in it so far (see `PreparedJob::top_dirs`).
     pub top_dirs: HashSet<PathBuf>,
+    /// Its memory cgroup on the host: its socket buffers are charged to it, and its
+    /// OOM kills, read before and after each job, tell a job that exceeded the
+    /// container's memory from a failure of kiln's.
+    pub memcg: Arc<ProcessMemcg>,
+    /// Its memory limit, swap included (`sandbox.docker.memory_bytes`).
+    pub memory_bytes: i64,
+    /// A job in it exceeded its memory: it is removed, not reset. What the job left
+    /// may still hold the memory (a SysV shared-memory segment no process owns), and
+    /// the OOM killer may have taken the agent or its supervisor.
+    pub exceeded_memory: bool,
 }
 
 impl Container {
-    pub fn new(id: String, archive_id: String, epoch: u64, agent: AgentLink) -> Self {
-        Container { id, archive_id, epoch, jobs: 0, failures: 0, agent, top_dirs: HashSet::new() }
+    pub fn new(
+        id: String,
+        archive_id: String,
+        epoch: u64,
+        agent: AgentLink,
+        memcg: ProcessMemcg,
+        memory_bytes: i64,
+    ) -> Self {
+        Container {
+            id,
+            archive_id,
+            epoch,
+            jobs: 0,
+            failures: 0,
+            agent,
+            top_dirs: HashSet::new(),
+            memcg: Arc::new(memcg),
+            memory_bytes,
+            exceeded_memory: false,
+        }
     }
 }
 
@@ -133,7 +167,7 @@ impl Sandbox for DockerSandbox {
                     () = cancelled(cancel) => Err(SandboxError::Cancelled),
                 }
             };
-            if !container.agent.in_step() {
+            if !container.agent.in_step() && !container.exceeded_memory {
                 // kiln left the exchange (cancelled, or the agent did not answer): stop
                 // the job's processes now; the container is not used again.
                 if let Err(e) = engine.signal(&container.id, "SIGUSR1").await {
@@ -181,8 +215,10 @@ async fn run_job(
 ) -> Result<JobComplete, SandboxError> {
     let SandboxJob { command, outputs, inputs_zlib, timeout, phases, .. } = job;
     phases.enter(Phase::Inputs);
-    let prepared = tokio::task::spawn_blocking(move || {
-        prepare(&toolchain_root, &command, &outputs, &inputs_zlib, &limits, timeout)
+    let memcg = container.memcg.clone();
+    let (prepared, oom_kills_before) = tokio::task::spawn_blocking(move || {
+        let prepared = prepare(&toolchain_root, &command, &outputs, &inputs_zlib, &limits, timeout)?;
+        Ok::<_, SandboxError>((prepared, memcg.oom_kills()))
     })
     .await
     .map_err(|_| SandboxError::ThreadGone)??;
@@ -200,18 +236,37 @@ async fn run_job(
         .agent
         .run_job(&prepared.request, prepared.outputs.len(), limits.max_stdio_bytes, limits.max_output_bytes)
         .await;
+    let killed = oom_kills_during_job(engine, &container.id, &container.memcg, oom_kills_before, reply.is_err()).await;
+    if let Some(killed) = killed {
+        tracing::info!(container = %container.id, ?killed, "the job exceeded its container's memory limit");
+        container.exceeded_memory = true;
+    }
+    let result = collect_reply(engine, &container.id, reply, prepared.outputs, limits, timeout).await;
+    match killed {
+        Some(killed) => blame_memory(result, container.memory_bytes, killed),
+        None => result,
+    }
+}
+
+/// The job's answer from the agent's reply (or from a broken link).
+async fn collect_reply(
+    engine: &Engine,
+    container: &str,
+    reply: Result<JobReply, DockerError>,
+    names: Vec<String>,
+    limits: SandboxLimits,
+    timeout: Duration,
+) -> Result<JobComplete, SandboxError> {
     let reply = match reply {
         Ok(reply) => reply,
         // The link broke: most likely the container was stopped or removed from outside.
-        Err(e) => match engine.is_running(&container.id).await {
-            Ok(false) => return Err(DockerError::ContainerGone { container: container.id.clone() }.into()),
+        Err(e) => match engine.is_running(container).await {
+            Ok(false) => return Err(DockerError::ContainerGone { container: container.to_owned() }.into()),
             _ => return Err(e.into()),
         },
     };
-    phases.enter(Phase::Outputs);
     match reply {
         JobReply::Exited { code, stdout, stderr, outputs } => {
-            let names = prepared.outputs;
             let collected = tokio::task::spawn_blocking(move || compress_outputs(names, outputs))
                 .await
                 .map_err(|_| SandboxError::ThreadGone)??;
@@ -229,7 +284,79 @@ async fn run_job(
         JobReply::TimedOut => Err(SandboxError::TimedOut(timeout)),
         JobReply::OutputsTooLarge => Err(SandboxError::OutputsTooLarge { limit: limits.max_output_bytes }),
         JobReply::NotStarted(message) => {
-            Err(DockerError::NotStarted { container: container.id.clone(), message }.into())
+            Err(DockerError::NotStarted { container: container.to_owned(), message }.into())
+        }
+    }
+}
+
+/// How many of the container's processes the OOM killer killed during the job:
+/// `Some(None)` when the count is unknown because the container died of it (the
+/// agent, its pid 1, was the one killed: the daemon says so once it sees the
+/// container stopped); `None` when the job stayed within the memory limit, or the
+/// container stopped for another reason.
+async fn oom_kills_during_job(
+    engine: &Engine,
+    container: &str,
+    memcg: &Arc<ProcessMemcg>,
+    before: Option<u64>,
+    link_broke: bool,
+) -> Option<Option<u64>> {
+    let memcg = memcg.clone();
+    let after = tokio::task::spawn_blocking(move || memcg.oom_kills()).await.ok().flatten();
+    if let (Some(before), Some(after)) = (before, after) {
+        if after > before {
+            return Some(Some(after - before));
+        }
+    }
+    if !link_broke {
+        return None;
+    }
+    // The link ends when pid 1 dies; the daemon learns of the exit a moment later.
+    let deadline = Instant::now() + STOP_SEEN_TIMEOUT;
+    loop {
+        match engine.state(container).await {
+            Ok(Some(state)) if state.running == Some(true) && Instant::now() < deadline => {
+                tokio::time::sleep(STOP_SEEN_POLL).await;
+            }
+            // Only this job ever ran in it since an OOM kill: a container that had one
+            // is never reused.
+            Ok(Some(state)) => return (state.oom_killed == Some(true)).then_some(None),
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// A job that exceeded its container's memory gets its own result, never a failure
+/// of kiln's (which would count against the builder and the toolchain: one client
+/// could get a shared toolchain quarantined for everyone): what the job got, with a
+/// line saying why on stderr; 137 (128 + SIGKILL, as for a crash) when the OOM
+/// killer took the agent or the job's supervisor so no exit status is known.
+fn blame_memory(
+    result: Result<JobComplete, SandboxError>,
+    memory_bytes: i64,
+    killed: Option<u64>,
+) -> Result<JobComplete, SandboxError> {
+    let line = match killed {
+        Some(killed) => format!(
+            "kiln: the job exceeded its memory limit of {memory_bytes} bytes (kiln.sandbox.docker.memory_bytes): \
+             {killed} process(es) killed\n"
+        ),
+        None => format!(
+            "kiln: the job exceeded its memory limit of {memory_bytes} bytes (kiln.sandbox.docker.memory_bytes): \
+             the OOM killer stopped its container\n"
+        ),
+    };
+    match result {
+        Ok(mut done) => {
+            done.output.stderr.extend_from_slice(line.as_bytes());
+            Ok(done)
+        }
+        // Its own limits still say what happened.
+        Err(e @ (SandboxError::TimedOut(_) | SandboxError::Cancelled | SandboxError::OutputsTooLarge { .. })) => Err(e),
+        Err(e) => {
+            tracing::info!(error = %ErrorChain(&e), "answering the job as killed for its memory");
+            let output = ProcessOutput { code: 128 + 9, stdout: Vec::new(), stderr: line.into_bytes() };
+            Ok(JobComplete { output, outputs: Vec::new() })
         }
     }
 }
@@ -285,7 +412,10 @@ impl UsedContainer {
             pool.do_send(ReturnContainer(container));
             return Ok(true);
         }
-        let outcome = if container.failures >= MAX_CONSECUTIVE_FAILURES {
+        let outcome = if container.exceeded_memory {
+            tracing::info!(container = %container.id, "a job exceeded the container's memory; replacing it");
+            Ok(false)
+        } else if container.failures >= MAX_CONSECUTIVE_FAILURES {
             tracing::warn!(container = %container.id, failures = container.failures, "container failed too often; replacing it");
             Ok(false)
         } else if !container.agent.in_step() {
@@ -308,5 +438,38 @@ impl UsedContainer {
                 outcome.and(removed).map(|()| false)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(code: i32) -> Result<JobComplete, SandboxError> {
+        Ok(JobComplete {
+            output: ProcessOutput { code, stdout: b"out".to_vec(), stderr: Vec::new() },
+            outputs: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_job_over_its_memory_keeps_its_status_and_is_told_why() {
+        let done = blame_memory(exited(1), 64 << 20, Some(2)).unwrap();
+        assert_eq!(done.output.code, 1);
+        assert_eq!(done.output.stdout, b"out");
+        let stderr = String::from_utf8(done.output.stderr).unwrap();
+        assert!(stderr.starts_with("kiln: the job exceeded its memory limit of 67108864 bytes"), "{stderr}");
+        assert!(stderr.contains("2 process(es) killed"), "{stderr}");
+    }
+
+    #[test]
+    fn a_dead_agent_over_the_memory_limit_is_the_jobs_end_not_kilns() {
+        let gone = Err(DockerError::ContainerGone { container: "c".into() }.into());
+        let done = blame_memory(gone, 64 << 20, None).unwrap();
+        assert_eq!(done.output.code, 137);
+        assert!(String::from_utf8_lossy(&done.output.stderr).contains("the OOM killer stopped its container"));
+        // The job's own limits still name what happened.
+        let timed_out = blame_memory(Err(SandboxError::TimedOut(Duration::from_secs(1))), 64 << 20, Some(1));
+        assert!(matches!(timed_out, Err(SandboxError::TimedOut(_))));
     }
 }

@@ -167,6 +167,10 @@ impl Engine {
             memory_swap: Some(spec.memory_bytes),
             // kiln-init is pid 1 and reaps on its own; docker-init would add nothing.
             init: Some(false),
+            // A SysV IPC namespace of its own that no other container may join
+            // ("shareable" would let one): shared memory a job leaves, which no process
+            // owns, is charged to this container and freed with it.
+            ipc_mode: Some("private".into()),
             // The root file system stays writable: a job's cwd may be a new top-level
             // directory (a client's /home or /work), which only an upload through the
             // Engine API can create, as root's (the job user cannot write to `/`),
@@ -244,6 +248,18 @@ impl Engine {
                 s.running == Some(true) && s.status == Some(bollard::models::ContainerStateStatusEnum::RUNNING)
             })),
             Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => Ok(false),
+            Ok(Err(source)) => Err(DockerError::Engine { call: "inspect container", source }),
+            Err(_) => Err(DockerError::Timeout { call: "inspect container", timeout: CALL_TIMEOUT }),
+        }
+    }
+
+    /// The container's state (pid of its init on the host, whether it runs, whether
+    /// the OOM killer killed any of its processes); `None` once it is removed.
+    pub async fn state(&self, id: &str) -> Result<Option<bollard::models::ContainerState>, DockerError> {
+        let inspect = self.docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>);
+        match tokio::time::timeout(CALL_TIMEOUT, inspect).await {
+            Ok(Ok(c)) => Ok(c.state),
+            Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => Ok(None),
             Ok(Err(source)) => Err(DockerError::Engine { call: "inspect container", source }),
             Err(_) => Err(DockerError::Timeout { call: "inspect container", timeout: CALL_TIMEOUT }),
         }

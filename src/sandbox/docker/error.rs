@@ -43,6 +43,14 @@ pub enum DockerError {
     NotStarted { container: String, message: String },
     #[error("container {container} stopped or was removed while the job ran")]
     ContainerGone { container: String },
+    #[error("container {container} has no running init on the host (pid {pid:?}) to find its memory cgroup by")]
+    NoInit { container: String, pid: Option<i64> },
+    #[error("charging the socket buffers of container {container} to its memory cgroup failed")]
+    ContainerCgroup {
+        container: String,
+        #[source]
+        source: crate::sandbox::cgroup::CgroupError,
+    },
     #[error("the container pool is not running")]
     PoolGone,
     #[error("starting a runtime to reach the docker daemon failed")]

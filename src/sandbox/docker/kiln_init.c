@@ -478,6 +478,24 @@ static uint64_t now_ms(void) {
     return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
 }
 
+/* Makes the job the OOM killer's first choice (oom_score_adj 1000, proc(5)): when
+ * the container runs out of memory the job goes before kiln's supervisor and agent
+ * (left at the container's 0), so they live to report its end. Raising needs no
+ * privilege; the job may lower its own back to 0, the least an unprivileged process
+ * may set, never below the agent's. Best effort: kiln tells an OOM kill from its own
+ * failures by the cgroup's counter (and the daemon's OOMKilled) either way.
+ * /proc/self is root's while the process is non-dumpable, so this process becomes
+ * dumpable first, as the exec that follows would make it anyway; it holds no fd of
+ * kiln's by then. */
+static void prefer_for_oom_kill(void) {
+    prctl(PR_SET_DUMPABLE, 1);
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    if (write(fd, "1000", 4) < 0) {
+    }
+    close(fd);
+}
+
 static _Noreturn void exec_command(const char *cwd, char **argv, char **env, int out, int err) {
     signal(SIGCHLD, SIG_DFL);
     sigset_t none;
@@ -493,6 +511,7 @@ static _Noreturn void exec_command(const char *cwd, char **argv, char **env, int
         dprintf(2, "kiln-init: cannot enter %s: %s\n", cwd, strerror(errno));
         _exit(126);
     }
+    prefer_for_oom_kill();
     environ = env;
     execvp(argv[0], argv);
     int e = errno;

@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::{image_tar_stream, AgentLink, Container, ContainerSpec, DockerError, Engine, Lease};
+use super::{image_tar_stream, Container, ContainerSpec, DockerError, Engine, Lease};
 use crate::report::ErrorChain;
+use crate::sandbox::cgroup::ProcessMemcg;
 use crate::sandbox::ToolchainRoot;
 use crate::stats::Stats;
 
@@ -165,8 +166,18 @@ impl ContainerPool {
         tc.starting += missing;
         for _ in 0..missing {
             let (engine, image, spec, id) = (engine.clone(), image.clone(), self.spec.clone(), archive_id.to_owned());
+            let archive_id_of_start = archive_id.to_owned();
             let epoch = self.epoch;
-            let start = async move { engine.start_container(&image, &id, epoch, &spec).await };
+            let start = async move {
+                let (id, agent) = engine.start_container(&image, &id, epoch, &spec).await?;
+                match watch_memory(&engine, &id, spec.memory_bytes).await {
+                    Ok(memcg) => Ok(Container::new(id, archive_id_of_start, epoch, agent, memcg, spec.memory_bytes)),
+                    Err(e) => {
+                        let _ = engine.remove_container(&id).await;
+                        Err(e)
+                    }
+                }
+            };
             let archive_id = archive_id.to_owned();
             ctx.spawn(start.into_actor(self).map(move |result, act, ctx| act.started(archive_id, epoch, result, ctx)));
         }
@@ -218,7 +229,7 @@ impl ContainerPool {
         &mut self,
         archive_id: String,
         epoch: u64,
-        result: Result<(String, AgentLink), DockerError>,
+        result: Result<Container, DockerError>,
         ctx: &mut Context<Self>,
     ) {
         let current = epoch == self.epoch;
@@ -226,12 +237,12 @@ impl ContainerPool {
             tc.starting -= 1;
         }
         match result {
-            Ok((id, agent)) => {
+            Ok(container) => {
                 Stats::bump(&self.stats.containers_created);
                 if current {
-                    self.put_idle(Container::new(id, archive_id.clone(), epoch, agent));
+                    self.put_idle(container);
                 } else {
-                    self.remove_container(id);
+                    self.remove_container(container.id);
                 }
             }
             Err(e) => {
@@ -450,6 +461,37 @@ impl ContainerPool {
             Err(e) => tracing::warn!(error = %ErrorChain(&e), "docker garbage collection failed"),
         }));
     }
+}
+
+/// Finds the memory cgroup the daemon made for container `id` and charges the
+/// container's TCP socket buffers to it, up to `memory_bytes` (cgroup v1 leaves them
+/// outside every limit otherwise; see `cgroup::ProcessMemcg`). Done before the
+/// container's first job, so every socket a job makes is charged. Docker's own
+/// `KernelMemoryTCP` did this until API 1.42 deprecated it (current daemons ignore
+/// it, and bollard no longer has the field), so kiln writes the file itself. The
+/// cgroup is kept to read its OOM kills around each job.
+async fn watch_memory(engine: &Engine, id: &str, memory_bytes: i64) -> Result<ProcessMemcg, DockerError> {
+    let state = engine.state(id).await?;
+    let pid = state.as_ref().and_then(|s| s.pid).filter(|&p| p > 0);
+    let Some(pid) = pid.and_then(|p| u32::try_from(p).ok()) else {
+        return Err(DockerError::NoInit { container: id.to_owned(), pid });
+    };
+    let limit = u64::try_from(memory_bytes).unwrap_or(0);
+    let container = id.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let cgroup_err = |source| DockerError::ContainerCgroup { container: container.clone(), source };
+        let memcg = ProcessMemcg::of_pid(pid).map_err(cgroup_err)?;
+        // The daemon names a container's cgroup by its id (`docker/<id>`, or
+        // `docker-<id>.scope` with systemd): a pid reused after the container died
+        // meanwhile shows another cgroup, which must not be touched.
+        if !memcg.path().file_name().is_some_and(|name| name.to_string_lossy().contains(container.as_str())) {
+            return Err(DockerError::NoInit { container, pid: Some(i64::from(pid)) });
+        }
+        memcg.limit_socket_memory(limit).map_err(cgroup_err)?;
+        Ok(memcg)
+    })
+    .await
+    .map_err(|_| DockerError::CheckPanicked)?
 }
 
 fn is_missing_image(e: &DockerError) -> bool {
