@@ -121,7 +121,7 @@ async fn kill_9_mid_job_then_restart_leaves_no_mounts_and_a_clean_build_dir() {
     assert_compiles(&kiln).await; // warm: prepared sandboxes exist now
     let _answer = start_sleeping_job(&kiln).await;
     // Wait for the job itself (the sandbox's `sleep`), not just its bubblewrap.
-    let job_runs = || sandbox_pids(&kiln).iter().any(|pid| children_named(*pid, "sleep"));
+    let job_runs = || sandbox_pids(&kiln).iter().any(|pid| descendant_named(*pid, "sleep"));
     wait_for(Duration::from_secs(60), || Some(()).filter(|_| job_runs())).await.expect("the job never started");
     let data_dir = kiln.data_dir.clone();
     let sandboxes = data_dir.join("sandboxes");

@@ -462,12 +462,10 @@ pub fn descendants(pid: i32) -> Vec<i32> {
     found
 }
 
-/// Whether `pid` has a child process whose name is `name`.
-pub fn children_named(pid: i32, name: &str) -> bool {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    children
-        .split_whitespace()
-        .any(|child| std::fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|comm| comm.trim() == name))
+/// Whether a process below `pid` (a child, or theirs: a sandbox's job runs
+/// under its exec shim, pid 1 of its namespace) is named `name`.
+pub fn descendant_named(pid: i32, name: &str) -> bool {
+    descendants(pid).into_iter().any(|p| comm(p).as_deref() == Some(name))
 }
 
 impl Kiln {

@@ -380,6 +380,28 @@ impl JobCgroups {
     }
 }
 
+impl JobCgroups {
+    /// For a clean stop: kills every process left in this instance's job cgroups
+    /// (a warm sandbox's parked bubblewrap, a job that outlived the drain) and
+    /// removes them and the instance, in every hierarchy. A [`JobCgroup`] still
+    /// held finds its directories gone, which its `remove` counts as removed.
+    pub fn remove_all(&self) -> Result<(), CgroupError> {
+        let s = &self.0;
+        for h in &s.hierarchies {
+            for name in h.instance.children()? {
+                let dir = match h.instance.child(Path::new(&name)) {
+                    Ok(dir) => dir,
+                    Err(CgroupError::Open { source: Errno::ENOENT, .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                remove_tree(&h.instance, &name, dir, s.v2, 1)?;
+            }
+            h.jobs_root.remove_child(&h.instance_name)?;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Shared {
     /// Removes this instance's directories. A job cgroup still alive keeps its
     /// `Arc`, so this runs after every job's; leftovers (a failed removal) keep the
@@ -479,6 +501,14 @@ impl JobCgroup {
             v2: self.shared.v2,
             v1_freezer: self.dir_with(Controller::Freezer),
         }
+    }
+
+    /// Kills every process still in the job and waits until none is left, at most
+    /// `KILL_TIMEOUT`; the cgroup stays, with its counters, for [`remove`](Self::remove).
+    /// When the job's processes are all gone already this is a read of each
+    /// `cgroup.procs`.
+    pub fn kill_processes(&self) -> Result<(), CgroupError> {
+        self.kill_target().kill_all(KILL_TIMEOUT)
     }
 
     /// Kills every process still in the job (v2 `cgroup.kill`; else frozen, then

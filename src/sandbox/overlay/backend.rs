@@ -126,6 +126,22 @@ impl SandboxBackend for OverlayBackend {
         }
         .boxed()
     }
+
+    /// Kills whatever is left in this kiln's job cgroups (the warm sandboxes'
+    /// parked bubblewraps among them) and removes the cgroups: a clean stop leaves
+    /// no cgroup and no process behind.
+    fn shut_down(&self) -> BoxFuture<'static, ()> {
+        let cgroups = self.confinement.cgroups.clone();
+        async move {
+            let Some(cgroups) = cgroups else { return };
+            match tokio::task::spawn_blocking(move || cgroups.remove_all()).await {
+                Ok(Ok(())) => tracing::info!("job cgroups removed"),
+                Ok(Err(e)) => tracing::warn!(error = %ErrorChain(&e), "job cgroups left for the next start's sweep"),
+                Err(e) => tracing::warn!(error = %e, "removing the job cgroups panicked"),
+            }
+        }
+        .boxed()
+    }
 }
 
 /// How long removing the directories of a sandbox that failed to start may take.

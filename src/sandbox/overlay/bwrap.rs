@@ -24,7 +24,7 @@ use crate::sandbox::kill::KillHandle;
 use crate::sandbox::{SandboxError, SandboxJob, SandboxLimits};
 
 use super::identity::JobIdentity;
-use super::namespace::{ROOT, SHIM_IN_SANDBOX};
+use super::namespace::{PTS, ROOT, SHIM_IN_SANDBOX};
 use super::seccomp::JobSeccomp;
 
 /// Oldest bubblewrap with every flag kiln passes (`--disable-userns` came in 0.8.0).
@@ -247,10 +247,19 @@ fn bwrap_command(how: &Confinement<'_>, spec_fd: RawFd, seccomp_fd: RawFd) -> Co
         "--unshare-cgroup",
         "--unshare-ipc",
         "--unshare-pid",
+        // The exec shim is the pid namespace's init, not bubblewrap's own: that one
+        // runs as the job's uid, dumpable, and a job patched it through /proc/1/mem
+        // to outlive its job (issue 27). The shim makes itself non-dumpable first
+        // (exec_shim.c), and its exit ends every process of the job.
+        "--as-pid-1",
         "--unshare-net",
         "--unshare-uts",
     ]);
     cmd.args(["--bind", ROOT, "/", "--proc", "/proc", "--dev", "/dev"]);
+    // The sandbox's own devpts, bounded in pseudo-terminals (namespace.rs), over
+    // the unbounded one of `--dev`. `--dev-bind`: its `ptmx` is a device node,
+    // which a plain `--bind` (nodev) would refuse to open.
+    cmd.args(["--dev-bind", PTS, "/dev/pts"]);
     // bubblewrap's own read-only cover of /proc/sys is skipped when its access(W_OK)
     // check fails, which it does for an unprivileged uid; host sysctls are then
     // only protected by their owner. Bind the host's /proc/sys read-only over it
@@ -380,21 +389,30 @@ fn run_in(
     }
     let StartedSandbox { mut child, pid, .. } = sandbox;
 
+    // stdout and stderr are read on threads of their own while this one waits for
+    // bubblewrap: a process of the job that holds them open must never keep kiln
+    // from seeing the job end.
     let max = limits.max_stdio_bytes;
-    let stderr = child.stderr.take();
-    let stderr_reader = std::thread::Builder::new()
-        .name("kiln-stderr".into())
-        .spawn(move || stderr.map(|s| read_bounded(s, max)).unwrap_or_default());
-    let stdout = child.stdout.take().map(|s| read_bounded(s, max)).unwrap_or_default();
-    let stderr = match stderr_reader {
-        Ok(handle) => handle.join().unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
+    let stdout = read_on_thread("kiln-stdout", child.stdout.take(), max);
+    let stderr = read_on_thread("kiln-stderr", child.stderr.take(), max);
 
-    // Wait without reaping, forget the pid, then reap: a kill can never hit a reused pid.
+    // Wait without reaping, end the job, forget the pid, then reap: a kill can
+    // never hit a reused pid.
     let waited = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
+    // The job ends when bubblewrap does: whatever is left in its cgroup is killed
+    // now, before its output is drained or its files are read. The pid namespace
+    // already took the job's processes with its init; this is the mechanism that
+    // holds even if that init were subverted.
+    let ended = cgroup.map_or(Ok(()), JobCgroup::kill_processes);
     kill.exited();
     let status = child.wait();
+    if let Err(e) = ended {
+        // Something of the job may still run and hold its pipes: leave the
+        // readers be (they end with the pipes) and fail the job; the cgroup's
+        // removal tries again.
+        return Err(SandboxError::Cgroup(e));
+    }
+    let (stdout, stderr) = (stdout.join(), stderr.join());
     waited.map_err(|errno| SandboxError::Wait(errno.into()))?;
     let status = status.map_err(SandboxError::Wait)?;
 
@@ -447,6 +465,27 @@ fn explain_limits(output: &mut ProcessOutput, cgroup: &JobCgroup, limits: &Sandb
         );
         output.stderr.extend_from_slice(line.as_bytes());
     }
+}
+
+/// One of the job's output streams, read on its own thread.
+struct StreamReader(Option<std::thread::JoinHandle<Vec<u8>>>);
+
+impl StreamReader {
+    /// What was read, once the stream ended (every writer gone). Empty when
+    /// there was no stream or no thread could be started.
+    fn join(self) -> Vec<u8> {
+        self.0.and_then(|handle| handle.join().ok()).unwrap_or_default()
+    }
+}
+
+/// Reads `stream` on a new thread named `name`: at most `max` bytes kept.
+fn read_on_thread(name: &str, stream: Option<impl Read + Send + 'static>, max: u64) -> StreamReader {
+    let Some(stream) = stream else { return StreamReader(None) };
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(move || read_bounded(stream, max));
+    if let Err(e) = &spawned {
+        tracing::warn!(stream = name, error = %e, "cannot start a thread to read the job's output; it is dropped");
+    }
+    StreamReader(spawned.ok())
 }
 
 /// Reads up to `max` bytes, then drains the rest so the writer never blocks.

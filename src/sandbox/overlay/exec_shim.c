@@ -1,13 +1,28 @@
 /*
- * kiln-exec: the first program of every prepared overlay sandbox.
+ * kiln-exec: the first program, and pid 1, of every prepared overlay sandbox.
  *
  * kiln starts bubblewrap when it prepares a sandbox, long before a job exists,
  * so that setting up namespaces and mounts is off the job's path. bubblewrap
- * runs this program, which waits for the job on the fd its first argument
- * names (3 if none): once kiln has unpacked
- * the inputs it writes the job's command there and closes the pipe, and this
- * program changes to its directory and execs it with its environment only.
- * EOF before any byte means the sandbox was given up unused: exit quietly.
+ * (`--as-pid-1`) runs this program as pid 1 of the job's pid namespace. It waits
+ * for the job on the fd its first argument names (3 if none): once kiln has
+ * unpacked the inputs it writes the job's command there and closes the pipe, and
+ * this program forks, the child changes to the job's directory and execs the
+ * command with its environment only, and pid 1 reaps until that first process
+ * exits, then exits with its status. EOF before any byte means the sandbox was
+ * given up unused: exit quietly.
+ *
+ * Why this program is pid 1, and not bubblewrap's own init: a job's end must be
+ * its end. pid 1 exiting makes the kernel kill every other process of the
+ * namespace, so nothing the job started outlives its first process. bubblewrap's
+ * init runs as the job's uid and is dumpable, so a job could open /proc/1/mem
+ * for writing, patch that init to stay alive (and clear its parent-death
+ * signal), and keep processes running after kiln answered, and after kiln itself
+ * stopped (issue 27, finding 1). This pid 1 makes itself non-dumpable before the
+ * job exists: /proc/1/mem, ptrace and process_vm_writev on it then need
+ * CAP_SYS_PTRACE over its user namespace, which the job does not have
+ * (--cap-drop ALL; ptrace(2), "Ptrace access mode checking"). It installs no
+ * signal handler, so signals sent from inside the namespace never reach it
+ * (pid_namespaces(7)).
  *
  * The command on that fd, every field NUL-terminated:
  *   cwd, executable, argument count, arguments..., variable count, KEY=VALUE...
@@ -22,7 +37,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,7 +73,30 @@ static size_t count(char *buf, size_t len, size_t *pos) {
     return (size_t)n;
 }
 
+/* The job's first process: never returns. */
+static void exec_job(const char *cwd, const char *executable, char **argv, char **envp) {
+    if (chdir(cwd) != 0) fail("cannot change to the job's directory", strerror(errno));
+    /* execvp looks in the job's PATH: the job's environment is the current one. */
+    environ = envp;
+    /* ETXTBSY: kiln wrote the executable (a job's input) moments ago, and another
+     * sandbox's bubblewrap, forked by kiln meanwhile, may still hold that write fd
+     * between its fork and its exec (close-on-exec closes it only then). The
+     * window is that short: retry for at most a second. */
+    for (int tries = 0; tries < 100; tries++) {
+        execvp(executable, argv);
+        if (errno != ETXTBSY) break;
+        struct timespec pause = {0, 10 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    fprintf(stderr, "kiln-exec: execvp %s: %s\n", executable, strerror(errno));
+    _exit(1);
+}
+
 int main(int shim_argc, char **shim_argv) {
+    /* First, before the job exists: no process of the job may write into this
+     * one (see the top of this file). The fork below inherits it until the
+     * job's exec, after which the job's processes are dumpable again. */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) fail("prctl(PR_SET_DUMPABLE, 0)", strerror(errno));
     int spec_fd = DEFAULT_SPEC_FD;
     if (shim_argc > 1) {
         char *end;
@@ -100,19 +140,22 @@ int main(int shim_argc, char **shim_argv) {
     if (!envp) fail("out of memory", NULL);
     for (size_t i = 0; i < envc; i++) envp[i] = field(buf, len, &pos);
 
-    if (chdir(cwd) != 0) fail("cannot change to the job's directory", strerror(errno));
-    /* execvp looks in the job's PATH: the job's environment is the current one. */
-    environ = envp;
-    /* ETXTBSY: kiln wrote the executable (a job's input) moments ago, and another
-     * sandbox's bubblewrap, forked by kiln meanwhile, may still hold that write fd
-     * between its fork and its exec (close-on-exec closes it only then). The
-     * window is that short: retry for at most a second. */
-    for (int tries = 0; tries < 100; tries++) {
-        execvp(executable, argv);
-        if (errno != ETXTBSY) break;
-        struct timespec pause = {0, 10 * 1000 * 1000};
-        nanosleep(&pause, NULL);
+    pid_t job = fork();
+    if (job < 0) fail("fork", strerror(errno));
+    if (job == 0) exec_job(cwd, executable, argv, envp);
+
+    /* pid 1: reap whatever the job leaves to it until its first process ends,
+     * then end the namespace with that process's status (128 + signal when it
+     * was killed, as bubblewrap reports it). */
+    for (;;) {
+        int status;
+        pid_t reaped = wait(&status);
+        if (reaped < 0) {
+            if (errno == EINTR) continue;
+            fail("wait", strerror(errno));
+        }
+        if (reaped != job) continue;
+        if (WIFSIGNALED(status)) _exit(128 + WTERMSIG(status));
+        _exit(WEXITSTATUS(status));
     }
-    fprintf(stderr, "kiln-exec: execvp %s: %s\n", executable, strerror(errno));
-    _exit(1);
 }

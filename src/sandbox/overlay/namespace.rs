@@ -32,6 +32,15 @@ pub(super) struct OverlayDirs {
 pub(super) const STAGE: &str = "/tmp";
 pub(super) const ROOT: &str = "/tmp/root";
 
+/// Where the sandbox's own devpts instance is mounted in the thread's namespace;
+/// bubblewrap binds it over the `/dev/pts` of its `--dev`.
+pub(super) const PTS: &str = "/tmp/pts";
+/// Pseudo-terminals one job may hold at once. Compilers need none; a build step
+/// that runs `script` or `expect` needs one or two. Without a bound of its own a
+/// job took 3,071 of the host's 4,096 (`kernel.pty.max`), so no container on the
+/// host could get one (issue 27).
+pub(super) const MAX_PTYS: u32 = 16;
+
 /// Where the exec shim appears inside every sandbox (read-only).
 pub(super) const SHIM_IN_SANDBOX: &str = "/.kiln-exec";
 
@@ -61,10 +70,25 @@ pub(super) fn enter_overlay_namespace(dirs: &OverlayDirs, shim: &Path) -> Result
     mount(Some("tmpfs"), STAGE, Some("tmpfs"), hardened | MsFlags::MS_NOEXEC, Some("mode=0755,size=64k,nr_inodes=16"))
         .map_err(stage_err)?;
     nix::unistd::mkdir(ROOT, Mode::from_bits_truncate(0o755)).map_err(stage_err)?;
+    mount_private_devpts()?;
     let from_fd = format!("/proc/self/fd/{}", merged.as_raw_fd());
     // Recursive: the shim's read-only bind inside comes along.
     mount(Some(from_fd.as_str()), ROOT, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .map_err(|source| SandboxError::MountOverlay { path: ROOT.into(), source })
+}
+
+/// Mounts a devpts instance of the sandbox's own at [`PTS`], with at most
+/// [`MAX_PTYS`] pseudo-terminals. bubblewrap's `--dev` mounts a new instance too,
+/// but with no `max=`; every instance draws on the one host-wide
+/// `kernel.pty.max` (devpts(5)).
+fn mount_private_devpts() -> Result<(), SandboxError> {
+    let pts_err = |source| SandboxError::MountStage { path: PTS.into(), source };
+    nix::unistd::mkdir(PTS, Mode::from_bits_truncate(0o755)).map_err(pts_err)?;
+    // ptmxmode=0666: the job's uid opens pts/ptmx (bubblewrap's /dev/ptmx links
+    // there); mode=0620: a new terminal is its opener's, as with bubblewrap's own.
+    let options = format!("newinstance,ptmxmode=0666,mode=0620,max={MAX_PTYS}");
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    mount(Some("devpts"), PTS, Some("devpts"), flags, Some(options.as_str())).map_err(pts_err)
 }
 
 /// Creates, as root, what bubblewrap (running as the job's uid, which may write
