@@ -271,6 +271,29 @@ async fn hostile_jobs_fail_cleanly() {
     assert_eq!(status.snapshot.counters.builder_restarts, 0, "no hostile job counts as a builder failure: {status:?}");
 }
 
+/// A request whose output names or cwd would cost kiln more than any compile
+/// needs is refused with a 400 that names the bound, before it is queued, and
+/// the next job runs (issue 27, finding 6).
+#[actix_rt::test]
+async fn outputs_and_cwd_are_bounded_in_count_length_and_depth() {
+    let kiln = Kiln::start("");
+    let client = kiln.client();
+    let deep = vec!["d"; 2_000].join("/");
+    let cases = [
+        ("2,000 outputs", command("/bin/true", &[], "/work"), (0..2_000).map(|i| format!("o{i}")).collect(), "1024"),
+        ("12 outputs 2,000 deep", command("/bin/true", &[], "/work"), vec![format!("{deep}/x.o"); 12], "128"),
+        ("a cwd 2,000 deep", command("/bin/true", &[], &format!("/{deep}")), vec![], "128"),
+        ("a 5,000-byte output name", command("/bin/true", &[], "/work"), vec!["n".repeat(5_000)], "4096"),
+    ];
+    for (case, command, outputs, bound) in cases {
+        let job_id = ready_job(&kiln).await;
+        let request = RunJobHttpRequest { command, outputs };
+        let err = client.run_job(job_id, &token(job_id), &request, &empty_tar()).await.unwrap_err().to_string();
+        assert!(err.contains("400") && err.contains(bound), "{case}: {err}");
+    }
+    assert_compiles(&kiln).await;
+}
+
 #[actix_rt::test]
 async fn the_job_environment_reaches_the_job_and_never_the_host() {
     let kiln = Kiln::start("");

@@ -19,6 +19,8 @@ pub enum ApiError {
     Protocol(#[from] ProtocolError),
     #[error("toolchain refused: {0}")]
     BadToolchain(String),
+    #[error("job refused: {0}")]
+    BadShape(#[from] crate::jobs::BadShape),
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("request body did not arrive within {0:?}")]
@@ -64,9 +66,11 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized(_) | ApiError::ClientUnauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
-            ApiError::BadJobId(_) | ApiError::Protocol(_) | ApiError::BadToolchain(_) | ApiError::BodyRead(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::BadJobId(_)
+            | ApiError::Protocol(_)
+            | ApiError::BadToolchain(_)
+            | ApiError::BadShape(_)
+            | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::DuplicateJob(_) => StatusCode::CONFLICT,

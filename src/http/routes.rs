@@ -296,6 +296,7 @@ async fn run_claimed(
     // Held until the job is answered: the body lives that long, in the job.
     let (body, _memory) = body.read_all_within(&state.body_memory).await?;
     let (request, inputs) = protocol::split_run_job_body(&body)?;
+    crate::jobs::check_request_shape(&request.command, &request.outputs)?;
     let inputs_zlib = body.slice(body.len() - inputs.len()..);
     tracing::info!(executable = %request.command.executable, inputs_bytes = inputs_zlib.len(), "job accepted");
     if let Some(store) = &state.store {
