@@ -156,7 +156,7 @@ const KILN_MEMORY_RESERVE: u64 = 512 << 20;
 
 /// Caps this instance (the parent of all of this kiln's job cgroups) at kiln's
 /// own cgroup's limits minus [`KILN_PIDS_RESERVE`] and [`KILN_MEMORY_RESERVE`],
-/// where its own cgroup has limits.
+/// where its own cgroup has limits; its memory at the host's otherwise.
 fn reserve_for_kiln(
     own: &CgroupDir,
     instance: &CgroupDir,
@@ -171,12 +171,22 @@ fn reserve_for_kiln(
     }
     if controllers.contains(&Controller::Memory) {
         let file = if v2 { "memory.max" } else { "memory.limit_in_bytes" };
-        // v1 says "no limit" with a huge number, v2 with "max".
-        if let Some(max) = limit(file).filter(|&max| max < 1 << 62) {
+        // v1 says "no limit" with a huge number, v2 with "max". Without a limit of
+        // its own kiln's jobs are capped by the host's memory: builders x
+        // max_memory_bytes may well exceed it (8 GiB each by default), and all
+        // jobs at their limits at once must still leave the host and kiln room.
+        if let Some(max) = limit(file).filter(|&max| max < 1 << 62).or_else(host_memory) {
             instance.write(file, &max.saturating_sub(KILN_MEMORY_RESERVE).max(MIN_MEMORY_BYTES).to_string())?;
         }
     }
     Ok(())
+}
+
+/// The host's memory (`MemTotal` in /proc/meminfo), in bytes.
+fn host_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?.trim();
+    kib.parse::<u64>().ok()?.checked_mul(1024)
 }
 
 /// Makes instance names unique within the process (several [`JobCgroups`] in tests).
