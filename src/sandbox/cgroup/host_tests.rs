@@ -257,6 +257,26 @@ fn v1_detect_writes_the_limits_and_stops_a_fork_bomb() {
     }
 }
 
+/// Issue 27: with no memory limit on kiln's own cgroup (this test's), all of its
+/// jobs together are still capped below the host's memory.
+#[test]
+fn v1_all_jobs_together_stay_below_the_hosts_memory() {
+    if !v1_host() {
+        return;
+    }
+    let own: u64 = read(own_v1("memory").join("memory.limit_in_bytes")).parse().unwrap();
+    let host = super::jobs::host_memory().unwrap();
+    if own < host {
+        eprintln!("skipped: this test's own cgroup has a memory limit ({own}) below the host's ({host})");
+        return;
+    }
+    let cgroups = JobCgroups::detect(limits(), &CgroupOptions::default()).unwrap();
+    let job = Guard(Some(cgroups.create(&unique("sum")).unwrap()));
+    let instance = job_dir(job.job(), "/sys/fs/cgroup/memory").parent().unwrap().to_owned();
+    let cap: u64 = read(instance.join("memory.limit_in_bytes")).parse().unwrap();
+    assert!(cap <= host - (512 << 20), "the jobs together may use {cap} bytes of a host with {host}");
+}
+
 #[test]
 fn v1_memory_hog_is_oom_killed_at_the_limit() {
     if !v1_host() {

@@ -183,7 +183,7 @@ fn reserve_for_kiln(
 }
 
 /// The host's memory (`MemTotal` in /proc/meminfo), in bytes.
-fn host_memory() -> Option<u64> {
+pub(super) fn host_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?.trim();
     kib.parse::<u64>().ok()?.checked_mul(1024)
