@@ -21,7 +21,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use kiln::archive::{extract_tar, ExtractLimits};
 use kiln::package::{package_toolchain, PackageOptions};
 use kiln::sandbox::cgroup::{CgroupLimits, CgroupOptions, JobCgroups};
-use kiln::sandbox::overlay::{install_exec_shim, IdRange, JobSeccomp, OverlayBackend, OverlayConfinement};
+use kiln::sandbox::overlay::{
+    claim_ids, install_exec_shim, IdRange, JobSeccomp, OverlayBackend, OverlayConfinement, CLAIMS_DIR,
+};
 use kiln::sandbox::{SandboxBackend, SandboxLimits, ToolchainRoot};
 
 fn gcc_archive(dir: &Path) -> PathBuf {
@@ -99,7 +101,7 @@ fn sandbox_prepare(c: &mut Criterion) {
     let confinement = OverlayConfinement {
         bwrap,
         shim,
-        ids: IdRange { base: 1_500_000_000, count: 65_536 },
+        ids: claim_ids(Path::new(CLAIMS_DIR), IdRange { base: 1_500_000_000, count: 65_536 }, "kiln bench").unwrap(),
         seccomp: JobSeccomp::compile().unwrap(),
         cgroups,
     };

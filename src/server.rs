@@ -22,7 +22,9 @@ use crate::protocol::{HeartbeatServerHttpRequest, JobKey, ServerCertificateHttpR
 use crate::quarantine::Quarantine;
 use crate::sandbox::cgroup::{CgroupOptions, JobCgroups};
 use crate::sandbox::docker::start_docker_backend;
-use crate::sandbox::overlay::{install_exec_shim, JobSeccomp, OverlayBackend, OverlayConfinement};
+use crate::sandbox::overlay::{
+    claim_ids, install_exec_shim, JobSeccomp, OverlayBackend, OverlayConfinement, CLAIMS_DIR,
+};
 use crate::sandbox::SharedBackend;
 use crate::scheduler::{LocalScheduler, Scheduler, UpstreamScheduler};
 use crate::stats::Stats;
@@ -64,6 +66,8 @@ pub enum ServerError {
     Tls(#[source] crate::tls::TlsError),
     #[error("invalid scheduler_url")]
     SchedulerUrl(#[from] crate::config::SchedulerUrlError),
+    #[error("no job uid range for this kiln")]
+    JobIds(#[source] crate::sandbox::overlay::ClaimError),
     #[error("the jobs' seccomp filter cannot be built")]
     Seccomp(#[source] crate::sandbox::SandboxError),
     #[error(
@@ -106,8 +110,15 @@ fn overlay_confinement(
 ) -> Result<OverlayConfinement, ServerError> {
     let (jobs, sandbox) = (&config.kiln.jobs, &config.kiln.sandbox);
     let seccomp = JobSeccomp::compile().map_err(ServerError::Seccomp)?;
-    let ids = sandbox.job_ids();
-    let clashes = ids.clashes();
+    let owner = format!("kiln pid {}, data dir {}", std::process::id(), config.kiln.data_dir.display());
+    let ids = claim_ids(std::path::Path::new(CLAIMS_DIR), sandbox.job_ids(), &owner).map_err(ServerError::JobIds)?;
+    if ids.range.base != sandbox.job_ids().base {
+        tracing::warn!(
+            configured = %sandbox.job_ids(),
+            "another kiln on this host uses the configured job uids: this one uses the next free range"
+        );
+    }
+    let clashes = ids.range.clashes();
     if !clashes.is_empty() {
         tracing::warn!(
             ?clashes,
@@ -130,7 +141,7 @@ fn overlay_confinement(
         }
     };
     tracing::info!(
-        uids = %format!("{}..{}", ids.base, u64::from(ids.base) + u64::from(ids.count)),
+        uids = %ids.range,
         seccomp_bytes = seccomp.bpf().len(),
         "overlay jobs run as unprivileged host uids, without user namespaces, under seccomp"
     );

@@ -138,8 +138,11 @@ impl Ids {
     }
 }
 
+/// Whether `id` is one a job of some kiln may run as: a kiln whose range another
+/// live kiln holds (tests run kilns side by side) takes the next, up to 1,024
+/// ranges on (`src/sandbox/overlay/id_claim.rs`).
 fn in_job_range(id: u32) -> bool {
-    (UID_BASE..UID_BASE + UID_COUNT).contains(&id)
+    (UID_BASE..UID_BASE + UID_COUNT * 1024).contains(&id)
 }
 
 /// The host directory of `pid`'s cgroup v1 `controller` (this host is v1 hybrid).
@@ -1067,6 +1070,46 @@ async fn a_large_output_costs_kiln_its_compressed_size_only() {
     assert_eq!(data.uncompressed_len(), OUTPUT);
     println!("kiln's peak RSS {} -> {} MiB; the output compressed to {} bytes", before >> 20, after >> 20, data.compressed().len());
     assert!(after < before + (64 << 20), "a 300 MiB output took kiln's peak RSS from {} to {} MiB", before >> 20, after >> 20);
+}
+
+// --- 10e. one host, two kilns: never the same job uids (issue 27, finding 10) --
+
+/// The job uid range `pid`'s kiln claimed, from its claim in `/run/kiln/job-uids`.
+fn claimed_range(pid: i32) -> Option<std::ops::Range<u64>> {
+    std::fs::read_dir("/run/kiln/job-uids").ok()?.flatten().find_map(|entry| {
+        let owner = std::fs::read_to_string(entry.path()).ok()?;
+        owner.starts_with(&format!("kiln pid {pid},")).then_some(())?;
+        let name = entry.file_name().into_string().ok()?;
+        let (base, count) = name.split_once('-')?;
+        let (base, count): (u64, u64) = (base.parse().ok()?, count.parse().ok()?);
+        Some(base..base + count)
+    })
+}
+
+#[actix_rt::test]
+async fn two_kilns_on_one_host_never_share_job_uids() {
+    // The same configuration for both, as two upstream server.toml files would have.
+    let (a, b) = (Kiln::start(JOB_TIMEOUT), Kiln::start(JOB_TIMEOUT));
+    let mut seen = Vec::new();
+    for kiln in [&a, &b] {
+        let m = marker("uids");
+        let client = kiln.client();
+        let job = run(&client, gcc_toolchain(), sh(&format!(": {m}; sleep 1; :")), &[], no_inputs());
+        // Each process's host ids, read while it runs.
+        let host_uids = || job_processes(&m).into_iter().filter_map(Ids::of).flat_map(|ids| ids.uids).collect::<Vec<_>>();
+        let (done, samples) = sampling(TEST_LIMIT, job, host_uids).await;
+        assert_eq!(done.output.code, 0, "{}", both(&done));
+        let uids: BTreeSet<u32> = samples.into_iter().flatten().collect();
+        assert!(!uids.is_empty(), "the job's processes were seen on the host");
+        seen.push(uids);
+    }
+    assert!(seen[0].is_disjoint(&seen[1]), "both kilns ran jobs as {:?}", seen[0].intersection(&seen[1]));
+    let claims = [&a, &b].map(|kiln| claimed_range(kiln.pid()).expect("each kiln records the job uid range it holds"));
+    for (uids, range) in seen.iter().zip(&claims) {
+        assert!(uids.iter().all(|&uid| range.contains(&u64::from(uid))), "job uids {uids:?} outside the claim {range:?}");
+    }
+    let [range_a, range_b] = &claims;
+    assert!(range_a.end <= range_b.start || range_b.end <= range_a.start, "claims {range_a:?} and {range_b:?} overlap");
 }
 
 // --- 11. no cgroups for jobs: refuse, unless the config opts out --------------

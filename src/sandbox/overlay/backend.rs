@@ -11,7 +11,8 @@ use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
 use super::bwrap::{run_job, Confinement, StartedSandbox};
-use super::identity::{create_files_as, IdRange, JobIdentity};
+use super::id_claim::IdClaim;
+use super::identity::{create_files_as, JobIdentity};
 use super::namespace::{enter_overlay_namespace, OverlayDirs};
 use super::seccomp::JobSeccomp;
 use crate::protocol::JobComplete;
@@ -36,8 +37,9 @@ pub struct OverlayConfinement {
     pub bwrap: PathBuf,
     /// The exec shim on the host (see [`EXEC_SHIM`]), bound read-only into sandboxes.
     pub shim: PathBuf,
-    /// Host ids the sandboxes' jobs run as, one per sandbox in turn.
-    pub ids: IdRange,
+    /// Host ids the sandboxes' jobs run as, one per sandbox in turn: a range no
+    /// other kiln on the host uses while this one runs.
+    pub ids: IdClaim,
     pub seccomp: JobSeccomp,
     /// Where each sandbox's cgroup goes; `None` only when the config allows
     /// running without (`kiln.sandbox.require_cgroups = false`) and the host has none.
@@ -92,7 +94,7 @@ impl SandboxBackend for OverlayBackend {
             merged: dir.join("merged"),
         };
         let confinement = self.confinement.clone();
-        let identity = confinement.ids.nth(id);
+        let identity = confinement.ids.range.nth(id);
         let limits = self.limits;
         async move {
             create_private_dir(&dir).await?;

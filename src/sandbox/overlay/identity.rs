@@ -31,6 +31,13 @@ pub struct IdRange {
     pub count: u32,
 }
 
+impl std::fmt::Display for IdRange {
+    /// `base..end`, as logs show a range.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..{}", self.base, u64::from(self.base) + u64::from(self.count))
+    }
+}
+
 impl IdRange {
     /// The identity of sandbox number `n`. Ids are reused after `count` sandboxes;
     /// far fewer ever exist at once, and a reused id reaches nothing of the earlier

@@ -16,11 +16,13 @@
 
 mod backend;
 mod bwrap;
+mod id_claim;
 mod identity;
 mod namespace;
 mod seccomp;
 
 pub use backend::{install_exec_shim, OverlayBackend, OverlayConfinement, EXEC_SHIM};
 pub use bwrap::{check_bwrap, probe_unprivileged, BwrapError};
+pub use id_claim::{claim_ids, ClaimError, IdClaim, CLAIMS_DIR};
 pub use identity::{IdRange, JobIdentity};
 pub use seccomp::JobSeccomp;
