@@ -145,18 +145,6 @@ fn in_job_range(id: u32) -> bool {
     (UID_BASE..UID_BASE + UID_COUNT * 1024).contains(&id)
 }
 
-/// The host directory of `pid`'s cgroup v1 `controller` (this host is v1 hybrid).
-fn cgroup_dir(pid: i32, controller: &str) -> Option<PathBuf> {
-    let table = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    table.lines().find_map(|line| {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-        controllers
-            .split(',')
-            .any(|c| c == controller)
-            .then(|| Path::new("/sys/fs/cgroup").join(controller).join(path.trim_start_matches('/')))
-    })
-}
 
 /// Directories below `root` (itself included), breadth first, never through a
 /// symlink, at most `max`.
@@ -1007,10 +995,6 @@ int main(void) {
 }
 "#;
 
-/// The host's pseudo-terminals in use, all devpts instances together.
-fn ptys_in_use() -> u64 {
-    std::fs::read_to_string("/proc/sys/kernel/pty/nr").unwrap().trim().parse().unwrap()
-}
 
 /// What a sandbox's devpts allows (`MAX_PTYS` in src/sandbox/overlay/namespace.rs).
 const MAX_PTYS: u64 = 16;
@@ -1019,10 +1003,10 @@ const MAX_PTYS: u64 = 16;
 async fn a_job_gets_a_bounded_share_of_the_hosts_ptys() {
     let kiln = Kiln::start(JOB_TIMEOUT);
     let program = static_program("pty_hog", PTY_HOG_C);
-    let before = ptys_in_use();
+    let before = proc_sys_u64("kernel/pty/nr");
     let client = kiln.client();
     let job = run(&client, gcc_toolchain(), command("./pty_hog", &[], "/work"), &[], programs(&[("pty_hog", &program)]));
-    let (done, samples) = sampling(TEST_LIMIT, job, ptys_in_use).await;
+    let (done, samples) = sampling(TEST_LIMIT, job, || proc_sys_u64("kernel/pty/nr")).await;
     let most = samples.iter().copied().max().unwrap_or(before);
     let out = stdout(&done);
     println!("ptys in use before {before}, at most {most}\n{}", both(&done));
@@ -1200,14 +1184,6 @@ fn kiln_check_on_a_cgroup_v2_host_changes_nothing() {
 
 // --- 14. TCP buffers count against the job's memory (issue 27, finding 4) -----
 
-/// The host-wide TCP memory (`/proc/net/sockstat`, `TCP: ... mem N`), in pages: one
-/// pool for every socket on the host, whatever its namespace.
-fn host_tcp_mem_pages() -> u64 {
-    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap();
-    let line = text.lines().find(|l| l.starts_with("TCP:")).unwrap();
-    let mut words = line.split_whitespace();
-    words.find(|w| *w == "mem").and_then(|_| words.next()).and_then(|n| n.parse().ok()).unwrap()
-}
 
 /// A cgroup file's number, if it can be read.
 fn cgroup_number(dir: &Path, file: &str) -> Option<u64> {
@@ -1307,12 +1283,6 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// Whether the host binds vsock `port` (any CID) at this moment; it lets go at once.
-fn host_binds_vsock(port: u32) -> Result<(), nix::errno::Errno> {
-    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, VsockAddr};
-    let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    bind(fd.as_raw_fd(), &VsockAddr::new(nix::libc::VMADDR_CID_ANY, port))
-}
 
 #[actix_rt::test]
 async fn a_job_cannot_take_a_vsock_port_from_the_host() {
@@ -1363,19 +1333,16 @@ int main(void) {
 }
 "#;
 
-fn aio_in_use() -> u64 {
-    std::fs::read_to_string("/proc/sys/fs/aio-nr").unwrap().trim().parse().unwrap()
-}
 
 #[actix_rt::test]
 async fn a_job_cannot_take_the_hosts_aio_budget() {
     let kiln = Kiln::start(JOB_TIMEOUT);
     let program = static_program("aio_hog", AIO_HOG_C);
-    let before = aio_in_use();
+    let before = proc_sys_u64("fs/aio-nr");
     let client = kiln.client();
     let job =
         run(&client, gcc_toolchain(), command("./aio_hog", &[], "/work"), &[], programs(&[("aio_hog", &program)]));
-    let (done, samples) = sampling(TEST_LIMIT, job, aio_in_use).await;
+    let (done, samples) = sampling(TEST_LIMIT, job, || proc_sys_u64("fs/aio-nr")).await;
     let most = samples.iter().copied().max().unwrap_or(before);
     println!(
         "fs.aio-nr before {before}, at most {most} of {}\n{}",

@@ -670,26 +670,7 @@ fn small_container_config() -> String {
     )
 }
 
-/// The host-wide TCP memory (`/proc/net/sockstat`, `TCP: ... mem N`), in pages.
-fn host_tcp_mem_pages() -> u64 {
-    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap();
-    let line = text.lines().find(|l| l.starts_with("TCP:")).unwrap();
-    let mut words = line.split_whitespace();
-    words.find(|w| *w == "mem").and_then(|_| words.next()).and_then(|n| n.parse().ok()).unwrap()
-}
 
-/// The host directory of `pid`'s cgroup v1 memory cgroup (this host is v1 hybrid).
-fn memory_cgroup_of(pid: i64) -> Option<std::path::PathBuf> {
-    let table = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    table.lines().find_map(|line| {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-        controllers
-            .split(',')
-            .any(|c| c == "memory")
-            .then(|| std::path::Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')))
-    })
-}
 
 fn cgroup_number(dir: &std::path::Path, file: &str) -> Option<u64> {
     std::fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
@@ -732,7 +713,7 @@ async fn tcp_buffers_of_a_docker_job_are_charged_to_its_container() {
     let containers = engine.list_containers().await.unwrap();
     assert_eq!(containers.len(), 1, "{containers:?}");
     let pid = engine.state(&containers[0].id).await.unwrap().and_then(|s| s.pid).unwrap();
-    let cgroup = memory_cgroup_of(pid).unwrap();
+    let cgroup = cgroup_dir(pid as i32, "memory").unwrap();
     let limit = cgroup_number(&cgroup, "memory.kmem.tcp.limit_in_bytes");
 
     let before = host_tcp_mem_pages();
@@ -881,13 +862,6 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// Whether the host binds vsock `port` (any CID) at this moment; it lets go at once.
-fn host_binds_vsock(port: u32) -> Result<(), nix::errno::Errno> {
-    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, VsockAddr};
-    use std::os::fd::AsRawFd;
-    let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    bind(fd.as_raw_fd(), &VsockAddr::new(nix::libc::VMADDR_CID_ANY, port))
-}
 
 #[actix_rt::test]
 async fn a_container_gets_no_vsock_port_no_kernel_aio_and_no_io_uring() {
@@ -911,7 +885,7 @@ async fn a_container_gets_no_vsock_port_no_kernel_aio_and_no_io_uring() {
             done = &mut job => break done,
             () = tokio::time::sleep(Duration::from_millis(50)) => {
                 assert!(Instant::now() < deadline, "the job did not end");
-                let aio: u64 = std::fs::read_to_string("/proc/sys/fs/aio-nr").unwrap().trim().parse().unwrap();
+                let aio: u64 = proc_sys_u64("fs/aio-nr");
                 samples.push((host_binds_vsock(port), aio));
             }
         }

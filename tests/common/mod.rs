@@ -535,3 +535,39 @@ impl Kiln {
         })
     }
 }
+
+/// The host directory of `pid`'s cgroup v1 `controller` (this host is v1 hybrid).
+pub fn cgroup_dir(pid: i32, controller: &str) -> Option<PathBuf> {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    table.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == controller)
+            .then(|| Path::new("/sys/fs/cgroup").join(controller).join(path.trim_start_matches('/')))
+    })
+}
+
+/// A host-wide kernel counter under `/proc/sys` (`fs/aio-nr`, `kernel/pty/nr`).
+pub fn proc_sys_u64(name: &str) -> u64 {
+    let path = format!("/proc/sys/{name}");
+    std::fs::read_to_string(&path).unwrap().trim().parse().unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Pages of TCP socket memory in use on the whole host (`mem` of `TCP:` in
+/// `/proc/net/sockstat`: one pool shared by every network namespace).
+pub fn host_tcp_mem_pages() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap();
+    let line = text.lines().find(|l| l.starts_with("TCP:")).unwrap();
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mem").and_then(|_| words.next()).and_then(|n| n.parse().ok()).unwrap()
+}
+
+/// Whether the host binds vsock `port` (any CID) at this moment; it lets go at once.
+pub fn host_binds_vsock(port: u32) -> Result<(), nix::errno::Errno> {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    use std::os::fd::AsRawFd;
+    let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    bind(fd.as_raw_fd(), &VsockAddr::new(nix::libc::VMADDR_CID_ANY, port))
+}
