@@ -145,7 +145,6 @@ fn in_job_range(id: u32) -> bool {
     (UID_BASE..UID_BASE + UID_COUNT * 1024).contains(&id)
 }
 
-
 /// Directories below `root` (itself included), breadth first, never through a
 /// symlink, at most `max`.
 fn walk_dirs(root: &Path, max: usize) -> Vec<PathBuf> {
@@ -995,7 +994,6 @@ int main(void) {
 }
 "#;
 
-
 /// What a sandbox's devpts allows (`MAX_PTYS` in src/sandbox/overlay/namespace.rs).
 const MAX_PTYS: u64 = 16;
 
@@ -1005,7 +1003,8 @@ async fn a_job_gets_a_bounded_share_of_the_hosts_ptys() {
     let program = static_program("pty_hog", PTY_HOG_C);
     let before = proc_sys_u64("kernel/pty/nr");
     let client = kiln.client();
-    let job = run(&client, gcc_toolchain(), command("./pty_hog", &[], "/work"), &[], programs(&[("pty_hog", &program)]));
+    let job =
+        run(&client, gcc_toolchain(), command("./pty_hog", &[], "/work"), &[], programs(&[("pty_hog", &program)]));
     let (done, samples) = sampling(TEST_LIMIT, job, || proc_sys_u64("kernel/pty/nr")).await;
     let most = samples.iter().copied().max().unwrap_or(before);
     let out = stdout(&done);
@@ -1052,8 +1051,18 @@ async fn a_large_output_costs_kiln_its_compressed_size_only() {
     assert_eq!(done.output.code, 0, "{}", both(&done));
     let (_, data) = done.outputs.iter().find(|(name, _)| name == "big.o").expect("the output came back");
     assert_eq!(data.uncompressed_len(), OUTPUT);
-    println!("kiln's peak RSS {} -> {} MiB; the output compressed to {} bytes", before >> 20, after >> 20, data.compressed().len());
-    assert!(after < before + (64 << 20), "a 300 MiB output took kiln's peak RSS from {} to {} MiB", before >> 20, after >> 20);
+    println!(
+        "kiln's peak RSS {} -> {} MiB; the output compressed to {} bytes",
+        before >> 20,
+        after >> 20,
+        data.compressed().len()
+    );
+    assert!(
+        after < before + (64 << 20),
+        "a 300 MiB output took kiln's peak RSS from {} to {} MiB",
+        before >> 20,
+        after >> 20
+    );
 }
 
 // --- 10e. one host, two kilns: never the same job uids (issue 27, finding 10) --
@@ -1080,7 +1089,8 @@ async fn two_kilns_on_one_host_never_share_job_uids() {
         let client = kiln.client();
         let job = run(&client, gcc_toolchain(), sh(&format!(": {m}; sleep 1; :")), &[], no_inputs());
         // Each process's host ids, read while it runs.
-        let host_uids = || job_processes(&m).into_iter().filter_map(Ids::of).flat_map(|ids| ids.uids).collect::<Vec<_>>();
+        let host_uids =
+            || job_processes(&m).into_iter().filter_map(Ids::of).flat_map(|ids| ids.uids).collect::<Vec<_>>();
         let (done, samples) = sampling(TEST_LIMIT, job, host_uids).await;
         assert_eq!(done.output.code, 0, "{}", both(&done));
         let uids: BTreeSet<u32> = samples.into_iter().flatten().collect();
@@ -1090,7 +1100,10 @@ async fn two_kilns_on_one_host_never_share_job_uids() {
     assert!(seen[0].is_disjoint(&seen[1]), "both kilns ran jobs as {:?}", seen[0].intersection(&seen[1]));
     let claims = [&a, &b].map(|kiln| claimed_range(kiln.pid()).expect("each kiln records the job uid range it holds"));
     for (uids, range) in seen.iter().zip(&claims) {
-        assert!(uids.iter().all(|&uid| range.contains(&u64::from(uid))), "job uids {uids:?} outside the claim {range:?}");
+        assert!(
+            uids.iter().all(|&uid| range.contains(&u64::from(uid))),
+            "job uids {uids:?} outside the claim {range:?}"
+        );
     }
     let [range_a, range_b] = &claims;
     assert!(range_a.end <= range_b.start || range_b.end <= range_a.start, "claims {range_a:?} and {range_b:?} overlap");
@@ -1183,7 +1196,6 @@ fn kiln_check_on_a_cgroup_v2_host_changes_nothing() {
 }
 
 // --- 14. TCP buffers count against the job's memory (issue 27, finding 4) -----
-
 
 /// A cgroup file's number, if it can be read.
 fn cgroup_number(dir: &Path, file: &str) -> Option<u64> {
@@ -1283,7 +1295,6 @@ int main(int argc, char **argv) {
 }
 "#;
 
-
 #[actix_rt::test]
 async fn a_job_cannot_take_a_vsock_port_from_the_host() {
     let port = 40_000 + std::process::id() % 20_000;
@@ -1332,7 +1343,6 @@ int main(void) {
     return 0;
 }
 "#;
-
 
 #[actix_rt::test]
 async fn a_job_cannot_take_the_hosts_aio_budget() {

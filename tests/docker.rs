@@ -670,8 +670,6 @@ fn small_container_config() -> String {
     )
 }
 
-
-
 fn cgroup_number(dir: &std::path::Path, file: &str) -> Option<u64> {
     std::fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
 }
@@ -861,7 +859,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 "#;
-
 
 #[actix_rt::test]
 async fn a_container_gets_no_vsock_port_no_kernel_aio_and_no_io_uring() {

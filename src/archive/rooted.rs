@@ -162,8 +162,8 @@ impl RootedDir {
                 Err(source) => return Err(io("create directory", source)),
             }
             let flags = dir_flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-            current = nix::fcntl::openat(current.as_fd(), name, flags, Mode::empty())
-                .map_err(|e| io("open directory", e))?;
+            current =
+                nix::fcntl::openat(current.as_fd(), name, flags, Mode::empty()).map_err(|e| io("open directory", e))?;
         }
         Ok(current)
     }
