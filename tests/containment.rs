@@ -953,15 +953,7 @@ async fn a_clean_stop_removes_the_job_cgroups() {
     .await;
     assert!(warm.is_some(), "warm sandboxes have cgroups under {instance:?}");
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(kiln.pid()), nix::sys::signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = kiln.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "kiln did not stop within 60 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = kiln.stop_cleanly().await;
     assert!(status.success(), "a clean stop exits 0: {status:?}");
     let left: Vec<&PathBuf> = instances.iter().filter(|dir| dir.exists()).collect();
     assert!(left.is_empty(), "job cgroups outlived a clean stop: {left:?}");

@@ -503,15 +503,7 @@ async fn a_clean_stop_removes_the_pool() {
     let engine = kiln.engine().await;
     assert!(!engine.list_containers().await.unwrap().is_empty());
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(kiln.pid()), nix::sys::signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = kiln.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "kiln did not stop within 60 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = kiln.stop_cleanly().await;
     assert!(status.success(), "a clean stop exits 0: {status:?}");
     let left = engine.list_containers().await.unwrap();
     assert!(left.is_empty(), "containers outlived a clean stop: {:?}", left.iter().map(|c| &c.id).collect::<Vec<_>>());

@@ -205,6 +205,20 @@ impl Kiln {
         let _ = self.child.wait();
     }
 
+    /// Stops kiln as an operator would (SIGTERM: it drains and exits) and returns
+    /// its exit status; fails the test if it has not exited within a minute.
+    pub async fn stop_cleanly(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "kiln did not stop within 60 s of SIGTERM");
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The status page's document, typed: a renamed or removed field fails to compile.
     pub async fn status(&self) -> kiln::observe::StatusDocument {
         let (status, body) = self.client().get_raw("/api/v1/kiln/status").await.unwrap();
