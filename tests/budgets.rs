@@ -196,6 +196,22 @@ impl Drop for SmallFs {
     }
 }
 
+/// Waits (at most 30 s) until `fs`'s free inodes stop changing for half a second:
+/// a refused unpack also evicts idle roots, whose removal runs in the background.
+async fn settle(fs: &SmallFs) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = fs.space().free_inodes;
+    while std::time::Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(500)).await;
+        let now = fs.space().free_inodes;
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    panic!("the free inodes of {:?} never settled", fs.path);
+}
+
 /// Fills `fs` from outside kiln (as the rest of the host would) until `free_inodes`
 /// are left, in `dir`.
 fn fill_inodes(fs: &SmallFs, dir: &Path, free_inodes: u64) {
@@ -240,7 +256,9 @@ async fn uploads_and_unpacks_leave_the_data_dirs_reserve() {
     // Only the stored archive (one inode) stays; the partial root is gone.
     assert!(after.free_inodes + 10 >= before.free_inodes, "{before:?} -> {after:?}");
 
-    // 2. An upload while the host already took the file system below the reserve.
+    // 2. An upload while the host already took the file system below the reserve
+    // (once the roots the refusal evicted are gone).
+    settle(&fs).await;
     let filler = fs.path.join("filler");
     fill_inodes(&fs, &filler, reserved_inodes - 50);
     let before = fs.space();
