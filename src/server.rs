@@ -2,7 +2,7 @@
 //! build-server API (HTTPS) and, without an upstream scheduler, its own scheduler API.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,13 +17,13 @@ use crate::http::{
 };
 use crate::jobs::JobTable;
 use crate::observe::signals::Reload;
-use crate::observe::{Lifecycle, Observer, SharedLinkHealth};
+use crate::observe::{BackendProbe, Lifecycle, Observer, Readiness, SharedLinkHealth};
 use crate::protocol::{HeartbeatServerHttpRequest, JobKey, ServerCertificateHttpResponse, ServerId, ServerNonce};
 use crate::quarantine::Quarantine;
 use crate::sandbox::cgroup::{CgroupOptions, JobCgroups};
 use crate::sandbox::docker::start_docker_backend;
 use crate::sandbox::overlay::{
-    claim_ids, install_exec_shim, JobSeccomp, OverlayBackend, OverlayConfinement, CLAIMS_DIR,
+    claim_ids, install_exec_shim, probe_unprivileged, JobSeccomp, OverlayBackend, OverlayConfinement, CLAIMS_DIR,
 };
 use crate::sandbox::SharedBackend;
 use crate::scheduler::{LocalScheduler, Scheduler, UpstreamScheduler};
@@ -184,7 +184,7 @@ pub async fn serve_with(
     let observer = Arc::new(Observer::new(config.builder_count()));
     let lifecycle = Arc::new(Lifecycle::default());
     let storage = start_storage(&config, &stats, &observer).await?;
-    let (backend, warm) = start_backend(&config, &stats).await?;
+    let (backend, warm, probe) = start_backend(&config, &stats).await?;
     let workers = start_workers(&config, backend.clone(), warm, &storage, &stats, &observer);
 
     let key = match config.job_token_key_bytes() {
@@ -207,6 +207,7 @@ pub async fn serve_with(
         builders: workers.builders.len(),
         link_health,
         quarantine: workers.quarantine,
+        readiness: Readiness::new(lifecycle.clone(), probe, config.used_dirs(), config.kiln.disk_reserve.reserve()),
         started: std::time::Instant::now(),
     });
     let store = kiln.toolchains.store.clone().map(|location| {
@@ -325,12 +326,16 @@ async fn start_storage(config: &Config, stats: &Arc<Stats>, observer: &Arc<Obser
     Ok(Storage { cleaner, cache, unpacker })
 }
 
-/// The sandbox backend, and how many sandboxes per toolchain the SandboxPool keeps
-/// prepared: none for a backend that keeps its own warm pool.
-async fn start_backend(config: &Config, stats: &Arc<Stats>) -> Result<(SharedBackend, usize), ServerError> {
+/// The sandbox backend, how many sandboxes per toolchain the SandboxPool keeps
+/// prepared (none for a backend that keeps its own warm pool), and how
+/// readiness asks whether the backend can make a sandbox.
+async fn start_backend(
+    config: &Config,
+    stats: &Arc<Stats>,
+) -> Result<(SharedBackend, usize, BackendProbe), ServerError> {
     let kiln = &config.kiln;
     let limits = kiln.jobs.sandbox_limits();
-    let backend: SharedBackend = match config.backend() {
+    let (backend, probe): (SharedBackend, BackendProbe) = match config.backend() {
         Backend::Overlay { bwrap_path } => {
             let shim = config.build_dir().join("kiln-exec");
             install_exec_shim(&shim).await.map_err(data_err(&shim))?;
@@ -338,12 +343,28 @@ async fn start_backend(config: &Config, stats: &Arc<Stats>) -> Result<(SharedBac
             let confinement = tokio::task::spawn_blocking(move || overlay_confinement(&confine, bwrap_path, shim))
                 .await
                 .map_err(|_| ServerError::Startup)??;
-            Arc::new(OverlayBackend::new(config.sandboxes_dir(), confinement, limits))
+            // What the startup check runs: bubblewrap makes a user-namespace
+            // sandbox as one of this kiln's job uids. A bubblewrap that has gone,
+            // or user namespaces switched off since, fails it.
+            let (bwrap, identity) = (confinement.bwrap.clone(), confinement.ids.range.nth(0));
+            let probe: BackendProbe = Arc::new(move || {
+                probe_unprivileged(&bwrap, identity).map_err(|e| crate::report::ErrorChain(&e).to_string())
+            });
+            (Arc::new(OverlayBackend::new(config.sandboxes_dir(), confinement, limits)), probe)
         }
-        Backend::Docker => start_docker_backend(&kiln.sandbox.docker, &kiln.data_dir, limits, stats.clone()).await,
+        Backend::Docker => {
+            let backend = start_docker_backend(&kiln.sandbox.docker, &kiln.data_dir, limits, stats.clone()).await;
+            // The container pool checks the daemon every 2 s and says so here.
+            let stats = stats.clone();
+            let probe: BackendProbe = Arc::new(move || match stats.docker_unreachable.load(Ordering::Relaxed) {
+                0 => Ok(()),
+                _ => Err("the docker daemon does not answer".to_owned()),
+            });
+            (backend, probe)
+        }
     };
     let warm = if backend.prepares_ahead() { kiln.sandbox.warm_per_toolchain } else { 0 };
-    Ok((backend, warm))
+    Ok((backend, warm, probe))
 }
 
 /// The actors that run jobs: the SandboxPool, the JobQueue and the supervised

@@ -1,6 +1,7 @@
 //! The operator endpoints, served on the build-server address and on
 //! `kiln.metrics_listen` (plain HTTP): `/metrics` (Prometheus), `/status` (HTML),
-//! `/healthz` (load balancers), `GET /api/v1/kiln/status` (JSON, `kiln status`)
+//! `/healthz` (liveness), `/readyz` (readiness: can kiln take jobs now?),
+//! `GET /api/v1/kiln/status` (JSON, `kiln status`)
 //! and `POST /api/v1/kiln/gc` (`kiln gc`, loopback clients only).
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::actors::{
     DescribeCache, DescribePool, DescribeRoots, DiscardIdle, EvictIdleRoots, SandboxPool, ToolchainCache, TrimCache,
     Unpacker,
 };
-use crate::observe::{metrics, GcReport, Lifecycle, Observer, SharedLinkHealth, Snapshot, StatusDocument};
+use crate::observe::{metrics, GcReport, Lifecycle, Observer, Readiness, SharedLinkHealth, Snapshot, StatusDocument};
 use crate::quarantine::Quarantine;
 use crate::stats::Stats;
 
@@ -37,6 +38,7 @@ pub struct Ops {
     pub builders: usize,
     pub link_health: Option<SharedLinkHealth>,
     pub quarantine: Arc<Quarantine>,
+    pub readiness: Readiness,
     pub started: Instant,
 }
 
@@ -52,10 +54,11 @@ where
 
 impl Ops {
     pub async fn snapshot(&self) -> Snapshot {
-        let (archives, roots, pool) = tokio::join!(
+        let (archives, roots, pool, not_ready) = tokio::join!(
             ask(&self.cache, DescribeCache),
             ask(&self.unpacker, DescribeRoots),
-            ask(&self.pool, DescribePool)
+            ask(&self.pool, DescribePool),
+            self.readiness.check()
         );
         let activity = &self.observer.activity;
         Snapshot {
@@ -75,6 +78,7 @@ impl Ops {
             recent_errors: activity.recent_errors(),
             scheduler_link: self.link_health.as_ref().map(|h| crate::sync::lock(h).clone()),
             toolchain_health: self.quarantine.describe(),
+            not_ready,
         }
     }
 
@@ -94,6 +98,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(prometheus))
         .route("/status", web::get().to(status_page))
         .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
         .route("/api/v1/kiln/status", web::get().to(status))
         .route("/api/v1/kiln/gc", web::post().to(gc));
 }
@@ -134,6 +139,23 @@ async fn healthz(state: State) -> HttpResponse {
     } else {
         HttpResponse::Ok().body("ok\n")
     }
+}
+
+/// 200 while kiln can take jobs; 503 with the reasons on one line while it
+/// cannot (draining, a sandbox backend that cannot make sandboxes, the data
+/// dir's disk below its reserve), so a rollout or an autoscaler stops counting
+/// on it. Liveness stays on `/healthz`: none of these is cured by a restart.
+async fn readyz(state: State) -> HttpResponse {
+    let reasons = state.ops.readiness.check().await;
+    if reasons.is_empty() {
+        return HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ready\n");
+    }
+    let line: Vec<String> = reasons.iter().map(|reason| reason.to_string().replace('\n', " ")).collect();
+    HttpResponse::ServiceUnavailable()
+        .content_type("text/plain; charset=utf-8")
+        .insert_header((header::RETRY_AFTER, "5"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(format!("{}\n", line.join("; ")))
 }
 
 /// Garbage collection now. Loopback clients only: it throws away warm state, which

@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
 
 use super::observer::Observer;
+use super::readiness::NotReady;
 use super::snapshot::Snapshot;
 
 /// The content type of the text exposition format.
@@ -56,6 +57,16 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
     );
     gauge(&mut r, "uptime_seconds", "Seconds since kiln started", snap.uptime_secs as i64);
     gauge(&mut r, "draining", "1 while kiln drains for shutdown (no new jobs)", snap.draining as i64);
+    gauge(&mut r, "ready", "1 while kiln can take jobs (/readyz answers 200)", snap.not_ready.is_empty() as i64);
+    labelled(
+        &mut r,
+        "not_ready",
+        "1 while this reason keeps kiln from taking jobs: draining, sandbox_backend (cannot make a sandbox), disk_reserve (the data dir's file system is below kiln.disk_reserve)",
+        NotReady::LABELS.map(|label| {
+            let set = snap.not_ready.iter().any(|reason| reason.label() == label);
+            (vec![("reason", label.to_owned())], set as i64)
+        }),
+    );
 
     // Jobs.
     labelled_counter(
@@ -70,7 +81,12 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
         ],
     );
     gauge(&mut r, "jobs_in_flight", "run_job requests accepted and not yet answered", snap.jobs_in_flight as i64);
-    gauge(&mut r, "jobs_running", "Jobs a builder is running", snap.jobs_running as i64);
+    gauge(
+        &mut r,
+        "jobs_running",
+        "Jobs a builder is running: the busy slots (kiln_builders is the total)",
+        snap.jobs_running as i64,
+    );
     r.register_with_unit(
         "job_phase",
         "Time jobs spent in each phase: queue, toolchain, acquire, inputs, compile, outputs, cleanup",
@@ -85,7 +101,12 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
     );
 
     // Builders.
-    gauge(&mut r, "builders", "Builders (jobs that can run at once)", snap.builders.len() as i64);
+    gauge(
+        &mut r,
+        "builders",
+        "Builders (jobs that can run at once): the slots in total (kiln_jobs_running are busy)",
+        snap.builders.len() as i64,
+    );
     counter(&mut r, "builder_restarts", "Builders restarted by their supervisor", c.builder_restarts);
     counter(
         &mut r,
@@ -196,6 +217,9 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
     );
     labelled_counter(&mut r, "sandboxes_prepared", "Sandboxes prepared", [(backend(), c.sandboxes_prepared)]);
     counter(&mut r, "sandboxes_cleaned", "Sandbox directories removed", c.sandboxes_cleaned);
+    if snap.backend == "docker" {
+        gauge(&mut r, "docker_unreachable", "1 while the docker daemon does not answer", c.docker_unreachable as i64);
+    }
     counter(&mut r, "cleanup_failures", "Sandbox directory removals that failed", c.cleanup_failures);
 
     // The link to upstream's scheduler, when there is one.

@@ -12,6 +12,8 @@
 //! - [`logging`]: text or JSON logs, with a level that SIGHUP can change.
 //! - [`disk`]: free bytes and inodes of the data dir's file system (`statvfs`) and
 //!   the reserve kiln leaves free there.
+//! - [`readiness`]: whether kiln can take jobs now (`/readyz`): not draining, a
+//!   sandbox backend that can make sandboxes, the disk above its reserve.
 
 pub mod activity;
 pub mod disk;
@@ -20,6 +22,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observer;
 pub mod phases;
+pub mod readiness;
 pub mod signals;
 pub mod snapshot;
 pub mod views;
@@ -28,5 +31,6 @@ pub use disk::{BelowReserve, DiskReserve, FsSpace, Headroom};
 pub use lifecycle::{Draining, InFlight, Lifecycle};
 pub use observer::Observer;
 pub use phases::{JobPhases, Phase, PhaseTimings, SharedPhases};
+pub use readiness::{BackendProbe, NotReady, Readiness};
 pub use snapshot::{GcReport, Snapshot, StatusDocument};
 pub use views::{DiskView, Freed, LinkHealth, PoolView, SharedLinkHealth, StoreView, StoredToolchain, WarmToolchain};

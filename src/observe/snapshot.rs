@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::activity::{BuilderView, ErrorRecord, JobRecord};
+use super::readiness::NotReady;
 use super::views::{Freed, LinkHealth, PoolView, StoreView};
 use crate::quarantine::ToolchainHealth;
 use crate::stats::StatsSnapshot;
@@ -35,6 +36,9 @@ pub struct Snapshot {
     /// failures, whether they were re-unpacked, the quarantine time left.
     #[serde(default)]
     pub toolchain_health: Vec<ToolchainHealth>,
+    /// Why kiln cannot take jobs now (`/readyz`); empty: ready.
+    #[serde(default)]
+    pub not_ready: Vec<NotReady>,
 }
 
 /// `GET /api/v1/kiln/status`.
