@@ -16,7 +16,8 @@
 //! - [`sandbox`]: the [`sandbox::SandboxBackend`] trait, the overlay backend
 //!   (overlayfs + bubblewrap) and the docker backend (containers through bollard).
 //! - [`archive`]: hostile-input-safe tar extraction and in-root path resolution.
-//! - [`server`]: assembles everything; [`config`]: the typed configuration;
+//! - [`server`]: assembles everything; [`config`]: the typed configuration
+//!   ([`config_overrides`]: `kiln serve --set KEY=VALUE` over the file's);
 //!   [`data_lock`]: one kiln per directory; [`quarantine`]: toolchains whose
 //!   jobs keep failing in the machinery are re-unpacked, then refused for a while;
 //!   [`host_check`]: startup checks; [`package`]: `kiln package-toolchain`.
@@ -31,6 +32,7 @@ pub mod archive;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod config_overrides;
 pub mod data_lock;
 pub mod host_check;
 pub mod http;

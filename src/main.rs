@@ -25,6 +25,10 @@ enum Command {
         /// `text` for people, `json` (one object per line) for log shippers.
         #[arg(long, value_enum, default_value_t)]
         log_format: LogFormat,
+        /// A setting over the config file's, e.g. `--set public_addr=10.0.0.7:10501`
+        /// (a pod's own address) or `--set kiln.metrics_listen=0.0.0.0:10601`; repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<kiln::config_overrides::Override>,
     },
     /// Show what a running kiln is doing (its /api/v1/kiln/status, as tables).
     Status {
@@ -69,8 +73,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let command = Cli::parse().command;
-    if let Command::Serve { config, log_format } = command {
-        return serve(config, log_format);
+    if let Command::Serve { config, log_format, set } = command {
+        return serve(config, log_format, set);
     }
     logging::init(LogFormat::Text, "warn")?;
     match command {
@@ -133,15 +137,19 @@ fn client_config(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(config_path: Option<PathBuf>, log_format: LogFormat) -> anyhow::Result<()> {
-    let mut config = load_config(config_path.as_ref())?;
+fn serve(
+    config_path: Option<PathBuf>,
+    log_format: LogFormat,
+    overrides: Vec<kiln::config_overrides::Override>,
+) -> anyhow::Result<()> {
+    let mut config = kiln::config_overrides::load(config_path.as_deref(), &overrides)?;
     let log = logging::init(log_format, &config.kiln.log_level)?;
     let host = kiln::host_check::check_host(&config).map_err(|e| anyhow::anyhow!("kiln cannot start: {e}"))?;
     tracing::info!(bwrap = ?host.bwrap_path, sandbox = %host.sandbox, config = ?config_path, "host checks passed");
     if let Some(bwrap) = host.bwrap_path {
         config.set_bwrap_path(bwrap);
     }
-    let reload = kiln::observe::signals::Reload { config_path, log: Some(log) };
+    let reload = kiln::observe::signals::Reload { config_path, overrides, log: Some(log) };
     let served = actix_rt::System::new().block_on(kiln::server::serve_with(config, reload, |listening| {
         // Machine-readable lines on stdout, for scripts and tests.
         println!("kiln listening on {}", listening.server_url());

@@ -18,10 +18,12 @@ use super::logging::LogHandle;
 use crate::config::Config;
 use crate::report::ErrorChain;
 
-/// What SIGHUP needs: where the config came from and the log filter to change.
+/// What SIGHUP needs: where the config came from, the `--set` overrides to apply
+/// over it again, and the log filter to change.
 #[derive(Clone, Default)]
 pub struct Reload {
     pub config_path: Option<PathBuf>,
+    pub overrides: Vec<crate::config_overrides::Override>,
     pub log: Option<LogHandle>,
 }
 
@@ -80,8 +82,8 @@ async fn reload_config(current: Config, reload: &Reload) -> Config {
         tracing::info!("SIGHUP: kiln runs on its built-in defaults (no --config); nothing to reload");
         return current;
     };
-    let path = path.clone();
-    let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
+    let (path, overrides) = (path.clone(), reload.overrides.clone());
+    let loaded = tokio::task::spawn_blocking(move || crate::config_overrides::load(Some(&path), &overrides)).await;
     let new = match loaded {
         Ok(Ok(new)) => new,
         Ok(Err(e)) => {
