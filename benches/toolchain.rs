@@ -90,6 +90,7 @@ fn sandbox_prepare(c: &mut Criterion) {
         max_stdio_bytes: 1 << 20,
         max_process_memory_bytes: 8 << 30,
         max_memory_bytes: 8 << 30,
+        max_disk_bytes: 4 << 30,
         max_pids: 1024,
     };
     // Confined as `kiln serve` confines jobs: its own uid, seccomp, a cgroup.

@@ -226,6 +226,12 @@ pub struct JobConfig {
     /// Overlay backend: memory of a whole job, swap included (its cgroup's limit).
     /// A job past it has processes killed, and the client is told so on stderr.
     pub max_memory_bytes: u64,
+    /// Overlay backend: everything a job writes (its inputs, its outputs, its
+    /// temporary files) lives in a tmpfs of this size, private to its sandbox: a
+    /// job past it gets ENOSPC, and the data dir's disk is never the job's. The
+    /// pages are memory charged to the job, so `max_memory_bytes` bounds them too
+    /// (the tmpfs is never larger). At least `max_input_bytes`.
+    pub max_disk_bytes: u64,
     /// Overlay backend: processes and threads of a whole job (its cgroup's
     /// `pids.max`): a fork bomb stops here, not at the host's limit.
     pub max_pids: u64,
@@ -363,6 +369,7 @@ impl Default for JobConfig {
             max_stdio_bytes: 16 * MIB,
             max_process_memory_bytes: 8 * GIB,
             max_memory_bytes: 8 * GIB,
+            max_disk_bytes: 4 * GIB,
             max_pids: 1024,
             max_cpus: 0,
             body_timeout_secs: 120,
@@ -496,6 +503,9 @@ impl Config {
         }
         if jobs.max_pids == 0 || jobs.max_memory_bytes == 0 {
             return invalid("kiln.jobs.max_pids", "max_pids and max_memory_bytes must not be 0");
+        }
+        if jobs.max_disk_bytes < jobs.max_input_bytes {
+            return invalid("kiln.jobs.max_disk_bytes", "must hold a job's inputs: at least max_input_bytes");
         }
         if jobs.queue_len == 0 {
             return invalid("kiln.jobs.queue_len", "must be at least 1");
@@ -706,6 +716,7 @@ impl JobConfig {
             max_stdio_bytes: self.max_stdio_bytes,
             max_process_memory_bytes: self.max_process_memory_bytes,
             max_memory_bytes: self.max_memory_bytes,
+            max_disk_bytes: self.max_disk_bytes.min(self.max_memory_bytes),
             max_pids: self.max_pids,
         }
     }

@@ -302,3 +302,118 @@ async fn uploads_and_unpacks_leave_the_data_dirs_reserve() {
     assert_eq!(disk.reserved_inodes, reserved_inodes);
     drop(kiln);
 }
+
+// --- a job's writes (issue 27, finding 7) ------------------------------------
+
+/// Writes zeros, 1 MiB at a time, to `fill` in its cwd until a write fails or
+/// 200 MiB are written; says how far it got and why it stopped, then stays a
+/// few seconds so the test can act while its bytes are held.
+const FILL_DISK_C: &str = r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static char chunk[1 << 20];
+
+int main(void) {
+    int fd = open("fill", O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    long written = 0;
+    const char *why = "done";
+    if (fd < 0) {
+        why = strerror(errno);
+    }
+    while (fd >= 0 && written < (200L << 20)) {
+        ssize_t n = write(fd, chunk, sizeof chunk);
+        if (n <= 0) {
+            why = n < 0 ? strerror(errno) : "short write";
+            break;
+        }
+        written += n;
+    }
+    printf("wrote %ld: %s\n", written, why);
+    fflush(stdout);
+    sleep(4);
+    return 0;
+}
+"#;
+
+/// An inputs tar holding `program` at `/work/<name>` (mode 0755).
+fn program_inputs(name: &str, program: &[u8]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_path(format!("work/{name}")).unwrap();
+    header.set_size(program.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    tar.append(&header, program).unwrap();
+    tar.into_inner().unwrap()
+}
+
+/// The data dir on a 256 MiB tmpfs, `kiln.jobs.max_disk_bytes` = 64 MiB, and a job
+/// that writes as much as it can. Before, the job's writes went to its overlay's
+/// upper dir on the data dir's file system: it wrote 200 MiB there, and a
+/// toolchain upload meanwhile failed. Now it gets ENOSPC at 64 MiB in its own
+/// tmpfs, the data dir's free space does not move, and another client's upload
+/// and job run while the job holds its bytes.
+#[actix_rt::test]
+async fn a_job_that_fills_its_disk_quota_stops_there_alone() {
+    const QUOTA: u64 = 64 << 20;
+    let fs = SmallFs::mount("size=256m,mode=0700");
+    let kiln = Kiln::start_on(
+        &fs.path.join("data"),
+        &format!(
+            "[kiln.disk_reserve]\npercent = 0\nmin_free_bytes = 0\nmin_free_inodes = 0\n\
+             [kiln.jobs]\ntimeout_secs = 60\nmax_input_bytes = {}\nmax_disk_bytes = {QUOTA}\n",
+            16 << 20
+        ),
+    );
+    let tc = toolchain_of_empty_files("fill", 0, 0);
+    assert_runs(&kiln, &tc).await;
+    let program = {
+        let dir = tempfile::Builder::new().prefix("kiln-prog-").tempdir().unwrap();
+        let (src, exe) = (dir.path().join("fill_disk.c"), dir.path().join("fill_disk"));
+        std::fs::write(&src, FILL_DISK_C).unwrap();
+        let status = std::process::Command::new("gcc").args(["-static", "-O1", "-o"]).arg(&exe).arg(&src).status();
+        assert!(status.unwrap().success(), "gcc -static fill_disk.c");
+        std::fs::read(exe).unwrap()
+    };
+    let before = fs.space();
+    let client = kiln.client();
+    let filler = async {
+        let job_id = assign_and_submit(&client, &tc).await;
+        let request = RunJobHttpRequest { command: command("./fill_disk", &[], "/work"), outputs: vec![] };
+        let inputs = program_inputs("fill_disk", &program);
+        match client.run_job(job_id, &token(job_id), &request, &inputs).await.unwrap() {
+            RunJobResult::Complete(done) => done,
+            RunJobResult::JobNotFound => panic!("job {job_id} not found"),
+        }
+    };
+    // While the filler holds what it wrote: the data dir's free space, and a new
+    // toolchain from another client, uploaded and run.
+    let watcher = async {
+        let mut least = before.free_bytes;
+        for _ in 0..20 {
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+            least = least.min(fs.space().free_bytes);
+        }
+        let other = run_true(&kiln, &toolchain_of_empty_files("during-fill", 10, 0)).await;
+        (least.min(fs.space().free_bytes), other)
+    };
+    let ((least_free, other), done) = tokio::join!(watcher, filler);
+    let out = stdout(&done);
+    eprintln!("{out}free bytes of the data dir: {} before, at least {least_free} during", before.free_bytes);
+    let written: u64 = out.split_whitespace().nth(1).and_then(|n| n.trim_end_matches(':').parse().ok()).unwrap();
+    assert!(out.contains("No space left on device"), "the job was stopped by its quota: {out}");
+    assert!(written <= QUOTA && written >= QUOTA / 2, "the job wrote {written} bytes under a {QUOTA}-byte quota");
+    assert!(
+        least_free + (4 << 20) >= before.free_bytes,
+        "the job's writes took the data dir from {} to {least_free} free bytes",
+        before.free_bytes
+    );
+    let other = other.unwrap_or_else(|e| panic!("another client's upload and job during the fill: {e}"));
+    assert_eq!(other.output.code, 0, "{}", stderr(&other));
+    assert_runs(&kiln, &tc).await;
+}

@@ -6,7 +6,8 @@
 //! Host-side checks read: `/proc/<pid>/{cmdline,status,cgroup}` of the job's
 //! processes (found by a unique marker in their command line, plus descendants),
 //! `/sys/fs/cgroup/pids/**/pids.max`, `/sys/fs/cgroup/memory/<job's cgroup>/`,
-//! `<data_dir>/sandboxes/<n>/upper/...` and `<data_dir>/roots/<archive_id>/tmp`.
+//! a running sandbox's root (through a sandbox thread's
+//! `/proc/<kiln>/task/<tid>/root/tmp/root`) and `<data_dir>/roots/<archive_id>/tmp`.
 //! The cgroup test starts kiln in a pids cgroup of its own
 //! (`/sys/fs/cgroup/pids/kiln-cgroup-<pid>-<n>`, removed afterwards); the deep-tree
 //! test keeps its data dir on tmpfs (`/dev/shm`) when there is one.
@@ -189,13 +190,17 @@ fn pids_max_everywhere() -> BTreeMap<PathBuf, String> {
         .collect()
 }
 
-/// The sandbox dir (`<data_dir>/sandboxes/<n>`) whose upper dir holds `relative`.
-fn sandbox_holding(kiln: &Kiln, relative: &str) -> Option<PathBuf> {
-    let sandboxes = std::fs::read_dir(kiln.data_dir.join("sandboxes")).ok()?;
-    sandboxes
+/// The root of the running sandbox that holds `relative`, as root on the host
+/// reaches it: through one of kiln's sandbox threads, whose mount namespace has
+/// it at `/tmp/root` (`/proc/<kiln>/task/<thread>/root/tmp/root`). What a job
+/// writes is on its sandbox's own tmpfs, mounted there and nowhere on the host;
+/// the overlay shows the attributes that tmpfs holds.
+fn sandbox_root_holding(kiln: &Kiln, relative: &str) -> Option<PathBuf> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", kiln.pid())).ok()?;
+    tasks
         .flatten()
-        .map(|e| e.path())
-        .find(|dir| std::fs::symlink_metadata(dir.join("upper").join(relative)).is_ok())
+        .map(|task| task.path().join("root/tmp/root"))
+        .find(|root| std::fs::symlink_metadata(root.join(relative)).is_ok())
 }
 
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
@@ -551,14 +556,14 @@ async fn job_leaves_no_setuid_file_on_the_host() {
     );
     let client = kiln.client();
     let job = run(&client, gcc_toolchain(), sh(&script), &[], programs(&[("setuid_attack", &attack)]));
-    // While the job still runs: its sandbox's upper dir, as any host user would find it.
+    // While the job still runs: what it wrote, as root on the host finds it.
     let relative = format!("work/{done_file}");
     let (done, samples) = sampling(TEST_LIMIT, job, || {
-        let sandbox = sandbox_holding(&kiln, &relative)?;
-        Some((sandbox.clone(), walk_all(&sandbox.join("upper"), 100_000)))
+        let root = sandbox_root_holding(&kiln, &relative)?;
+        Some((root.clone(), walk_all(&root.join("work"), 100_000)))
     })
     .await;
-    let Some((sandbox, entries)) = samples.into_iter().flatten().next() else {
+    let Some((root, entries)) = samples.into_iter().flatten().next() else {
         panic!("no sandbox under {} held {relative} while the job ran\n{}", kiln.data_dir.display(), both(&done))
     };
     println!("{}", both(&done));
@@ -571,7 +576,7 @@ async fn job_leaves_no_setuid_file_on_the_host() {
         .map(|(path, meta)| format!("{} mode {:o} owner {}:{}", path.display(), meta.mode(), meta.uid(), meta.gid()))
         .collect();
     assert!(privileged.is_empty(), "setuid/setgid files on the host: {privileged:#?}");
-    let work = sandbox.join("upper/work");
+    let work = root.join("work");
     // The copies and the marker exist; an `open(O_CREAT, 04755)` may have been
     // refused outright, leaving no file (which is fine).
     for (name, required) in [
@@ -590,7 +595,7 @@ async fn job_leaves_no_setuid_file_on_the_host() {
     }
     // Nobody but root may even reach the sandboxes.
     let sandboxes = kiln.data_dir.join("sandboxes");
-    let mut dirs = vec![kiln.data_dir.clone(), sandboxes.clone(), sandbox];
+    let mut dirs = vec![kiln.data_dir.clone(), sandboxes.clone()];
     dirs.extend(std::fs::read_dir(&sandboxes).unwrap().flatten().map(|e| e.path()));
     for dir in dirs {
         let Ok(meta) = std::fs::symlink_metadata(&dir) else { continue }; // cleaned meanwhile
@@ -773,7 +778,7 @@ async fn deep_tree_is_cleaned_and_kiln_survives() {
         if !kiln_alive(&mut kiln) {
             return Some(false);
         }
-        sandbox_holding(&kiln, &relative).is_none().then_some(true)
+        sandbox_root_holding(&kiln, &relative).is_none().then_some(true)
     })
     .await;
     assert!(kiln_alive(&mut kiln), "kiln died cleaning the tree");

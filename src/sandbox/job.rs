@@ -35,6 +35,8 @@ pub struct SandboxLimits {
     pub max_process_memory_bytes: u64,
     /// Memory (swap included) of a whole overlay job, enforced by its cgroup.
     pub max_memory_bytes: u64,
+    /// Size of the tmpfs an overlay job writes into (inputs included).
+    pub max_disk_bytes: u64,
     /// Processes and threads of a whole overlay job, enforced by its cgroup.
     pub max_pids: u64,
 }

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::bwrap::{run_job, Confinement, StartedSandbox};
 use super::id_claim::IdClaim;
 use super::identity::{create_files_as, JobIdentity};
-use super::namespace::{enter_overlay_namespace, OverlayDirs};
+use super::namespace::{enter_overlay_namespace, release_overlay_namespace, OverlayDirs};
 use super::seccomp::JobSeccomp;
 use crate::protocol::JobComplete;
 use crate::report::ErrorChain;
@@ -23,8 +23,9 @@ use crate::sandbox::{
     Cancellation, Leftovers, Sandbox, SandboxBackend, SandboxError, SandboxJob, SandboxLimits, ToolchainRoot,
 };
 
-/// Prepares overlay sandboxes under `<data_dir>/sandboxes/<n>/{upper,work,merged}`
-/// (`<n>` 0700).
+/// Prepares overlay sandboxes at `<data_dir>/sandboxes/<n>` (0700), each with a
+/// tmpfs of its own mounted there, in its thread's namespace only, holding
+/// `{upper,work,merged}`.
 pub struct OverlayBackend {
     sandboxes_dir: PathBuf,
     confinement: Arc<OverlayConfinement>,
@@ -89,6 +90,7 @@ impl SandboxBackend for OverlayBackend {
         let dir = self.sandboxes_dir.join(id.to_string());
         let dirs = OverlayDirs {
             lower: toolchain.path.clone(),
+            scratch: dir.clone(),
             upper: dir.join("upper"),
             work: dir.join("work"),
             merged: dir.join("merged"),
@@ -98,15 +100,6 @@ impl SandboxBackend for OverlayBackend {
         let limits = self.limits;
         async move {
             create_private_dir(&dir).await?;
-            for d in [&dirs.upper, &dirs.work, &dirs.merged] {
-                tokio::fs::create_dir(d).await.map_err(|source| SandboxError::CreateDir { path: d.clone(), source })?;
-            }
-            // The overlay's root takes the upper dir's mode: 0755 whatever kiln's
-            // umask, so the job's uid can reach its own root.
-            let root_mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-            tokio::fs::set_permissions(&dirs.upper, root_mode)
-                .await
-                .map_err(|source| SandboxError::CreateDir { path: dirs.upper.clone(), source })?;
             let (ready_tx, ready_rx) = oneshot::channel();
             let (job_tx, job_rx) = mpsc::sync_channel::<RunRequest>(1);
             let thread = SandboxThread { id, dirs, confinement, identity, limits };
@@ -187,7 +180,11 @@ impl SandboxThread {
             None => None,
         };
         match self.start(cgroup.as_ref()) {
-            Ok(sandbox) => self.serve(sandbox, cgroup.as_ref(), ready, jobs),
+            Ok(sandbox) => {
+                self.serve(sandbox, cgroup.as_ref(), ready, jobs);
+                // Only here: this thread is in the sandbox's namespace for sure.
+                release_overlay_namespace(&self.dirs);
+            }
             Err(e) => {
                 let _ = ready.send(Err(e));
             }
@@ -201,7 +198,7 @@ impl SandboxThread {
 
     fn start(&self, cgroup: Option<&JobCgroup>) -> Result<StartedSandbox, SandboxError> {
         let c = &self.confinement;
-        enter_overlay_namespace(&self.dirs, &c.shim)?;
+        enter_overlay_namespace(&self.dirs, &c.shim, self.limits.max_disk_bytes)?;
         let sandbox = StartedSandbox::start(Confinement {
             bwrap: &c.bwrap,
             identity: self.identity,

@@ -11,10 +11,15 @@ use nix::sys::stat::Mode;
 use crate::archive::{RootedDir, SandboxPath};
 use crate::sandbox::SandboxError;
 
-/// The directories of one overlay sandbox on the host.
+/// The directories of one overlay sandbox.
+///
+/// `scratch` is on the host (0700, in the data dir); the rest are made below it
+/// on the sandbox's own tmpfs, which exists only in the sandbox thread's mount
+/// namespace (see [`mount_scratch`]).
 #[derive(Debug, Clone)]
 pub(super) struct OverlayDirs {
     pub lower: PathBuf,
+    pub scratch: PathBuf,
     pub upper: PathBuf,
     pub work: PathBuf,
     /// Where the overlay is mounted first (in the thread's namespace only).
@@ -51,14 +56,19 @@ pub(super) const SHIM_IN_SANDBOX: &str = "/.kiln-exec";
 /// which a thread may unshare), so this must run on a dedicated thread that never
 /// serves anything else. The new namespace is made recursively private first so
 /// no mount can propagate back to the host.
-pub(super) fn enter_overlay_namespace(dirs: &OverlayDirs, shim: &Path) -> Result<(), SandboxError> {
+pub(super) fn enter_overlay_namespace(
+    dirs: &OverlayDirs,
+    shim: &Path,
+    max_disk_bytes: u64,
+) -> Result<(), SandboxError> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(SandboxError::Namespace)?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(SandboxError::Namespace)?;
-    let options =
-        format!("lowerdir={},upperdir={},workdir={}", dirs.lower.display(), dirs.upper.display(), dirs.work.display());
     // nosuid/nodev: nothing in a toolchain or a job's inputs may gain privileges.
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount_scratch(dirs, max_disk_bytes)?;
+    let options =
+        format!("lowerdir={},upperdir={},workdir={}", dirs.lower.display(), dirs.upper.display(), dirs.work.display());
     mount(Some("overlay"), &dirs.merged, Some("overlay"), hardened, Some(options.as_str()))
         .map_err(|source| SandboxError::MountOverlay { path: dirs.merged.clone(), source })?;
     lay_out_mount_points(&dirs.merged, shim)?;
@@ -75,6 +85,49 @@ pub(super) fn enter_overlay_namespace(dirs: &OverlayDirs, shim: &Path) -> Result
     // Recursive: the shim's read-only bind inside comes along.
     mount(Some(from_fd.as_str()), ROOT, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .map_err(|source| SandboxError::MountOverlay { path: ROOT.into(), source })
+}
+
+/// Mounts the sandbox's scratch tmpfs over `dirs.scratch` and makes the overlay's
+/// upper, work and mount-point directories on it.
+///
+/// This is the job's disk quota (issue 27): whatever the job writes is a page of
+/// this tmpfs, charged to the job's memory cgroup as it writes, and past `size`
+/// it gets ENOSPC while kiln and every other job carry on. The data dir's file
+/// system never holds a job's bytes (a job once filled it, and uploads failed
+/// until it ended). The mount exists only in this thread's namespace (and the
+/// job's copy of it), so it goes when the sandbox ends, whatever the job left.
+/// Inodes are bounded too: one per 4 KiB of the size, as a disk would have them.
+fn mount_scratch(dirs: &OverlayDirs, max_disk_bytes: u64) -> Result<(), SandboxError> {
+    let inodes = (max_disk_bytes / 4096).clamp(MIN_SCRATCH_INODES, MAX_SCRATCH_INODES);
+    let options = format!("mode=0700,size={max_disk_bytes},nr_inodes={inodes}");
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(Some("kiln-scratch"), &dirs.scratch, Some("tmpfs"), flags, Some(options.as_str()))
+        .map_err(|source| SandboxError::MountStage { path: dirs.scratch.clone(), source })?;
+    for (dir, mode) in [(&dirs.upper, 0o755), (&dirs.work, 0o700), (&dirs.merged, 0o700)] {
+        // The overlay's root takes the upper dir's mode: 0755 whatever kiln's
+        // umask, so the job's uid can reach its own root.
+        let made = nix::unistd::mkdir(dir, Mode::empty())
+            .map_err(std::io::Error::from)
+            .and_then(|()| std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode)));
+        made.map_err(|source| SandboxError::CreateDir { path: dir.clone(), source })?;
+    }
+    Ok(())
+}
+
+/// Bounds on the scratch tmpfs's inodes, whatever `max_disk_bytes` says: enough
+/// for a job's inputs (`max_input_entries`, 100,000 by default) and its files.
+const MIN_SCRATCH_INODES: u64 = 16_384;
+const MAX_SCRATCH_INODES: u64 = 4_194_304;
+
+/// Unmounts what [`enter_overlay_namespace`] mounted, so the scratch tmpfs's
+/// pages are freed (and uncharged from the job's cgroup) before the cgroup is
+/// removed; the thread's exit would free them too, a moment later.
+pub(super) fn release_overlay_namespace(dirs: &OverlayDirs) {
+    for target in [Path::new(STAGE), dirs.scratch.as_path()] {
+        if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::debug!(path = %target.display(), error = %e, "unmounting a sandbox's mount failed");
+        }
+    }
 }
 
 /// Mounts a devpts instance of the sandbox's own at [`PTS`], with at most
