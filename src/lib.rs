@@ -51,3 +51,4 @@ pub mod stats;
 pub mod store;
 pub mod sync;
 pub mod tls;
+pub mod toolchains;

@@ -2,7 +2,7 @@
 //! build-server API (HTTPS) and, without an upstream scheduler, its own scheduler API.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use crate::scheduler::{LocalScheduler, Scheduler, UpstreamScheduler};
 use crate::stats::Stats;
 use crate::store::{FetchLimits, ToolchainStore};
 use crate::tls::ServerCert;
+use crate::toolchains::{ArrivalLimits, Toolchains};
 
 /// How often assigned-but-never-run jobs are forgotten.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);
@@ -219,11 +220,15 @@ pub async fn serve_with(
         ToolchainStore::new(location, storage.cache.clone(), config.incoming_dir(), limits, stats.clone())
     });
     let store = store.transpose()?;
+    let arrival_limits = ArrivalLimits {
+        max_archive_bytes: kiln.toolchains.max_archive_bytes,
+        upload_timeout: Duration::from_secs(kiln.toolchains.upload_timeout_secs),
+    };
+    let toolchains = Toolchains::new(storage.cache, store, config.incoming_dir(), arrival_limits, stats.clone());
     let state = web::Data::new(AppState {
         ops,
         key,
         jobs: JobTable::default(),
-        cache: storage.cache,
         queue: workers.queue,
         stats,
         limits: HttpLimits {
@@ -232,11 +237,9 @@ pub async fn serve_with(
             body_timeout: kiln.jobs.body_timeout(),
             upload_timeout: Duration::from_secs(kiln.toolchains.upload_timeout_secs),
         },
-        incoming_dir: config.incoming_dir(),
-        next_upload: AtomicU64::new(0),
         body_memory: BodyBudget::new(kiln.jobs.max_buffered_request_bytes),
         scheduler,
-        store,
+        toolchains,
     });
     spawn_job_expiry(state.clone(), Duration::from_secs(kiln.jobs.assigned_ttl_secs));
 

@@ -40,6 +40,11 @@ counters! {
     toolchains_evicted,
     /// Toolchain archives a client uploaded (and kiln stored).
     toolchain_uploads,
+    /// assign_jobs told their toolchain was already on its way (another job's
+    /// upload, or a fetch from the store), so their clients did not send it too;
+    /// and arrivals that failed, failing the jobs that waited for them.
+    toolchain_arrival_waits,
+    toolchain_arrivals_failed,
     /// Shared toolchain store: assign_jobs it spared an upload (hits), archives
     /// published to it, fetched from it (and their bytes), and lookups, publishes or
     /// fetches that failed.

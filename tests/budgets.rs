@@ -407,7 +407,7 @@ async fn a_job_that_fills_its_disk_quota_stops_there_alone() {
     eprintln!("{out}free bytes of the data dir: {} before, at least {least_free} during", before.free_bytes);
     let written: u64 = out.split_whitespace().nth(1).and_then(|n| n.trim_end_matches(':').parse().ok()).unwrap();
     assert!(out.contains("No space left on device"), "the job was stopped by its quota: {out}");
-    assert!(written <= QUOTA && written >= QUOTA / 2, "the job wrote {written} bytes under a {QUOTA}-byte quota");
+    assert!((QUOTA / 2..=QUOTA).contains(&written), "the job wrote {written} bytes under a {QUOTA}-byte quota");
     assert!(
         least_free + (4 << 20) >= before.free_bytes,
         "the job's writes took the data dir from {} to {least_free} free bytes",

@@ -118,6 +118,9 @@ async fn a_store_that_never_answers_falls_back_to_the_client() {
     let assigned = actix_rt::time::timeout(Duration::from_secs(60), client.assign_job(job_id, &token, &toolchain));
     let AssignJobResult { need_toolchain, .. } = assigned.await.expect("assign_job waits on a silent store").unwrap();
     assert!(need_toolchain, "kiln promised a toolchain from a store that never answered");
+    // As the client does when asked: the next job finds the toolchain here.
+    let sent = client.submit_toolchain(job_id, &token, tc.bytes.clone()).await.unwrap();
+    assert_eq!(sent, kiln::protocol::SubmitToolchainResult::Success);
     let done = assert_compiles(&kiln).await;
     assert_eq!(done.output.code, 0, "{}", stderr(&done));
     let counters = kiln.status().await.snapshot.counters;
@@ -322,4 +325,104 @@ fn stalling_s3_endpoint() -> u16 {
         }
     });
     port
+}
+
+// --- single flight on one kiln (issue 23) -------------------------------------
+
+/// `n` jobs assigned at once for one toolchain, as a cold `make -j` or `cargo
+/// build -j` starts: their ids, and which of them were asked for the toolchain.
+async fn assign_at_once(kiln: &Kiln, tc: &PackedToolchain, n: usize) -> Vec<(kiln::protocol::JobId, bool)> {
+    let client = &kiln.client();
+    let toolchain = &Toolchain { archive_id: tc.archive_id.clone() };
+    let assigns = (0..n).map(|_| async move {
+        let job_id = next_job_id();
+        let answer = client.assign_job(job_id, &token(job_id), toolchain).await.unwrap();
+        (job_id, answer.need_toolchain)
+    });
+    futures_util::future::join_all(assigns).await
+}
+
+/// Eight first jobs for a toolchain kiln lacks arrive together. Before, each was
+/// answered `need_toolchain = true` and its client sent the whole archive: eight
+/// uploads. Now the first is asked for it, the seven others are told it is on
+/// its way and their run_jobs (sent before the upload even starts) wait for it;
+/// all eight compile, byte-identical, from one upload.
+#[actix_rt::test]
+async fn concurrent_first_jobs_send_the_toolchain_once() {
+    let kiln = Kiln::start("");
+    let tc = gcc_toolchain();
+    let project = CProject::new();
+    let request = RunJobHttpRequest {
+        command: command("/usr/bin/gcc", &["-c", "-O2", "main.c", "-o", "main.o"], project.cwd()),
+        outputs: vec!["main.o".into()],
+    };
+    let jobs = assign_at_once(&kiln, tc, 8).await;
+    let uploaders: Vec<_> = jobs.iter().filter(|(_, need)| *need).map(|(id, _)| *id).collect();
+    assert_eq!(uploaders.len(), 1, "jobs asked for the toolchain: {uploaders:?} of {jobs:?}");
+    let client = &kiln.client();
+    let request = &request;
+    let runs = jobs.iter().map(|&(job_id, need)| {
+        let inputs = project.inputs();
+        async move {
+            if need {
+                // The waiting jobs' run_jobs are in before the upload starts.
+                actix_rt::time::sleep(Duration::from_millis(500)).await;
+                let sent = client.submit_toolchain(job_id, &token(job_id), tc.bytes.clone()).await.unwrap();
+                assert_eq!(sent, kiln::protocol::SubmitToolchainResult::Success);
+            }
+            match client.run_job(job_id, &token(job_id), request, &inputs).await.unwrap() {
+                RunJobResult::Complete(done) => done,
+                other => panic!("job {job_id}: {other:?}"),
+            }
+        }
+    });
+    let done = futures_util::future::join_all(runs).await;
+    for d in &done {
+        assert_eq!(d.output.code, 0, "{}", stderr(d));
+        assert_eq!(output_bytes(d, "main.o"), output_bytes(&done[0], "main.o"));
+    }
+    let counters = kiln.status().await.snapshot.counters;
+    assert_eq!((counters.toolchain_uploads, counters.toolchain_arrival_waits), (1, 7), "{counters:?}");
+    let metrics = kiln::client::Client::new(format!("{}/metrics", kiln.ops)).get_raw("").await.unwrap().1;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("kiln_toolchain_uploads_total 1"), "{metrics}");
+}
+
+/// The one job asked for a toolchain sends something that is not it. The jobs
+/// waiting for it are answered at once with an error that sends their clients to
+/// compile locally (never a hang, never a job on a half-written toolchain), and
+/// the next assign_job asks its client again.
+#[actix_rt::test]
+async fn a_failed_upload_fails_the_jobs_waiting_for_it_at_once() {
+    let kiln = Kiln::start("");
+    let tc = other_toolchain();
+    let jobs = assign_at_once(&kiln, tc, 4).await;
+    let uploader = jobs.iter().find(|(_, need)| *need).expect("one job is asked for the toolchain").0;
+    let client = &kiln.client();
+    let request = &RunJobHttpRequest { command: command("/bin/true", &[], "/work"), outputs: vec![] };
+    let waiters = jobs.iter().filter(|(id, _)| *id != uploader).map(|&(job_id, _)| async move {
+        let answer = client.run_job(job_id, &token(job_id), request, &empty_tar()).await;
+        format!("{answer:?}")
+    });
+    let upload = async {
+        actix_rt::time::sleep(Duration::from_millis(500)).await;
+        let mut bad = tc.bytes.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        client.submit_toolchain(uploader, &token(uploader), bad.into()).await
+    };
+    let limit = Duration::from_secs(60);
+    let (refused, answers) =
+        actix_rt::time::timeout(limit, futures_util::future::join(upload, futures_util::future::join_all(waiters)))
+            .await
+            .expect("the waiting jobs were answered");
+    assert!(format!("{refused:?}").contains("400"), "the bad upload is refused: {refused:?}");
+    for answer in &answers {
+        assert!(answer.contains("503") && answer.contains("did not arrive"), "{answer}");
+    }
+    let counters = kiln.status().await.snapshot.counters;
+    assert_eq!((counters.jobs_completed, counters.toolchain_uploads), (0, 0), "{counters:?}");
+    assert_eq!(counters.toolchain_arrivals_failed, 1, "{counters:?}");
+    let again = assign_at_once(&kiln, tc, 1).await;
+    assert!(again[0].1, "after the failed upload the next job is asked for the toolchain");
 }

@@ -36,7 +36,7 @@ pub enum ApiError {
     #[error("kiln's {0} is not running")]
     Unavailable(&'static str),
     #[error(transparent)]
-    StoreFetch(#[from] crate::store::FetchFailed),
+    NotArrived(#[from] crate::toolchains::ArrivalFailed),
     #[error("kiln already holds {limit} bytes of request bodies in memory; retry later")]
     TooManyBodies { limit: u64 },
     #[error(transparent)]
@@ -86,7 +86,9 @@ impl ResponseError for ApiError {
                 FailureKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
             // The store the server relies on failed it: a gateway's failure.
-            ApiError::StoreFetch(_) => StatusCode::BAD_GATEWAY,
+            ApiError::NotArrived(e) if e.from == crate::toolchains::Source::Store => StatusCode::BAD_GATEWAY,
+            // Another client's upload failed: the next assign_job asks this one.
+            ApiError::NotArrived(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotFound | ApiError::UnknownServer(_) => StatusCode::NOT_FOUND,
         }
@@ -120,5 +122,19 @@ impl ResponseError for ApiError {
             _ => {}
         }
         response.json(body)
+    }
+}
+
+impl From<crate::toolchains::UploadError> for ApiError {
+    fn from(e: crate::toolchains::UploadError) -> Self {
+        use crate::toolchains::UploadError;
+        match e {
+            UploadError::Reserve(e) => ApiError::DiskReserve(e),
+            UploadError::Mismatch(why) => ApiError::BadToolchain(why),
+            UploadError::CacheGone => ApiError::Unavailable("toolchain cache"),
+            e @ (UploadError::NoRoom(_) | UploadError::Staging { .. } | UploadError::Cache(_)) => {
+                ApiError::Internal(crate::report::ErrorChain(&e).to_string())
+            }
+        }
     }
 }

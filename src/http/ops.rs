@@ -115,7 +115,7 @@ async fn prometheus(state: State) -> Result<HttpResponse, ApiError> {
 async fn status_document(state: &AppState) -> StatusDocument {
     StatusDocument {
         assigned_jobs: state.jobs.len(),
-        toolchain_store: state.store.as_ref().map(|store| store.location().to_string()),
+        toolchain_store: state.toolchains.store().map(|store| store.location().to_string()),
         snapshot: state.ops.snapshot().await,
     }
 }

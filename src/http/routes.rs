@@ -1,25 +1,22 @@
 //! The build-server endpoints of the sccache-dist protocol; the operator endpoints
 //! (ops.rs) are served beside them.
 
-use std::sync::atomic::Ordering;
-
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
-use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
 use super::body::BoundedBody;
 use super::state::AppState;
 use super::ApiError;
-use crate::actors::{CacheError, HasToolchain, StoreToolchain, SubmitJob};
+use crate::actors::SubmitJob;
 use crate::jobs::{JobError, JobRequest};
 use crate::observe::{JobPhases, Phase};
 use crate::protocol::{
-    self, ArchiveCheck, ArchiveMismatch, AssignJobResult, JobId, JobState, RunJobResult, SubmitToolchainResult,
-    Toolchain, BINCODE_CONTENT_TYPE, MAX_SMALL_MESSAGE,
+    self, AssignJobResult, JobId, JobState, RunJobResult, SubmitToolchainResult, Toolchain, BINCODE_CONTENT_TYPE,
+    MAX_SMALL_MESSAGE,
 };
 use crate::scheduler::ClaimedJob;
-use crate::stats::Stats;
+use crate::toolchains::UploadError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -113,23 +110,20 @@ async fn assign_job(
 }
 
 /// Records a job placed on this server (by a scheduler's assign_job, or kiln's
-/// own scheduler) and says whether its toolchain must be sent.
+/// own scheduler) and says whether its toolchain must be sent: only when it is
+/// neither here, nor in the farm's store, nor already on its way.
 pub(super) async fn assign(state: &AppState, job_id: JobId, toolchain: Toolchain) -> Result<AssignJobResult, ApiError> {
     state.ops.lifecycle.admit()?;
-    let has = state
-        .cache
-        .send(HasToolchain { archive_id: toolchain.archive_id.clone() })
-        .await
-        .map_err(|_| ApiError::Unavailable("toolchain cache"))?;
-    Stats::bump(if has { &state.stats.toolchain_cache_hits } else { &state.stats.toolchain_cache_misses });
-    // Not here but in the farm's store: fetched meanwhile, the client need not send it.
-    let from_store = match (&state.store, has) {
-        (Some(store), false) => store.offers(&toolchain.archive_id).await,
-        _ => false,
-    };
-    let has = has || from_store;
-    tracing::info!(archive_id = %toolchain.archive_id, need_toolchain = !has, from_store, "job assigned");
-    state.jobs.assign(job_id, toolchain, has)?;
+    let offer = state.toolchains.offer(&toolchain.archive_id, job_id).await?;
+    let archive_id = toolchain.archive_id.clone();
+    tracing::info!(%archive_id, need_toolchain = offer.need_toolchain(), ?offer, "job assigned");
+    let has = !offer.need_toolchain();
+    if let Err(e) = state.jobs.assign(job_id, toolchain, has) {
+        if !has {
+            state.toolchains.withdraw(&archive_id, job_id);
+        }
+        return Err(e.into());
+    }
     let job_state = if has { JobState::Ready } else { JobState::Pending };
     Ok(AssignJobResult { state: job_state, need_toolchain: !has })
 }
@@ -150,33 +144,22 @@ async fn submit_toolchain(
         let archive_id = toolchain.archive_id;
         // Until this upload ends, kiln's own scheduler keeps the job's slot.
         let _upload = state.jobs.start_upload(job_id);
-        let has = state.cache.send(HasToolchain { archive_id: archive_id.clone() }).await;
-        if has.map_err(|_| ApiError::Unavailable("toolchain cache"))? {
+        match state.toolchains.receive(&archive_id, job_id).await? {
             // Another job brought it meanwhile.
-            body.discard().await?;
-        } else {
-            let n = state.next_upload.fetch_add(1, Ordering::Relaxed);
-            let staged = state.incoming_dir.join(format!("{job_id}-{n}.part"));
-            let size = match receive_archive(body, &staged, &archive_id, &state.cache).await {
-                Ok(size) => size,
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&staged).await;
-                    return Err(e);
+            None => body.discard().await?,
+            Some(mut upload) => {
+                let mut body = body;
+                while let Some(chunk) = body.next_chunk().await? {
+                    upload.write(&chunk).await?;
                 }
-            };
-            match state.cache.send(StoreToolchain { archive_id: archive_id.clone(), staged, size }).await {
-                Ok(Ok(())) => {
-                    Stats::bump(&state.stats.toolchain_uploads);
-                    if let Some(store) = &state.store {
-                        store.publish(&archive_id);
+                match upload.finish().await {
+                    Ok(()) => {}
+                    Err(e @ UploadError::NoRoom(_)) => {
+                        tracing::warn!(%archive_id, error = %e, "toolchain cannot be cached");
+                        return encoded_response(&req, &SubmitToolchainResult::CannotCache);
                     }
+                    Err(e) => return Err(e.into()),
                 }
-                Ok(Err(e @ CacheError::NoRoom { .. })) => {
-                    tracing::warn!(%archive_id, error = %e, "toolchain cannot be cached");
-                    return encoded_response(&req, &SubmitToolchainResult::CannotCache);
-                }
-                Ok(Err(e)) => return Err(ApiError::Internal(crate::report::ErrorChain(&e).to_string())),
-                Err(_) => return Err(ApiError::Unavailable("toolchain cache")),
             }
         }
         if state.jobs.mark_ready(job_id) {
@@ -186,59 +169,6 @@ async fn submit_toolchain(
     }
     .instrument(span)
     .await
-}
-
-/// Bytes of an upload gathered before each write to disk.
-const UPLOAD_BUFFER: usize = 1 << 20;
-
-/// Bytes of an upload received between two checks of the disk reserve; each check
-/// asks for this much room above it, so the upload never writes into it.
-const RESERVE_CHECK_BYTES: u64 = 16 << 20;
-
-/// Refused (503) when `bytes` more would take the cache's file system below its
-/// reserve (`kiln.disk_reserve`).
-async fn check_disk_reserve(cache: &actix::Addr<crate::actors::ToolchainCache>, bytes: u64) -> Result<(), ApiError> {
-    let check = crate::actors::toolchain_cache::CheckDiskReserve { bytes };
-    Ok(cache.send(check).await.map_err(|_| ApiError::Unavailable("toolchain cache"))??)
-}
-
-/// Streams the upload to `staged` while hashing it; checks it is gzip and that its
-/// id (sccache's BLAKE3 hex) is `archive_id`. Returns its size.
-async fn receive_archive(
-    mut body: BoundedBody,
-    staged: &std::path::Path,
-    archive_id: &str,
-    cache: &actix::Addr<crate::actors::ToolchainCache>,
-) -> Result<u64, ApiError> {
-    let internal = |e: std::io::Error| ApiError::Internal(format!("staging the toolchain at {staged:?}: {e}"));
-    check_disk_reserve(cache, RESERVE_CHECK_BYTES).await?;
-    // Buffered: the body arrives in chunks of a few KiB, and each write to a tokio
-    // file is a round trip to the blocking pool.
-    let file = tokio::fs::File::create(staged).await.map_err(internal)?;
-    let mut file = tokio::io::BufWriter::with_capacity(UPLOAD_BUFFER, file);
-    let mut check = ArchiveCheck::new();
-    let mut unchecked = 0u64;
-    while let Some(chunk) = body.next_chunk().await? {
-        unchecked += chunk.len() as u64;
-        if unchecked >= RESERVE_CHECK_BYTES {
-            check_disk_reserve(cache, RESERVE_CHECK_BYTES).await?;
-            unchecked = 0;
-        }
-        check.update(&chunk);
-        file.write_all(&chunk).await.map_err(internal)?;
-    }
-    file.flush().await.map_err(internal)?;
-    // Durable before the cache adopts it: after a crash the cache trusts archives
-    // on disk by name, so a truncated one must never get there.
-    file.get_ref().sync_all().await.map_err(internal)?;
-    check.verify(archive_id).map_err(|mismatch| {
-        ApiError::BadToolchain(match mismatch {
-            ArchiveMismatch::NotGzip => "the archive is not a gzip stream".into(),
-            ArchiveMismatch::WrongId { actual } => {
-                format!("the archive's BLAKE3 is {actual}, not the archive_id {archive_id}")
-            }
-        })
-    })
 }
 
 async fn run_job(
@@ -299,10 +229,12 @@ async fn run_claimed(
     crate::jobs::check_request_shape(&request.command, &request.outputs)?;
     let inputs_zlib = body.slice(body.len() - inputs.len()..);
     tracing::info!(executable = %request.command.executable, inputs_bytes = inputs_zlib.len(), "job accepted");
-    if let Some(store) = &state.store {
-        // assign_job promised the toolchain from the store: it must be here first.
-        store.fetched(&job.toolchain.archive_id).await?;
-    }
+    // assign_job may have promised a toolchain still on its way (another job's
+    // upload, or a fetch from the store): it must be here first. The wait is the
+    // job's toolchain phase.
+    let phases = JobPhases::starting(Phase::Toolchain);
+    state.toolchains.arrival(&job.toolchain.archive_id).await?;
+    phases.enter(Phase::Queue);
     claimed.start().await;
     let request = JobRequest {
         job_id: claimed.job_id(),
@@ -311,7 +243,7 @@ async fn run_claimed(
         outputs: request.outputs,
         inputs_zlib,
         span: job_span,
-        phases: JobPhases::starting(Phase::Queue),
+        phases,
     };
     let answer = state.queue.send(SubmitJob(request)).await.map_err(|_| ApiError::Unavailable("job queue"))??;
     // A dropped sender means the builder died with the job.

@@ -1,14 +1,12 @@
 //! What every handler of the web facade shares.
 
-use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
 
 use super::body::BodyBudget;
-use crate::actors::{JobQueue, ToolchainCache};
+use crate::actors::JobQueue;
 use crate::jobs::JobTable;
 use crate::protocol::JobKey;
 use crate::scheduler::Scheduler;
@@ -29,19 +27,15 @@ pub struct HttpLimits {
 pub struct AppState {
     pub key: JobKey,
     pub jobs: JobTable,
-    pub cache: Addr<ToolchainCache>,
     pub queue: Addr<JobQueue>,
     pub stats: Arc<Stats>,
     pub limits: HttpLimits,
-    /// Where toolchain uploads are staged (same file system as the cache).
-    pub incoming_dir: PathBuf,
-    pub next_upload: AtomicU64,
     /// run_job bodies held in memory at once.
     pub body_memory: BodyBudget,
     /// Where job state transitions go.
     pub scheduler: Scheduler,
-    /// The farm's shared toolchain store, if configured.
-    pub store: Option<Arc<crate::store::ToolchainStore>>,
+    /// Where toolchains come from: the cache, the farm's store, uploads.
+    pub toolchains: crate::toolchains::Toolchains,
     /// Metrics, live activity and the serving/draining lifecycle.
     pub ops: Arc<super::Ops>,
 }

@@ -132,6 +132,18 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
     counter(&mut r, "toolchain_uploads", "Toolchain archives clients uploaded", c.toolchain_uploads);
     counter(
         &mut r,
+        "toolchain_arrival_waits",
+        "assign_job found the toolchain already on its way: the client need not send it again",
+        c.toolchain_arrival_waits,
+    );
+    counter(
+        &mut r,
+        "toolchain_arrivals_failed",
+        "Toolchain uploads or fetches that failed the jobs waiting for them",
+        c.toolchain_arrivals_failed,
+    );
+    counter(
+        &mut r,
         "toolchain_store_hits",
         "assign_job found the toolchain in the shared store, not here: the client need not send it",
         c.toolchain_store_hits,
