@@ -180,6 +180,11 @@ fn sweep(msg: &SweepStale) -> std::io::Result<(SweepReport, Vec<PathBuf>)> {
     // kiln's own sandboxes never mount in this namespace; anything here was left by
     // something else (an older version, a hand-made mount) and would pin the dirs.
     let mut mounts = mounts_below(data_dir)?;
+    // The data dir itself may be a mount point of the host's (a disk of its own) or
+    // of the service manager's (systemd binds it for ReadWritePaths= under
+    // ProtectSystem=strict): detaching it would leave kiln writing to whatever is
+    // beneath, or to a read-only view.
+    mounts.retain(|mount_point| mount_point != data_dir);
     mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
     for mount_point in mounts {
         match umount2(&mount_point, MntFlags::MNT_DETACH) {
@@ -279,5 +284,52 @@ mod tests {
     fn mountinfo_octal_escapes() {
         assert_eq!(unescape_mountinfo(r"/a\040b\134c"), "/a b\\c");
         assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
+    }
+
+    const SWEEP_CHILD_DIR: &str = "KILN_SWEEP_CHILD_DIR";
+
+    /// The startup sweep detaches a mount left below the data dir, and keeps the
+    /// data dir's own (a disk of its own, or systemd's ReadWritePaths= bind under
+    /// ProtectSystem=strict, where detaching it made the data dir read-only and kiln
+    /// refuse to start). Runs as root, in a copy of this test binary started by
+    /// `unshare -m` so its mounts stay in a namespace of its own.
+    #[test]
+    fn sweep_keeps_the_data_dirs_own_mount() {
+        use nix::mount::{mount, MsFlags};
+        if let Some(dir) = std::env::var_os(SWEEP_CHILD_DIR).map(PathBuf::from) {
+            let data_dir = dir.join("data");
+            let tmpfs = |at: &Path| mount(Some("tmpfs"), at, Some("tmpfs"), MsFlags::empty(), None::<&str>).unwrap();
+            tmpfs(&data_dir);
+            let leftover = data_dir.join("sandboxes/left");
+            std::fs::create_dir_all(&leftover).unwrap();
+            tmpfs(&leftover);
+            let msg = SweepStale {
+                data_dir: data_dir.clone(),
+                sandboxes_dir: data_dir.join("sandboxes"),
+                per_run_dirs: vec![data_dir.join("roots")],
+            };
+            let (report, _) = sweep(&msg).unwrap();
+            assert_eq!(report.unmounted, 1);
+            assert_eq!(mounts_below(&data_dir).unwrap(), vec![data_dir.clone()]);
+            assert!(data_dir.join("roots").is_dir(), "the per-run dir was made on the data dir's mount");
+            return;
+        }
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("data")).unwrap();
+        let test = format!("{}::sweep_keeps_the_data_dirs_own_mount", module_path!().split_once("::").unwrap().1);
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private"])
+            .arg(std::env::current_exe().unwrap())
+            .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+            .env(SWEEP_CHILD_DIR, tmp.path())
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && stdout.contains("1 passed"), "child failed:\n{stdout}\n{stderr}");
+        assert!(mounts_below(tmp.path()).unwrap().is_empty(), "a mount leaked into the test's namespace");
     }
 }
