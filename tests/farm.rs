@@ -426,3 +426,107 @@ async fn a_failed_upload_fails_the_jobs_waiting_for_it_at_once() {
     let again = assign_at_once(&kiln, tc, 1).await;
     assert!(again[0].1, "after the failed upload the next job is asked for the toolchain");
 }
+
+// --- single flight across a farm (issue 23) ------------------------------------
+
+/// Three kilns share a store; nine first jobs for a toolchain none of them has
+/// arrive together, three at each. Before, each kiln asked the client once per
+/// job (nine uploads); with single flight on each kiln alone, once per kiln
+/// (three). Now the first kiln to claim the toolchain in the store asks its
+/// client, the other two wait for its publish: one upload for the farm, nine
+/// byte-identical objects.
+async fn farm_first_jobs_send_the_toolchain_once(config: &str, entry: impl Fn(&str) -> PathBuf) {
+    let kilns = [Kiln::start(config), Kiln::start(config), Kiln::start(config)];
+    let tc = gcc_toolchain();
+    let project = CProject::new();
+    let request = &RunJobHttpRequest {
+        command: command("/usr/bin/gcc", &["-c", "-O2", "main.c", "-o", "main.o"], project.cwd()),
+        outputs: vec!["main.o".into()],
+    };
+    let assigned = futures_util::future::join_all(kilns.iter().map(|kiln| assign_at_once(kiln, tc, 3))).await;
+    let asked: Vec<_> = assigned.iter().flatten().filter(|(_, need)| *need).collect();
+    assert_eq!(asked.len(), 1, "jobs asked for the toolchain across the farm: {assigned:?}");
+    let clients: Vec<_> = kilns.iter().map(Kiln::client).collect();
+    let project = &project;
+    let runs = assigned.iter().zip(&clients).flat_map(|(jobs, client)| {
+        jobs.iter().map(move |&(job_id, need)| {
+            let inputs = project.inputs();
+            async move {
+                if need {
+                    actix_rt::time::sleep(Duration::from_millis(500)).await;
+                    let sent = client.submit_toolchain(job_id, &token(job_id), tc.bytes.clone()).await.unwrap();
+                    assert_eq!(sent, kiln::protocol::SubmitToolchainResult::Success);
+                }
+                match client.run_job(job_id, &token(job_id), request, &inputs).await.unwrap() {
+                    RunJobResult::Complete(done) => done,
+                    other => panic!("job {job_id}: {other:?}"),
+                }
+            }
+        })
+    });
+    let done = futures_util::future::join_all(runs).await;
+    for d in &done {
+        assert_eq!(d.output.code, 0, "{}", stderr(d));
+        assert_eq!(output_bytes(d, "main.o"), output_bytes(&done[0], "main.o"));
+    }
+    let mut uploads = 0;
+    for kiln in &kilns {
+        let c = kiln.status().await.snapshot.counters;
+        eprintln!(
+            "uploads {} waits {} fetches {}",
+            c.toolchain_uploads, c.toolchain_arrival_waits, c.toolchain_store_fetches
+        );
+        uploads += c.toolchain_uploads;
+    }
+    assert_eq!(uploads, 1, "uploads across the farm");
+    assert!(entry(&tc.archive_id).exists(), "the toolchain is published");
+    let claim = entry(&format!("{}.claim", tc.archive_id));
+    let released = wait_for(Duration::from_secs(30), || (!claim.exists()).then_some(())).await;
+    assert!(released.is_some(), "the claim is removed once the toolchain is published");
+}
+
+#[actix_rt::test]
+async fn farm_first_jobs_send_the_toolchain_once_through_a_directory() {
+    let store = tempfile::tempdir().unwrap();
+    let config = format!("[kiln.toolchains]\nstore = \"{}\"\n", store.path().display());
+    farm_first_jobs_send_the_toolchain_once(&config, |id| store.path().join(id)).await;
+}
+
+#[actix_rt::test]
+async fn farm_first_jobs_send_the_toolchain_once_through_an_s3_bucket() {
+    let Some(s3) = S3Server::start() else { return };
+    let config = format!("[kiln.toolchains]\nstore = \"{}\"\n", s3.uri());
+    farm_first_jobs_send_the_toolchain_once(&config, |id| s3.object(id)).await;
+}
+
+/// A kiln claims a toolchain, is told its job's client will send it, and is
+/// killed with `kill -9` before the upload ends. The other kiln's job, waiting
+/// for the publish, fails once the dead kiln's claim is no longer refreshed
+/// (its client compiles locally), never later than the claim's life; and the
+/// next job there is asked for the toolchain.
+#[actix_rt::test]
+async fn a_claim_from_a_killed_kiln_holds_the_farm_only_until_it_expires() {
+    let store = tempfile::tempdir().unwrap();
+    let config = format!("[kiln.toolchains]\nstore = \"{}\"\n", store.path().display());
+    let (mut first, second) = (Kiln::start(&config), Kiln::start(&config));
+    let tc = other_toolchain();
+    let claimed = assign_at_once(&first, tc, 1).await;
+    assert!(claimed[0].1, "the first kiln asks its client");
+    assert!(store.path().join(format!("{}.claim", tc.archive_id)).exists(), "the first kiln claimed the toolchain");
+    let waiting = assign_at_once(&second, tc, 1).await;
+    assert!(!waiting[0].1, "the second kiln waits for the first one's publish");
+    first.kill9();
+    let job_id = waiting[0].0;
+    let request = RunJobHttpRequest { command: command("/bin/true", &[], "/work"), outputs: vec![] };
+    let started = std::time::Instant::now();
+    let limit = kiln::store::CLAIM_TTL * 3;
+    let answer =
+        actix_rt::time::timeout(limit, second.client().run_job(job_id, &token(job_id), &request, &empty_tar()))
+            .await
+            .expect("the waiting job is answered");
+    let answer = format!("{answer:?}");
+    eprintln!("answered after {:?}: {answer}", started.elapsed());
+    assert!(answer.contains("502") && answer.contains("refreshed"), "{answer}");
+    let again = assign_at_once(&second, tc, 1).await;
+    assert!(again[0].1, "after the dead kiln's claim, the next job is asked for the toolchain");
+}

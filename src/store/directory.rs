@@ -60,6 +60,68 @@ impl DirectoryStore {
         let path = self.path_of(archive_id);
         tokio::fs::remove_file(&path).await.map_err(|e| StoreError::io(format!("removing {path:?}"), e))
     }
+
+    /// Creates `name` holding `record` unless something is there (`O_EXCL`, which
+    /// NFS v3 and later honour). `Ok(false)`: something was.
+    pub(super) async fn create(&self, name: &str, record: Vec<u8>) -> Result<bool, StoreError> {
+        let path = self.dir.join(name);
+        tokio::task::spawn_blocking(move || {
+            let created = std::fs::OpenOptions::new().write(true).create_new(true).open(&path);
+            match created {
+                Ok(mut file) => {
+                    std::io::Write::write_all(&mut file, &record)
+                        .map_err(|e| StoreError::io(format!("writing {path:?}"), e))?;
+                    Ok(true)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(StoreError::io(format!("creating {path:?}"), e)),
+            }
+        })
+        .await
+        .map_err(|_| StoreError::ThreadFailed)?
+    }
+
+    /// Reads a small regular file (a claim), at most `max` bytes, never through a
+    /// symlink; `None` if absent.
+    pub(super) async fn read_small(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.dir.join(name);
+        tokio::task::spawn_blocking(move || {
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+                .open(&path);
+            let file = match opened {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(StoreError::io(format!("opening {path:?}"), e)),
+            };
+            let mut bytes = Vec::new();
+            file.take(max).read_to_end(&mut bytes).map_err(|e| StoreError::io(format!("reading {path:?}"), e))?;
+            Ok(Some(bytes))
+        })
+        .await
+        .map_err(|_| StoreError::ThreadFailed)?
+    }
+
+    /// Replaces `name` with `record` atomically (a new file renamed over it).
+    pub(super) async fn overwrite(&self, name: &str, record: Vec<u8>) -> Result<(), StoreError> {
+        let target = self.dir.join(name);
+        let n = self.next_file.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".{name}.{}.{n}.part", std::process::id()));
+        tokio::task::spawn_blocking(move || {
+            let written = (|| {
+                let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+                std::io::Write::write_all(&mut file, &record)?;
+                std::fs::rename(&tmp, &target)
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written.map_err(|e| StoreError::io(format!("replacing {target:?}"), e))
+        })
+        .await
+        .map_err(|_| StoreError::ThreadFailed)?
+    }
 }
 
 /// Copies `source` (a regular file, not through a symlink, at most `max_bytes`) into

@@ -33,8 +33,11 @@ use crate::protocol::ArchiveCheck;
 use crate::report::ErrorChain;
 use crate::stats::Stats;
 
+mod claims;
 mod directory;
 mod object;
+
+pub use claims::{ClaimOutcome, CLAIM_TTL};
 
 use directory::DirectoryStore;
 use object::ObjectStore;
@@ -158,6 +161,27 @@ impl Backend {
             Backend::Object(store) => store.remove(archive_id).await,
         }
     }
+
+    async fn create(&self, name: &str, record: Vec<u8>) -> Result<bool, StoreError> {
+        match self {
+            Backend::Directory(store) => store.create(name, record).await,
+            Backend::Object(store) => store.create(name, record).await,
+        }
+    }
+
+    async fn read_small(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Backend::Directory(store) => store.read_small(name, max).await,
+            Backend::Object(store) => store.read_small(name, max).await,
+        }
+    }
+
+    async fn overwrite(&self, name: &str, record: Vec<u8>) -> Result<(), StoreError> {
+        match self {
+            Backend::Directory(store) => store.overwrite(name, record).await,
+            Backend::Object(store) => store.overwrite(name, record).await,
+        }
+    }
 }
 
 /// Whether the store at `location` answers a lookup (`kiln check`).
@@ -216,6 +240,8 @@ pub struct ToolchainStore {
     fetches: Mutex<HashMap<String, Fetch>>,
     next_file: AtomicU64,
     limits: FetchLimits,
+    /// This kiln's claims (see [`claims`]).
+    claims: claims::Claims,
 }
 
 /// What a fetch from the store may take: the bounds of a client's upload.
@@ -236,8 +262,18 @@ impl ToolchainStore {
         stats: Arc<Stats>,
     ) -> Result<Arc<Self>, StoreError> {
         let backend = Backend::open(&location)?;
-        let (fetches, next_file) = (Mutex::default(), AtomicU64::new(0));
-        Ok(Arc::new(ToolchainStore { location, backend, cache, incoming_dir, stats, fetches, next_file, limits }))
+        let (fetches, next_file, claims) = (Mutex::default(), AtomicU64::new(0), claims::Claims::new());
+        Ok(Arc::new(ToolchainStore {
+            location,
+            backend,
+            cache,
+            incoming_dir,
+            stats,
+            fetches,
+            next_file,
+            limits,
+            claims,
+        }))
     }
 
     pub fn location(&self) -> &StoreLocation {
@@ -288,7 +324,7 @@ impl ToolchainStore {
 
     /// Starts fetching `archive_id`, unless a fetch is under way. A failed fetch stays
     /// recorded (the job promised the toolchain learns why) until the next one starts.
-    fn start_fetch(self: &Arc<Self>, archive_id: &str) {
+    pub fn start_fetch(self: &Arc<Self>, archive_id: &str) {
         let mut fetches = crate::sync::lock(&self.fetches);
         if fetches.get(archive_id).is_some_and(|fetch| !matches!(fetch.peek(), Some(Err(_)))) {
             return;
@@ -356,9 +392,15 @@ impl ToolchainStore {
         crate::sync::lock(&self.fetches).remove(archive_id);
         let (store, id) = (self.clone(), archive_id.to_owned());
         actix::spawn(async move {
-            let Ok(Some(lease)) = store.cache.send(CheckoutToolchain { archive_id: id.clone() }).await else { return };
+            let Ok(Some(lease)) = store.cache.send(CheckoutToolchain { archive_id: id.clone() }).await else {
+                store.release_claim(&id).await;
+                return;
+            };
             // The lease keeps the cache from evicting the archive while it is copied.
-            match store.backend.publish(&id, &lease.path).await {
+            let published = store.backend.publish(&id, &lease.path).await;
+            // Published or not, this kiln is no longer receiving it.
+            store.release_claim(&id).await;
+            match published {
                 Ok(true) => {
                     Stats::bump(&store.stats.toolchain_store_publishes);
                     tracing::info!(archive_id = %id, store = %store.location, "toolchain published to the store");

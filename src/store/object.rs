@@ -115,6 +115,36 @@ impl ObjectStore {
     pub(super) async fn remove(&self, archive_id: &str) -> Result<(), StoreError> {
         Ok(self.op.delete(archive_id).await?)
     }
+
+    /// Writes `record` at `name` unless something is there (`If-None-Match: *`).
+    /// `Ok(false)`: something was.
+    pub(super) async fn create(&self, name: &str, record: Vec<u8>) -> Result<bool, StoreError> {
+        match self.op.write_with(name, record).if_not_exists(true).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == opendal::ErrorKind::ConditionNotMatch => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads a small object (a claim); `None` if absent, empty if larger than `max`
+    /// bytes (no claim is).
+    pub(super) async fn read_small(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let read = async {
+            if self.op.stat(name).await?.content_length() > max {
+                return Ok::<_, opendal::Error>(Vec::new());
+            }
+            Ok(self.op.read(name).await?.to_vec())
+        };
+        match read.await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(super) async fn overwrite(&self, name: &str, record: Vec<u8>) -> Result<(), StoreError> {
+        self.op.write(name, record).await.map(drop).map_err(Into::into)
+    }
 }
 
 /// The operator `uri` names, with opendal's services registered first.

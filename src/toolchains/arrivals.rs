@@ -163,6 +163,17 @@ impl Arrivals {
         }
     }
 
+    /// `job_id` was made the uploader of `archive_id`, but another kiln of the farm
+    /// is receiving it: the arrival becomes a fetch (of that kiln's publish).
+    pub fn to_store(&self, archive_id: &str, job_id: JobId) {
+        let map = crate::sync::lock(&self.map);
+        let Some(arrival) = map.get(archive_id) else { return };
+        let mut arrival = crate::sync::lock(arrival);
+        if arrival.source == (Source::Upload { uploader: job_id }) && !arrival.is_failed() {
+            arrival.source = Source::Store;
+        }
+    }
+
     /// `archive_id` is in the cache: every waiter goes on.
     pub fn arrived(&self, archive_id: &str) {
         if let Some(arrival) = crate::sync::lock(&self.map).remove(archive_id) {

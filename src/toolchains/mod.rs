@@ -28,7 +28,7 @@ use crate::observe::BelowReserve;
 use crate::protocol::{ArchiveCheck, ArchiveMismatch, JobId};
 use crate::report::ErrorChain;
 use crate::stats::Stats;
-use crate::store::ToolchainStore;
+use crate::store::{ClaimOutcome, ToolchainStore};
 pub use arrivals::{ArrivalFailed, Source};
 use arrivals::{Arrivals, Expect};
 
@@ -154,10 +154,33 @@ impl Toolchains {
                 return Ok(Offer::FromStore);
             }
         }
-        match inner.arrivals.expect(archive_id, job_id) {
-            Expect::Upload => Ok(Offer::SendIt),
-            Expect::Arriving(_) => {
+        if let Expect::Arriving(_) = inner.arrivals.expect(archive_id, job_id) {
+            Stats::bump(&inner.stats.toolchain_arrival_waits);
+            return Ok(Offer::Arriving);
+        }
+        let Some(store) = &inner.store else { return Ok(Offer::SendIt) };
+        // This job is the uploader here; is another kiln of the farm receiving it?
+        let (this, id) = (self.clone(), archive_id.to_owned());
+        match store.claim(archive_id, move || this.inner.arrivals.is_arriving(&id)).await {
+            ClaimOutcome::Ours => Ok(Offer::SendIt),
+            ClaimOutcome::Published => {
+                inner.arrivals.to_store(archive_id, job_id);
+                store.start_fetch(archive_id);
+                self.follow_fetch(store.clone(), archive_id);
+                Ok(Offer::FromStore)
+            }
+            ClaimOutcome::Theirs { holder } => {
+                tracing::info!(%archive_id, %holder, "another kiln of the farm is receiving this toolchain; waiting for its publish");
+                inner.arrivals.to_store(archive_id, job_id);
                 Stats::bump(&inner.stats.toolchain_arrival_waits);
+                let (this, store, id) = (self.clone(), store.clone(), archive_id.to_owned());
+                let limit = arrivals::UPLOAD_START_WITHIN + inner.limits.upload_timeout;
+                actix::spawn(async move {
+                    match store.published_by_other(&id, limit).await {
+                        Ok(()) => this.inner.arrivals.arrived(&id),
+                        Err(e) => this.fail(&id, Source::Store, &e.to_string()),
+                    }
+                });
                 Ok(Offer::Arriving)
             }
         }
