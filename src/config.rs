@@ -200,6 +200,10 @@ pub struct ToolchainConfig {
     /// published there, and a kiln fetches from it what it lacks instead of asking
     /// the client. Unset: no store.
     pub store: Option<crate::store::StoreLocation>,
+    /// Bytes of archives the store may hold: after each publish, the kiln that
+    /// published removes the least recently used beyond it (0: no bound). Any job
+    /// token holder can make kiln publish an archive.
+    pub store_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -353,6 +357,7 @@ impl Default for ToolchainConfig {
             max_entries: 100_000,
             upload_timeout_secs: 1800,
             store: None,
+            store_max_bytes: 50 * GIB,
         }
     }
 }

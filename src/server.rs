@@ -216,6 +216,7 @@ pub async fn serve_with(
         let limits = FetchLimits {
             max_bytes: kiln.toolchains.max_archive_bytes,
             timeout: Duration::from_secs(kiln.toolchains.upload_timeout_secs),
+            store_max_bytes: kiln.toolchains.store_max_bytes,
         };
         ToolchainStore::new(location, storage.cache.clone(), config.incoming_dir(), limits, stats.clone())
     });

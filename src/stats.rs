@@ -84,6 +84,11 @@ counters! {
     containers_destroyed,
     /// Docker backend, a gauge: 1 while the daemon does not answer, else 0.
     docker_unreachable,
+    /// Shared toolchain store, a gauge: bytes of archives it held at the last
+    /// publish of this kiln (when it checked the budget); and archives this kiln
+    /// removed from it to keep it within `store_max_bytes`.
+    toolchain_store_bytes,
+    toolchain_store_evictions,
 }
 
 impl Stats {

@@ -530,3 +530,53 @@ async fn a_claim_from_a_killed_kiln_holds_the_farm_only_until_it_expires() {
     let again = assign_at_once(&second, tc, 1).await;
     assert!(again[0].1, "after the dead kiln's claim, the next job is asked for the toolchain");
 }
+
+// --- the store's budget (issue 23) ---------------------------------------------
+
+/// Any job token holder can make kiln publish an archive, so the store has a byte
+/// budget (`store` is the config's value, `entry` where an archive is on disk). Three older archives (1 MiB each, last used 3, 2 and 1 hours ago) and a
+/// budget of the new toolchain plus 1.5 MiB: after the client's upload is
+/// published, the two least recently used are gone, the newest old one and the new
+/// toolchain stay, and so does another kiln's claim. Before, nothing was removed.
+async fn the_store_keeps_within_its_budget(store: &str, entry: impl Fn(&str) -> PathBuf) {
+    const MIB: u64 = 1 << 20;
+    let tc = gcc_toolchain();
+    let budget = tc.bytes.len() as u64 + 3 * MIB / 2;
+    let config = format!("[kiln.toolchains]\nstore = \"{store}\"\nstore_max_bytes = {budget}\n");
+    let old: Vec<PathBuf> = (1..=3u64)
+        .map(|hours| {
+            let path = entry(&format!("{hours:064x}"));
+            let file = std::fs::File::create(&path).unwrap();
+            file.set_len(MIB).unwrap();
+            file.set_modified(std::time::SystemTime::now() - Duration::from_secs(hours * 3600)).unwrap();
+            path
+        })
+        .collect();
+    let claim = entry(&format!("{:064x}.claim", 9));
+    std::fs::write(&claim, "kiln-claim 1 0 elsewhere\n").unwrap();
+    let kiln = Kiln::start(&config);
+    assert_compiles(&kiln).await;
+    let published = entry(&tc.archive_id);
+    let trimmed = wait_for(Duration::from_secs(30), || (published.exists() && !old[2].exists()).then_some(())).await;
+    assert!(trimmed.is_some(), "the store was not brought within its budget");
+    assert!(!old[1].exists(), "the second least recently used archive stays");
+    assert!(old[0].exists(), "the most recently used old archive was removed");
+    assert!(published.exists() && claim.exists());
+    let counters = kiln.status().await.snapshot.counters;
+    assert_eq!(counters.toolchain_store_evictions, 2, "{counters:?}");
+    assert_eq!(counters.toolchain_store_bytes, MIB + tc.bytes.len() as u64, "{counters:?}");
+}
+
+#[actix_rt::test]
+async fn a_directory_store_keeps_within_its_budget_least_recently_used_first() {
+    let store = tempfile::tempdir().unwrap();
+    the_store_keeps_within_its_budget(&store.path().display().to_string(), |id| store.path().join(id)).await;
+}
+
+/// In an object store "least recently used" is "least recently published".
+#[actix_rt::test]
+async fn an_s3_store_keeps_within_its_budget_oldest_first() {
+    let Some(s3) = S3Server::start() else { return };
+    std::fs::create_dir_all(s3.object("x").parent().unwrap()).unwrap();
+    the_store_keeps_within_its_budget(&s3.uri(), |id| s3.object(id)).await;
+}

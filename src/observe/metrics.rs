@@ -155,6 +155,18 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
         c.toolchain_store_publishes,
     );
     counter(&mut r, "toolchain_store_fetches", "Toolchains fetched from the shared store", c.toolchain_store_fetches);
+    gauge(
+        &mut r,
+        "toolchain_store_bytes",
+        "Bytes of archives in the shared store when this kiln last published to it",
+        c.toolchain_store_bytes as i64,
+    );
+    counter(
+        &mut r,
+        "toolchain_store_evictions",
+        "Archives this kiln removed from the shared store to keep it within store_max_bytes",
+        c.toolchain_store_evictions,
+    );
     counter(
         &mut r,
         "toolchain_store_fetched_bytes",

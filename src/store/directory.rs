@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Staging, StoreError, CHUNK};
+use super::{Staging, StoreError, StoredArchive, CHUNK};
 
 pub(super) struct DirectoryStore {
     dir: PathBuf,
@@ -59,6 +59,30 @@ impl DirectoryStore {
     pub(super) async fn remove(&self, archive_id: &str) -> Result<(), StoreError> {
         let path = self.path_of(archive_id);
         tokio::fs::remove_file(&path).await.map_err(|e| StoreError::io(format!("removing {path:?}"), e))
+    }
+
+    /// The regular files named as archive ids, with their size and mtime (the
+    /// last fetch or publish: a fetch touches it).
+    pub(super) async fn archives(&self) -> Result<Vec<StoredArchive>, StoreError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let listing = std::fs::read_dir(&dir).map_err(|e| StoreError::io(format!("listing {dir:?}"), e))?;
+            let mut archives = Vec::new();
+            for entry in listing.flatten() {
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                if !crate::protocol::is_valid_archive_id(&name) {
+                    continue;
+                }
+                let Ok(meta) = entry.path().symlink_metadata() else { continue };
+                if meta.is_file() {
+                    let last_used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                    archives.push(StoredArchive { archive_id: name, size: meta.len(), last_used });
+                }
+            }
+            Ok(archives)
+        })
+        .await
+        .map_err(|_| StoreError::ThreadFailed)?
     }
 
     /// Creates `name` holding `record` unless something is there (`O_EXCL`, which
@@ -137,6 +161,9 @@ fn copy_checked(source: &Path, target: &Path, archive_id: &str, max_bytes: u64) 
     if !meta.is_file() {
         return Err(StoreError::Corrupt("not a regular file".into()));
     }
+    // Its mtime says when it was last used, for the store's budget (best effort:
+    // a store mounted with root squashed refuses).
+    let _ = from.set_modified(std::time::SystemTime::now());
     let mut from = from.take(max_bytes + 1);
     let mut staging = Staging::create(target, max_bytes)?;
     let mut buf = vec![0u8; CHUNK];

@@ -162,6 +162,15 @@ impl Backend {
         }
     }
 
+    /// The archives the store holds (names that are archive ids), with their size
+    /// and when each was last used (directory) or published (object store).
+    async fn archives(&self) -> Result<Vec<StoredArchive>, StoreError> {
+        match self {
+            Backend::Directory(store) => store.archives().await,
+            Backend::Object(store) => store.archives().await,
+        }
+    }
+
     async fn create(&self, name: &str, record: Vec<u8>) -> Result<bool, StoreError> {
         match self {
             Backend::Directory(store) => store.create(name, record).await,
@@ -182,6 +191,14 @@ impl Backend {
             Backend::Object(store) => store.overwrite(name, record).await,
         }
     }
+}
+
+/// One archive in the store, as its budget sees it.
+#[derive(Debug, Clone)]
+struct StoredArchive {
+    archive_id: String,
+    size: u64,
+    last_used: std::time::SystemTime,
 }
 
 /// Whether the store at `location` answers a lookup (`kiln check`).
@@ -251,6 +268,8 @@ pub struct FetchLimits {
     pub max_bytes: u64,
     /// `upload_timeout_secs`: a store that stalls mid-fetch fails the job after it.
     pub timeout: Duration,
+    /// `store_max_bytes`: the store's budget (0: none).
+    pub store_max_bytes: u64,
 }
 
 impl ToolchainStore {
@@ -354,7 +373,7 @@ impl ToolchainStore {
         }
         let n = self.next_file.fetch_add(1, Ordering::Relaxed);
         let staged = self.incoming_dir.join(format!("store-{archive_id}-{n}.part"));
-        let FetchLimits { max_bytes, timeout } = self.limits;
+        let FetchLimits { max_bytes, timeout, .. } = self.limits;
         let fetched = tokio::time::timeout(timeout, self.backend.fetch(archive_id, &staged, max_bytes)).await;
         let size = match fetched.unwrap_or(Err(StoreError::TimedOut(timeout))) {
             Ok(size) => size,
@@ -404,6 +423,7 @@ impl ToolchainStore {
                 Ok(true) => {
                     Stats::bump(&store.stats.toolchain_store_publishes);
                     tracing::info!(archive_id = %id, store = %store.location, "toolchain published to the store");
+                    store.keep_within_budget(&id).await;
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -413,5 +433,74 @@ impl ToolchainStore {
                 }
             }
         });
+    }
+
+    /// Removes the least recently used archives beyond `store_max_bytes`, never
+    /// `keep` (just published). Every kiln that publishes does this; two at once
+    /// remove the same entries, which is harmless. An archive removed while another
+    /// kiln fetches it fails that one job (its client compiles locally).
+    async fn keep_within_budget(&self, keep: &str) {
+        let archives = match self.backend.archives().await {
+            Ok(archives) => archives,
+            Err(e) => {
+                Stats::bump(&self.stats.toolchain_store_failures);
+                tracing::warn!(store = %self.location, error = %ErrorChain(&e), "listing the store for its budget failed");
+                return;
+            }
+        };
+        let budget = self.limits.store_max_bytes;
+        let (mut total, evicted) = over_budget(archives, budget, keep);
+        for archive in evicted {
+            match self.backend.remove(&archive.archive_id).await {
+                Ok(()) => {
+                    total -= archive.size;
+                    Stats::bump(&self.stats.toolchain_store_evictions);
+                    tracing::info!(archive_id = %archive.archive_id, size = archive.size, budget, store = %self.location, "toolchain removed from the store (least recently used beyond store_max_bytes)");
+                }
+                Err(e) => {
+                    tracing::warn!(archive_id = %archive.archive_id, error = %ErrorChain(&e), "removing a toolchain from the store failed")
+                }
+            }
+        }
+        self.stats.toolchain_store_bytes.store(total, Ordering::Relaxed);
+    }
+}
+
+/// The store's total size, and the archives to remove, least recently used
+/// first, to bring it within `budget` (0: none), never `keep`.
+fn over_budget(mut archives: Vec<StoredArchive>, budget: u64, keep: &str) -> (u64, Vec<StoredArchive>) {
+    let total: u64 = archives.iter().map(|a| a.size).sum();
+    if budget == 0 || total <= budget {
+        return (total, Vec::new());
+    }
+    archives.sort_by_key(|a| a.last_used);
+    let mut left = total;
+    let evicted = archives
+        .into_iter()
+        .filter(|a| a.archive_id != keep)
+        .take_while(|a| {
+            let over = left > budget;
+            left = left.saturating_sub(a.size);
+            over
+        })
+        .collect();
+    (total, evicted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_recently_used_go_first_and_the_new_one_stays() {
+        let at = |secs| std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        let archive = |id: &str, size, used| StoredArchive { archive_id: id.into(), size, last_used: at(used) };
+        let archives =
+            vec![archive("new", 40, 1), archive("old", 30, 2), archive("older", 30, 1), archive("recent", 30, 9)];
+        let (total, evicted) = over_budget(archives.clone(), 70, "new");
+        let evicted: Vec<_> = evicted.iter().map(|a| a.archive_id.as_str()).collect();
+        assert_eq!((total, evicted), (130, vec!["older", "old"]));
+        assert!(over_budget(archives.clone(), 0, "new").1.is_empty(), "0: no budget");
+        assert!(over_budget(archives, 500, "new").1.is_empty());
     }
 }

@@ -15,7 +15,7 @@ use opendal::{HttpTransporter, Operator};
 use opendal_http_transport_reqwest::ReqwestTransport;
 use tokio::io::AsyncReadExt;
 
-use super::{Staging, StoreError, CHUNK};
+use super::{Staging, StoreError, StoredArchive, CHUNK};
 
 /// Chunks in flight between the download and the thread that checks and writes them.
 const IN_FLIGHT: usize = 4;
@@ -114,6 +114,21 @@ impl ObjectStore {
 
     pub(super) async fn remove(&self, archive_id: &str) -> Result<(), StoreError> {
         Ok(self.op.delete(archive_id).await?)
+    }
+
+    /// The objects named as archive ids, with their size and when each was
+    /// published (an object store has no cheap "last used").
+    pub(super) async fn archives(&self) -> Result<Vec<StoredArchive>, StoreError> {
+        let entries = self.op.list("/").await?;
+        Ok(entries
+            .into_iter()
+            .filter(|entry| crate::protocol::is_valid_archive_id(entry.name()))
+            .map(|entry| {
+                let meta = entry.metadata();
+                let last_used = meta.last_modified().map(std::time::SystemTime::from).unwrap_or(std::time::UNIX_EPOCH);
+                StoredArchive { archive_id: entry.name().to_owned(), size: meta.content_length(), last_used }
+            })
+            .collect())
     }
 
     /// Writes `record` at `name` unless something is there (`If-None-Match: *`).
