@@ -21,6 +21,14 @@
 #              the store (kiln_toolchain_store_fetches_total)
 #   farm_s3    the same with the store in an S3 bucket (s3s-fs on 127.0.0.1,
 #              installed from crates.io)
+#   cold_one   from cold (new kiln, new client cache and toolchain dir): one kiln
+#              with no store, the C project with 9 compiles at once, then an
+#              8-crate workspace with `cargo build -j 9`: every compile distributed,
+#              byte-identical, and the client sent gcc and rustc once each
+#              (kiln_toolchain_uploads_total), however many first jobs asked at once
+#   farm_cold  the same on three kilns sharing a store (a directory): once each
+#              across the farm (the uploads summed over the kilns)
+#   farm_cold_s3  the same with the store in an S3 bucket (s3s-fs)
 #   baseline   upstream `sccache-dist server` on the same server.toml; prints
 #              both wall times
 #   rust       a Cargo workspace built with RUSTC_WRAPPER=sccache through plain
@@ -31,7 +39,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CASES=${INTEROP_CASES:-"local overflow badtoken upstream docker two farm farm_s3 baseline rust"}
+CASES=${INTEROP_CASES:-"local overflow badtoken upstream docker two farm farm_s3 cold_one farm_cold farm_cold_s3 baseline rust"}
 FILES=${INTEROP_FILES:-24}
 WORK=$(mktemp -d /tmp/kiln-interop.XXXXXX)
 KILN_TIMES=""
@@ -335,6 +343,95 @@ case_farm_s3() {
   install_s3s_fs
   start_s3s_fs
   farm farm-s3 "$S3_STORE" "$WORK/s3/toolchains/kiln"
+}
+
+# --- cold farms (issue 23) ------------------------------------------------------
+# cold_farm <name> <kilns> <store or ""> [extra [kiln] lines]: from cold (new kiln
+# data dirs, an empty store, a new client cache and a new client toolchain dir:
+# the client packages gcc and rustc again), <kilns> kilns behind one scheduler,
+# sharing <store> when given. C: every unit at once, -j 9; then the 8-crate Rust
+# workspace with `cargo build -j 9`, no crate built first. Every compile
+# distributed, byte-identical to a local build, and each toolchain (gcc, rustc)
+# crossed the client's link exactly once: the sum of kiln_toolchain_uploads_total.
+COLD_JOBS=${INTEROP_COLD_JOBS:-9}
+cold_farm() {
+  local name=$1 n=$2 store=$3 extra=${4:-} k cfg ports=""
+  start_scheduler
+  for k in $(seq 1 "$n"); do
+    cfg=$(kiln_config "$name-$k" $(( 10500 + k )) overlay)
+    [ -n "$extra" ] && printf '%s\n' "$extra" >>"$cfg"
+    [ -n "$store" ] && printf '[kiln.toolchains]\nstore = "%s"\n' "$store" >>"$cfg"
+    start_kiln "$name-$k" "$cfg"
+    ports="$ports $(( 10600 + k ))"
+  done
+  wait_servers "$n"
+  SCCACHE_DIST_CLIENT_CACHE_DIR=$WORK/client-toolchains-$name start_client "$ROOT/examples/sccache/client.toml"
+
+  local t0 c_secs rust_secs total
+  mkdir -p "$PROJECT/out-$name"
+  t0=$(now)
+  (cd "$PROJECT" && seq 1 "$FILES" | xargs -P "$COLD_JOBS" -I{} \
+    timeout 300 sccache gcc -O2 -Iinclude -c src/unit{}.c -o "out-$name/unit{}.o")
+  c_secs=$(elapsed "$t0")
+  expect_all_distributed
+  same_objects "out-$name"
+  cold_uploads "$name: gcc" 1 $ports
+
+  [ -n "${RUST_PARTS:-}" ] || make_rust_parts 8
+  local target=$WORK/rust-parts-$name
+  t0=$(now)
+  (cd "$RUST_PARTS" && RUSTC_WRAPPER=sccache CARGO_TARGET_DIR=$target timeout 900 \
+    cargo build --release --offline -q -j "$COLD_JOBS") || die "$name: cargo build through sccache and the farm failed"
+  rust_secs=$(elapsed "$t0")
+  total=$(dist_total)
+  [ "$total" -eq $(( FILES + 8 )) ] || die "$name: $total of $(( FILES + 8 )) compiles were distributed ($(stats | tr -d '\n' | head -c 600))"
+  [ "$(dist_errors)" -eq 0 ] || die "$name: $(dist_errors) compiles fell back to local"
+  for k in $(seq 1 8); do
+    cmp -s "$(ls "$target"/release/deps/libpart$k-*.rlib)" "$(ls "$WORK"/rust-parts-local/release/deps/libpart$k-*.rlib)" \
+      || die "$name: libpart$k.rlib built on the farm differs from the local build's"
+  done
+  cold_uploads "$name: gcc and rustc" 2 $ports
+  echo "$name: $n kiln(s)${store:+ sharing a store}: C -j $COLD_JOBS in $c_secs s, Rust -j $COLD_JOBS in $rust_secs s;" \
+    "all $total compiles distributed ($(stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["dist_compiles"])'))," \
+    "byte-identical; each toolchain uploaded once"
+  stop_all
+}
+
+# cold_uploads <what> <expected> <operator ports...>: the client's toolchain
+# uploads summed over the kilns; prints each kiln's toolchain counters.
+cold_uploads() {
+  local what=$1 want=$2 port sum=0 m line
+  shift 2
+  for port in "$@"; do
+    line="kiln :$port"
+    for m in uploads arrival_waits arrivals_failed store_hits store_fetches store_publishes store_failures; do
+      line="$line $m=$(metric "$port" "kiln_toolchain_${m}_total")"
+    done
+    echo "  $line"
+    sum=$(( sum + $(metric "$port" kiln_toolchain_uploads_total) ))
+  done
+  [ "$sum" -eq "$want" ] || die "$what: the client uploaded $sum toolchain archives across the kilns, not $want"
+}
+
+case_cold_one() {
+  log "cold_one: one kiln, no store, from cold: C and Rust -j $COLD_JOBS, one upload per toolchain"
+  # builders = 8: the scheduler then places up to 8 + 1 + 1 jobs here, all 9 at once.
+  cold_farm cold-one 1 "" "builders = 8"
+}
+
+case_farm_cold() {
+  log "farm_cold: three kilns sharing a store (a directory), from cold: C and Rust -j $COLD_JOBS"
+  mkdir -p "$WORK/store-cold"
+  cold_farm farm-cold 3 "$WORK/store-cold"
+}
+
+case_farm_cold_s3() {
+  log "farm_cold_s3: three kilns sharing a store (an S3 bucket on s3s-fs), from cold: C and Rust -j $COLD_JOBS"
+  install_s3s_fs
+  # A bucket of its own: the farm_s3 case's prefix may hold its toolchains.
+  rm -rf "$WORK/s3/toolchains/kiln"
+  start_s3s_fs
+  cold_farm farm-cold-s3 3 "$S3_STORE"
 }
 
 case_baseline() {
