@@ -25,6 +25,9 @@ fn spawn_job(kiln: &Kiln, script: &str) -> (kiln::protocol::JobId, actix_rt::tas
     let client = kiln.client();
     let script = script.to_owned();
     let job_id = next_job_id();
+    // Packed here, not in the task: packing takes seconds on this one thread, and
+    // a request the test has begun meanwhile would wait that long to be sent.
+    gcc_toolchain();
     let handle = actix_rt::spawn(async move {
         let toolchain = Toolchain { archive_id: gcc_toolchain().archive_id.clone() };
         let assigned = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
@@ -235,6 +238,36 @@ async fn gc_frees_idle_sandboxes_and_roots_and_healthz_answers() {
     ] {
         assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }
+}
+
+/// Issue 25: a job the scheduler placed on kiln just before SIGTERM (assigned,
+/// its toolchain sent) has its run_job arrive during the drain. Before, that
+/// run_job got 503 and its client compiled locally (most of the 6 local fallbacks
+/// of 15 when a kiln was stopped mid-build); kiln also exited at once, with no
+/// job running. Now the drain counts an assigned job as in flight: it runs, and
+/// kiln exits 0 after its answer.
+#[actix_rt::test]
+async fn a_job_assigned_before_sigterm_runs_during_the_drain() {
+    let mut kiln = Kiln::start("drain_timeout_secs = 60");
+    let client = kiln.client();
+    let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(kiln.pid()), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while get(&format!("{}/healthz", kiln.ops)).await.0 != 503 {
+        assert!(std::time::Instant::now() < deadline, "healthz never said draining");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let project = CProject::new();
+    let request = RunJobHttpRequest {
+        command: command("/usr/bin/gcc", &["-c", "util.c", "-o", "util.o"], project.cwd()),
+        outputs: vec!["util.o".into()],
+    };
+    match client.run_job(job_id, &token(job_id), &request, &project.inputs()).await {
+        Ok(RunJobResult::Complete(done)) => assert_eq!(done.output.code, 0, "{}", stderr(&done)),
+        other => panic!("the job assigned before SIGTERM did not run: {other:?}"),
+    }
+    let exited = wait_for(LIMIT, || kiln.child.try_wait().unwrap()).await.expect("kiln did not exit after draining");
+    assert!(exited.success(), "kiln exited with {exited:?}");
 }
 
 #[actix_rt::test]

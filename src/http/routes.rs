@@ -113,12 +113,13 @@ async fn assign_job(
 /// own scheduler) and says whether its toolchain must be sent: only when it is
 /// neither here, nor in the farm's store, nor already on its way.
 pub(super) async fn assign(state: &AppState, job_id: JobId, toolchain: Toolchain) -> Result<AssignJobResult, ApiError> {
-    state.ops.lifecycle.admit()?;
+    // In flight from here to its answer: a drain that starts meanwhile waits for it.
+    let held = state.ops.lifecycle.start_job()?;
     let offer = state.toolchains.offer(&toolchain.archive_id, job_id).await?;
     let archive_id = toolchain.archive_id.clone();
     tracing::info!(%archive_id, need_toolchain = offer.need_toolchain(), ?offer, "job assigned");
     let has = !offer.need_toolchain();
-    if let Err(e) = state.jobs.assign(job_id, toolchain, has) {
+    if let Err(e) = state.jobs.assign(job_id, toolchain, has, Some(held)) {
         if !has {
             state.toolchains.withdraw(&archive_id, job_id);
         }
@@ -179,23 +180,20 @@ async fn run_job(
 ) -> Result<HttpResponse, ApiError> {
     let job_span = span.clone();
     async move {
-        // Counted until answered, so a drain waits for this job.
-        let in_flight = state.ops.lifecycle.start_job();
         // Claimed before anything is read or reserved: a second run_job of this id,
         // at once or later, finds nothing; and from here every way out ends the
-        // job at the scheduler, which frees its slot.
-        let Some(job) = state.jobs.take(job_id) else {
+        // job at the scheduler, which frees its slot. A job assigned before a drain
+        // began runs: it is counted in flight from its assignment to this answer.
+        let Some(mut job) = state.jobs.take(job_id) else {
             tracing::warn!("run_job for a job this server does not know (never assigned, expired, or already run)");
             run_job_body(&state, &req, payload)?
                 .discard()
                 .await?;
             return encoded_response(&req, &RunJobResult::JobNotFound);
         };
+        let in_flight = job.held.take();
         let mut claimed = ClaimedJob::new(state.scheduler.clone(), job_id, job.ready);
-        let outcome = match &in_flight {
-            Ok(_) => run_claimed(&state, &req, payload, job, &mut claimed, job_span).await,
-            Err(_) => refuse_draining(&state, &req, payload).await,
-        };
+        let outcome = run_claimed(&state, &req, payload, job, &mut claimed, job_span).await;
         claimed.complete().await;
         if let Err(e) = &outcome {
             tracing::info!(error = %crate::report::ErrorChain(e), "the job ended without a result; its scheduler slot is free");
@@ -248,13 +246,4 @@ async fn run_claimed(
     let answer = state.queue.send(SubmitJob(request)).await.map_err(|_| ApiError::Unavailable("job queue"))??;
     // A dropped sender means the builder died with the job.
     Ok(answer.await.map_err(|_| JobError::BuilderCrashed)??)
-}
-
-async fn refuse_draining(
-    state: &AppState,
-    req: &HttpRequest,
-    payload: web::Payload,
-) -> Result<crate::protocol::JobComplete, ApiError> {
-    run_job_body(state, req, payload)?.discard().await?;
-    Err(crate::observe::Draining.into())
 }

@@ -9,12 +9,13 @@
 //! assign_job again with it after the job ran is refused ([`UsedIds`]).
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
+use crate::observe::InFlight;
 use crate::protocol::{JobId, Toolchain};
 
 #[derive(Debug, Clone)]
@@ -26,6 +27,9 @@ pub struct AssignedJob {
     assigned_at: Instant,
     /// A submit_toolchain for it is being received.
     uploading: bool,
+    /// Counts the job as in flight from its assignment to its answer (or its
+    /// expiry), so a drain waits for it: a job assigned before SIGTERM still runs.
+    pub held: Option<Arc<InFlight>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +45,13 @@ pub struct JobTable {
 impl JobTable {
     /// Records a job; `ready` as told to the scheduler in the assign_job answer.
     /// An id this table has seen before (assigned now, or run) is refused.
-    pub fn assign(&self, job_id: JobId, toolchain: Toolchain, ready: bool) -> Result<(), DuplicateJob> {
+    pub fn assign(
+        &self,
+        job_id: JobId,
+        toolchain: Toolchain,
+        ready: bool,
+        held: Option<InFlight>,
+    ) -> Result<(), DuplicateJob> {
         match self.jobs.entry(job_id) {
             Entry::Occupied(_) => Err(DuplicateJob(job_id)),
             Entry::Vacant(slot) => {
@@ -49,7 +59,8 @@ impl JobTable {
                 if !crate::sync::lock(&self.used).first_use(job_id) {
                     return Err(DuplicateJob(job_id));
                 }
-                slot.insert(AssignedJob { toolchain, ready, assigned_at: Instant::now(), uploading: false });
+                let held = held.map(Arc::new);
+                slot.insert(AssignedJob { toolchain, ready, assigned_at: Instant::now(), uploading: false, held });
                 Ok(())
             }
         }

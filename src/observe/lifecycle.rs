@@ -1,9 +1,10 @@
 //! Serving or draining, and how many jobs are in flight.
 //!
-//! On SIGTERM kiln drains: assign_job and run_job get 503 (with Retry-After),
-//! `/healthz` says 503 so load balancers move on, and the jobs already in flight
-//! run to their answer (bounded by `kiln.drain_timeout_secs`) before the HTTP
-//! servers stop.
+//! On SIGTERM kiln drains: assign_job gets 503 (with Retry-After), `/healthz`
+//! says 503 so load balancers move on, and the jobs already in flight run to their
+//! answer (bounded by `kiln.drain_timeout_secs`) before the HTTP servers stop. A
+//! job is in flight from its assignment (the JobTable holds its [`InFlight`]), so
+//! one assigned just before the SIGTERM still gets its upload and run_job served.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -58,7 +59,7 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Counts a job as in flight, unless kiln is draining.
+    /// Counts a job as in flight, unless kiln is draining (assign_job).
     pub fn start_job(self: &Arc<Self>) -> Result<InFlight, Draining> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         // Checked after counting, so `drain` cannot miss a job that got in.

@@ -242,9 +242,9 @@ mod tests {
         let (sched, table) = (scheduler(1), JobTable::default());
         let toolchain = Toolchain { archive_id: "made-up".into() };
         let idle = sched.reserve(&table).unwrap().job_id;
-        table.assign(idle, toolchain.clone(), false).unwrap();
+        table.assign(idle, toolchain.clone(), false, None).unwrap();
         let uploading = sched.reserve(&table).unwrap().job_id;
-        table.assign(uploading, toolchain, false).unwrap();
+        table.assign(uploading, toolchain, false, None).unwrap();
         let upload = table.start_upload(uploading);
         assert!(sched.reserve(&table).is_err(), "both slots taken");
         std::thread::sleep(Duration::from_millis(400));
