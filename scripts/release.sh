@@ -30,7 +30,11 @@ DIST=$ROOT/target/dist
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 BIN=$CARGO_TARGET_DIR/$TRIPLE/$PROFILE/kiln
 CARGO_DEB_VERSION=3.8.0
-IMAGE=kiln:$VERSION
+# The image step's name, and the binary it takes (default: the static one). CI sets
+# KILN_BINARY=target/release/kiln IMAGE=kiln:ci to test the image recipe with the
+# release build it has anyway; a dynamic binary gets its libraries beside it.
+IMAGE=${IMAGE:-kiln:$VERSION}
+KILN_BINARY=${KILN_BINARY:-}
 STEPS=${*:-static tarball deb image}
 
 log() { printf '\n== %s\n' "$*" >&2; }
@@ -133,7 +137,9 @@ step_deb() {
 #   /etc/passwd, /etc/group          root and nobody, for error messages and tools
 #   /tmp, /var/lib/kiln              the data dir, a volume
 step_image() {
-  need_binary
+  local kiln=${KILN_BINARY:-$DIST/kiln}
+  [ -n "$KILN_BINARY" ] || need_binary
+  [ -x "$kiln" ] || die "no kiln binary at $kiln"
   command -v docker >/dev/null && docker version >/dev/null 2>&1 || die "docker does not answer: start dockerd"
   local bwrap; bwrap=$(command -v bwrap) || die "no bwrap: apt-get install bubblewrap"
   local ctx=$DIST/image
@@ -143,14 +149,15 @@ step_image() {
   mkdir -p "$root/usr/bin" "$root/etc/kiln" "$root/etc/ssl/certs" "$root/var/lib/kiln" "$root/tmp"
   chmod 1777 "$root/tmp"
   chmod 0700 "$root/var/lib/kiln"
-  install -m 0755 "$DIST/kiln" "$root/usr/bin/kiln"
+  install -m 0755 "$kiln" "$root/usr/bin/kiln"
   install -m 0755 "$bwrap" "$root/usr/bin/bwrap"
   # kiln's startup probe (a sandbox as the job uid) runs /bin/true in it.
   mkdir -p "$root/bin"
   install -m 0755 /bin/true "$root/bin/true"
   # `ldd` lines: "libx.so.1 => /lib/.../libx.so.1 (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)".
   local lib
-  for lib in $( (ldd "$bwrap"; ldd /bin/true) | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u); do
+  # (The static kiln lists none; a dynamic one, KILN_BINARY, its own.)
+  for lib in $( (ldd "$bwrap"; ldd /bin/true; ldd "$kiln" || true) | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u); do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
   done

@@ -24,7 +24,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CASES=${*:-image deb}
 WORK=$(mktemp -d /tmp/kiln-release-test.XXXXXX)
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -n 1)
-IMAGE=kiln:$VERSION
+# IMAGE=kiln:ci: the image CI builds from its release build (scripts/release.sh).
+IMAGE=${IMAGE:-kiln:$VERSION}
 DIST=$ROOT/target/dist
 CACHE=$ROOT/target/release-test
 CONTAINER=kiln-release-test-$$
