@@ -142,6 +142,7 @@ step_image() {
   [ -x "$kiln" ] || die "no kiln binary at $kiln"
   command -v docker >/dev/null && docker version >/dev/null 2>&1 || die "docker does not answer: start dockerd"
   local bwrap; bwrap=$(command -v bwrap) || die "no bwrap: apt-get install bubblewrap"
+  [ -f /etc/ssl/certs/ca-certificates.crt ] || die "no CA bundle: apt-get install ca-certificates"
   local ctx=$DIST/image
   log "image: $IMAGE (FROM scratch)"
   rm -rf "$ctx"
