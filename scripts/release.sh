@@ -134,8 +134,9 @@ step_deb() {
 #                                    each at the path ldd names
 #   /etc/ssl/certs/ca-certificates.crt  roots for an https object store (rustls reads it)
 #   /etc/kiln/kiln.toml              packaging/container.toml
-#   /etc/passwd, /etc/group          root and nobody, for error messages and tools
 #   /tmp, /var/lib/kiln              the data dir, a volume
+# Nothing else: no shell, no /etc/passwd (kiln reads it only to warn of accounts
+# inside its job uid range, and takes a missing one as none).
 step_image() {
   local kiln=${KILN_BINARY:-$DIST/kiln}
   [ -n "$KILN_BINARY" ] || need_binary
@@ -164,9 +165,6 @@ step_image() {
   done
   install -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
   install -m 0644 packaging/container.toml "$root/etc/kiln/kiln.toml"
-  printf 'root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n' >"$root/etc/passwd"
-  printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
-  chmod 0644 "$root/etc/passwd" "$root/etc/group"
   # The bubblewrap inside must run there (its libraries complete), and be >= 0.8.
   "$bwrap" --version >/dev/null
   cat >"$ctx/Dockerfile" <<EOF
