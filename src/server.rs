@@ -221,10 +221,7 @@ pub async fn serve_with(
         ToolchainStore::new(location, storage.cache.clone(), config.incoming_dir(), limits, stats.clone())
     });
     let store = store.transpose()?;
-    let arrival_limits = ArrivalLimits {
-        max_archive_bytes: kiln.toolchains.max_archive_bytes,
-        upload_timeout: Duration::from_secs(kiln.toolchains.upload_timeout_secs),
-    };
+    let arrival_limits = ArrivalLimits { upload_timeout: Duration::from_secs(kiln.toolchains.upload_timeout_secs) };
     let toolchains = Toolchains::new(storage.cache, store, config.incoming_dir(), arrival_limits, stats.clone());
     let state = web::Data::new(AppState {
         ops,

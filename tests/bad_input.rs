@@ -100,9 +100,10 @@ async fn unknown_jobs_duplicates_and_bad_toolchains() {
     let result = client.submit_toolchain(unknown, &token(unknown), tc.bytes.clone()).await.unwrap();
     assert_eq!(result, SubmitToolchainResult::JobNotFound);
 
-    // The same job id assigned twice: 409.
+    // The same job id assigned twice: 409. (A toolchain of its own: the first
+    // assign makes this job the one asked to send it, and it never does.)
     let job_id = next_job_id();
-    let toolchain = Toolchain { archive_id: tc.archive_id.clone() };
+    let toolchain = Toolchain { archive_id: other_toolchain().archive_id.clone() };
     client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap();
     let err = client.assign_job(job_id, &token(job_id), &toolchain).await.unwrap_err();
     assert!(err.to_string().contains("409") || err.to_string().contains("already assigned"), "{err}");

@@ -51,12 +51,12 @@ impl Offer {
     }
 }
 
-/// Bounds on a toolchain's arrival, from `[kiln.toolchains]`.
+/// Bounds on a toolchain's arrival, from `[kiln.toolchains]` (the caller bounds an
+/// upload's bytes and time as its body arrives).
 #[derive(Debug, Clone, Copy)]
 pub struct ArrivalLimits {
-    /// `max_archive_bytes`: checked by the caller as the body arrives.
-    pub max_archive_bytes: u64,
-    /// `upload_timeout_secs`: the longest a job waits for a toolchain to arrive.
+    /// `upload_timeout_secs`: what an upload or a fetch may take; a job waits for
+    /// one at most this (plus the uploader's start bound).
     pub upload_timeout: Duration,
 }
 
@@ -123,10 +123,6 @@ impl Toolchains {
     /// The farm's store, as configured (for the status document).
     pub fn store(&self) -> Option<&Arc<ToolchainStore>> {
         self.inner.store.as_ref()
-    }
-
-    pub fn limits(&self) -> ArrivalLimits {
-        self.inner.limits
     }
 
     async fn cached(&self, archive_id: &str) -> Result<bool, UploadError> {
@@ -214,6 +210,16 @@ impl Toolchains {
     /// For submit_toolchain of `job_id`: an upload to write the body into, or
     /// `None` when the toolchain is here already (the body is not needed).
     pub async fn receive(&self, archive_id: &str, job_id: JobId) -> Result<Option<Upload>, UploadError> {
+        let started = self.start_upload(archive_id, job_id).await;
+        if let Err(e) = &started {
+            // Refused before a byte was taken: the jobs waiting for it learn now.
+            let reason = format!("the upload by job {job_id} was refused: {}", ErrorChain(e));
+            self.fail(archive_id, Source::Upload { uploader: job_id }, &reason);
+        }
+        started
+    }
+
+    async fn start_upload(&self, archive_id: &str, job_id: JobId) -> Result<Option<Upload>, UploadError> {
         if self.cached(archive_id).await? {
             self.inner.arrivals.arrived(archive_id);
             return Ok(None);
