@@ -28,6 +28,11 @@ use crate::protocol::JobId;
 /// compile locally) after its answer costs the jobs waiting on it.
 pub const UPLOAD_START_WITHIN: Duration = Duration::from_secs(30);
 
+/// How long the job told to send a toolchain has before the next job for it is
+/// told to send it too (the first upload to finish serves every waiter): a
+/// client that went away costs the jobs assigned after this nothing.
+pub const SECOND_UPLOADER_AFTER: Duration = Duration::from_secs(5);
+
 /// How long a failed arrival stays known, so the jobs promised it that call
 /// run_job after the failure are told why (instead of finding no toolchain).
 const FAILED_KEPT: Duration = Duration::from_secs(120);
@@ -54,8 +59,10 @@ type Outcome = Option<Result<(), String>>;
 
 struct Arrival {
     source: Source,
-    /// tokio's clock, so tests can pause it.
+    /// When the arrival began (tokio's clock).
     since: Instant,
+    /// When its current uploader was told to send it.
+    asked: Instant,
     /// The uploader's body has started to arrive.
     receiving: bool,
     done: watch::Sender<Outcome>,
@@ -63,7 +70,13 @@ struct Arrival {
 
 impl Arrival {
     fn new(source: Source) -> Arrival {
-        Arrival { source, since: Instant::now(), receiving: false, done: watch::channel(None).0 }
+        let now = Instant::now();
+        Arrival { source, since: now, asked: now, receiving: false, done: watch::channel(None).0 }
+    }
+
+    /// An uploader that has not started after `after`: ask another job too.
+    fn slow_to_start(&self, after: Duration) -> bool {
+        matches!(self.source, Source::Upload { .. }) && !self.receiving && self.asked.elapsed() > after
     }
 
     /// Finished (failed; successes leave the map at once).
@@ -89,19 +102,20 @@ pub enum Expect {
 /// The arrivals under way (and recently failed), by archive id.
 pub struct Arrivals {
     map: Mutex<HashMap<String, Arc<Mutex<Arrival>>>>,
-    /// [`UPLOAD_START_WITHIN`], shorter in tests.
+    /// [`UPLOAD_START_WITHIN`] and [`SECOND_UPLOADER_AFTER`], shorter in tests.
     start_within: Duration,
+    second_uploader_after: Duration,
 }
 
 impl Default for Arrivals {
     fn default() -> Self {
-        Arrivals::new(UPLOAD_START_WITHIN)
+        Arrivals::new(UPLOAD_START_WITHIN, SECOND_UPLOADER_AFTER)
     }
 }
 
 impl Arrivals {
-    pub fn new(start_within: Duration) -> Arrivals {
-        Arrivals { map: Mutex::default(), start_within }
+    pub fn new(start_within: Duration, second_uploader_after: Duration) -> Arrivals {
+        Arrivals { map: Mutex::default(), start_within, second_uploader_after }
     }
 
     fn stall_reason(&self) -> String {
@@ -109,8 +123,9 @@ impl Arrivals {
     }
 
     /// For an assign_job of `job_id` whose toolchain is neither cached nor in the
-    /// store: joins the arrival under way, or makes `job_id` its uploader. A failed
-    /// or stalled arrival is replaced (failing its waiters first).
+    /// store: joins the arrival under way, or makes `job_id` its uploader (also
+    /// when the current uploader has not started within `second_uploader_after`).
+    /// A failed or stalled arrival is replaced (failing its waiters first).
     pub fn expect(&self, archive_id: &str, job_id: JobId) -> Expect {
         let mut map = crate::sync::lock(&self.map);
         map.retain(|_, a| {
@@ -118,8 +133,13 @@ impl Arrivals {
             !a.is_failed() || a.since.elapsed() < FAILED_KEPT
         });
         if let Some(arrival) = map.get(archive_id) {
-            let arrival = crate::sync::lock(arrival);
+            let mut arrival = crate::sync::lock(arrival);
             if !arrival.is_failed() && !arrival.stalled(self.start_within) {
+                if arrival.slow_to_start(self.second_uploader_after) {
+                    arrival.source = Source::Upload { uploader: job_id };
+                    arrival.asked = Instant::now();
+                    return Expect::Upload;
+                }
                 return Expect::Arriving(arrival.source);
             }
             if !arrival.is_failed() {
@@ -146,19 +166,20 @@ impl Arrivals {
         map.insert(archive_id.to_owned(), Arc::new(Mutex::new(Arrival::new(Source::Store))));
     }
 
-    /// `job_id`'s upload of `archive_id` has started. An upload nobody asked
+    /// `job_id`'s upload of `archive_id` has started: it is the arrival's uploader
+    /// now (of several asked, the one whose bytes come). An upload nobody waits
     /// for (its job was told to send before an arrival it could join existed, or
-    /// after one failed) becomes the arrival if there is none.
+    /// after one failed) becomes the arrival.
     pub fn receiving(&self, archive_id: &str, job_id: JobId) {
         let mut map = crate::sync::lock(&self.map);
-        let arrival = map
-            .entry(archive_id.to_owned())
-            .or_insert_with(|| Arc::new(Mutex::new(Arrival::new(Source::Upload { uploader: job_id }))));
+        let uploader = Source::Upload { uploader: job_id };
+        let arrival = map.entry(archive_id.to_owned()).or_insert_with(|| Arc::new(Mutex::new(Arrival::new(uploader))));
         let mut arrival = crate::sync::lock(arrival);
         if arrival.is_failed() {
-            *arrival = Arrival::new(Source::Upload { uploader: job_id });
+            *arrival = Arrival::new(uploader);
         }
-        if arrival.source == (Source::Upload { uploader: job_id }) {
+        if matches!(arrival.source, Source::Upload { .. }) {
+            arrival.source = uploader;
             arrival.receiving = true;
         }
     }
@@ -283,8 +304,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_job_assigned_after_the_uploader_is_slow_to_start_is_asked_too() {
+        let arrivals = Arc::new(Arrivals::new(Duration::from_secs(600), Duration::from_millis(100)));
+        assert_eq!(arrivals.expect(ID, JobId(1)), Expect::Upload);
+        let waiter = tokio::spawn({
+            let arrivals = arrivals.clone();
+            async move { arrivals.wait(ID, Duration::from_secs(60)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(arrivals.expect(ID, JobId(2)), Expect::Upload, "the first uploader is slow: ask this job too");
+        assert_eq!(arrivals.expect(ID, JobId(3)), Expect::Arriving(Source::Upload { uploader: JobId(2) }));
+        // The first one's upload fails after all: the second one is still to come.
+        arrivals.receiving(ID, JobId(2));
+        arrivals.failed(ID, Source::Upload { uploader: JobId(1) }, "late and bad");
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        arrivals.arrived(ID);
+        waiter.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn an_uploader_that_never_starts_fails_its_waiters_after_the_start_bound() {
-        let arrivals = Arrivals::new(Duration::from_millis(100));
+        let arrivals = Arrivals::new(Duration::from_millis(100), Duration::from_secs(600));
         assert_eq!(arrivals.expect(ID, JobId(1)), Expect::Upload);
         let err = arrivals.wait(ID, Duration::from_secs(600)).await.unwrap_err();
         assert!(err.reason.contains("did not start"), "{err}");
