@@ -305,40 +305,6 @@ async fn uploads_and_unpacks_leave_the_data_dirs_reserve() {
 
 // --- a job's writes (issue 27, finding 7) ------------------------------------
 
-/// Writes zeros, 1 MiB at a time, to `fill` in its cwd until a write fails or
-/// 200 MiB are written; says how far it got and why it stopped, then stays a
-/// few seconds so the test can act while its bytes are held.
-const FILL_DISK_C: &str = r#"
-#include <errno.h>
-#include <fcntl.h>
-#include <stdio.h>
-#include <string.h>
-#include <unistd.h>
-
-static char chunk[1 << 20];
-
-int main(void) {
-    int fd = open("fill", O_CREAT | O_WRONLY | O_TRUNC, 0644);
-    long written = 0;
-    const char *why = "done";
-    if (fd < 0) {
-        why = strerror(errno);
-    }
-    while (fd >= 0 && written < (200L << 20)) {
-        ssize_t n = write(fd, chunk, sizeof chunk);
-        if (n <= 0) {
-            why = n < 0 ? strerror(errno) : "short write";
-            break;
-        }
-        written += n;
-    }
-    printf("wrote %ld: %s\n", written, why);
-    fflush(stdout);
-    sleep(4);
-    return 0;
-}
-"#;
-
 /// An inputs tar holding `program` at `/work/<name>` (mode 0755).
 fn program_inputs(name: &str, program: &[u8]) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
@@ -375,7 +341,7 @@ async fn a_job_that_fills_its_disk_quota_stops_there_alone() {
     let program = {
         let dir = tempfile::Builder::new().prefix("kiln-prog-").tempdir().unwrap();
         let (src, exe) = (dir.path().join("fill_disk.c"), dir.path().join("fill_disk"));
-        std::fs::write(&src, FILL_DISK_C).unwrap();
+        std::fs::write(&src, include_str!("programs/fill_disk.c")).unwrap();
         let status = std::process::Command::new("gcc").args(["-static", "-O1", "-o"]).arg(&exe).arg(&src).status();
         assert!(status.unwrap().success(), "gcc -static fill_disk.c");
         std::fs::read(exe).unwrap()

@@ -267,9 +267,35 @@ async fn twenty_concurrent_jobs_over_two_toolchains_share_two_images_and_reuse_c
 struct PrivateDockerd {
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
+    /// The btrfs file system its data root is on, if any (unmounted on drop).
+    btrfs: Option<std::path::PathBuf>,
 }
 
 impl PrivateDockerd {
+    fn new() -> PrivateDockerd {
+        let dir = tempfile::Builder::new().prefix("kiln-dockerd-").tempdir().unwrap();
+        PrivateDockerd { dir, child: None, btrfs: None }
+    }
+
+    /// A daemon whose data root is a new btrfs file system of `bytes` (a loop
+    /// device over a sparse file) with quotas enabled: docker's btrfs driver
+    /// enforces `--storage-opt size` there, which overlay2 on ext4 cannot.
+    fn on_btrfs(bytes: u64) -> PrivateDockerd {
+        let mut dockerd = PrivateDockerd::new();
+        let (image, data) = (dockerd.dir.path().join("btrfs.img"), dockerd.dir.path().join("data"));
+        std::fs::File::create(&image).unwrap().set_len(bytes).unwrap();
+        std::fs::create_dir(&data).unwrap();
+        let run = |program: &str, args: &[&std::ffi::OsStr]| {
+            let status = std::process::Command::new(program).args(args).status();
+            assert!(status.is_ok_and(|s| s.success()), "{program} {args:?}");
+        };
+        run("mkfs.btrfs", &["-q".as_ref(), image.as_os_str()]);
+        run("mount", &["-o".as_ref(), "loop".as_ref(), image.as_os_str(), data.as_os_str()]);
+        dockerd.btrfs = Some(data.clone());
+        run("btrfs", &["quota".as_ref(), "enable".as_ref(), data.as_os_str()]);
+        dockerd
+    }
+
     fn socket(&self) -> String {
         format!("unix://{}/docker.sock", self.dir.path().display())
     }
@@ -285,6 +311,7 @@ impl PrivateDockerd {
             .arg("--pidfile")
             .arg(d.join("docker.pid"))
             .args(["-H", &self.socket(), "--bridge=none", "--iptables=false", "--ip-masq=false"])
+            .args(if self.btrfs.is_some() { &["--storage-driver", "btrfs"][..] } else { &[] })
             .args(["--shutdown-timeout", "1"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -310,6 +337,10 @@ impl PrivateDockerd {
 impl Drop for PrivateDockerd {
     fn drop(&mut self) {
         self.stop();
+        if let Some(data) = self.btrfs.take() {
+            // The loop device goes with the last unmount (`mount -o loop` sets autoclear).
+            let _ = std::process::Command::new("umount").arg("-l").arg(data).status();
+        }
     }
 }
 
@@ -336,8 +367,7 @@ async fn a_daemon_restart_fails_jobs_clearly_then_kiln_recovers_and_removes_orph
         eprintln!("\n!!!!! SKIPPING the daemon restart test: it needs root and dockerd !!!!!\n");
         return;
     }
-    let mut dockerd =
-        PrivateDockerd { dir: tempfile::Builder::new().prefix("kiln-dockerd-").tempdir().unwrap(), child: None };
+    let mut dockerd = PrivateDockerd::new();
     dockerd.start();
     let kiln = DockerKiln::start(&format!(
         "builders = 1\n{DOCKER_CONFIG}host = \"{}\"\nmin_idle = 1\nmax_per_toolchain = 1\n",
@@ -901,4 +931,48 @@ async fn a_container_gets_no_vsock_port_no_kernel_aio_and_no_io_uring() {
     }
     // kiln-init runs under the profile: the container still compiles.
     assert_compiles_docker(&kiln).await;
+}
+
+/// Issue 27, finding 7, on the docker backend: a container's writable layer (a
+/// job's files, /tmp) is on the daemon's disk. A job writes 1 GiB on a daemon
+/// whose data root is a 2 GiB btrfs; before, it wrote all of it there (and on a
+/// small disk would have filled it for every container and image). Now the
+/// container is created with `--storage-opt size` = `kiln.jobs.max_disk_bytes`
+/// (256 MiB here, the toolchain's image counted in on btrfs): the job's writes stop
+/// below it, and the next job in the same container compiles.
+#[actix_rt::test]
+async fn a_docker_job_that_fills_its_disk_quota_stops_there_alone() {
+    const QUOTA: u64 = 256 << 20;
+    if !docker_ready() {
+        return;
+    }
+    let tools = ["dockerd", "mkfs.btrfs", "btrfs"];
+    if !nix::unistd::geteuid().is_root()
+        || tools.iter().any(|t| kiln::program::find_program(std::path::Path::new(t)).is_none())
+    {
+        assert!(std::env::var_os("KILN_REQUIRE_DOCKER").is_none(), "this test needs root, {tools:?}");
+        eprintln!("\n!!!!! SKIPPING the docker disk quota test: it needs root and {tools:?} !!!!!\n");
+        return;
+    }
+    let mut dockerd = PrivateDockerd::on_btrfs(2 << 30);
+    dockerd.start();
+    let kiln = DockerKiln::start(&format!(
+        "builders = 1\n[kiln.jobs]\ntimeout_secs = 60\nmax_input_bytes = {}\nmax_disk_bytes = {QUOTA}\n\
+         {DOCKER_CONFIG}host = \"{}\"\nmin_idle = 1\nmax_per_toolchain = 1\nrequire_disk_quota = true\n",
+        16 << 20,
+        dockerd.socket()
+    ));
+    assert_compiles_docker(&kiln).await;
+    let done = run_program(&kiln, "fill_disk", include_str!("programs/fill_disk.c"), &["1024"]).await.unwrap();
+    let out = stdout(&done);
+    eprintln!("{out}{}", stderr(&done));
+    let written: u64 = out.split_whitespace().nth(1).and_then(|n| n.trim_end_matches(':').parse().ok()).unwrap();
+    assert!(
+        out.contains("Disk quota exceeded") || out.contains("No space left on device"),
+        "the job was stopped by its quota: {out}"
+    );
+    assert!(written < QUOTA, "the job wrote {written} bytes under a {QUOTA}-byte quota");
+    // The container was reset, not spoiled: the next job in it compiles.
+    assert_compiles_docker(&kiln).await;
+    drop(kiln);
 }

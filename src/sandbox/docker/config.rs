@@ -25,6 +25,10 @@ pub struct DockerConfig {
     /// Containers of all toolchains together; idle ones of the least recently used
     /// toolchain make room for a toolchain that needs one.
     pub max_containers: usize,
+    /// Refuse to run jobs when the daemon's storage driver cannot bound a
+    /// container's disk to `kiln.jobs.max_disk_bytes` (overlay2 on ext4 cannot);
+    /// otherwise such containers run without a quota, and kiln warns once.
+    pub require_disk_quota: bool,
 }
 
 impl Default for DockerConfig {
@@ -38,6 +42,7 @@ impl Default for DockerConfig {
             min_idle: 1,
             max_per_toolchain: 8,
             max_containers: 32,
+            require_disk_quota: false,
         }
     }
 }

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
@@ -43,6 +45,32 @@ pub const HELPER_PATH: &str = "/kiln-init";
 pub struct Engine {
     docker: Docker,
     owner: String,
+    /// Whether the daemon's storage driver bounds a container's writable layer
+    /// (`--storage-opt size`): learnt from the first container that asks.
+    disk_quota: Arc<AtomicU8>,
+}
+
+/// What the daemon does with a container's disk quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskQuota {
+    /// No container has asked yet.
+    Unknown,
+    /// The storage driver enforces it (overlay2 on xfs with `pquota`, btrfs with
+    /// quotas enabled, zfs).
+    Enforced,
+    /// The driver refused it (overlay2 on ext4, btrfs without quotas): containers
+    /// are created without one, as the operator allowed.
+    Unsupported,
+}
+
+impl DiskQuota {
+    fn from_u8(v: u8) -> DiskQuota {
+        match v {
+            1 => DiskQuota::Enforced,
+            2 => DiskQuota::Unsupported,
+            _ => DiskQuota::Unknown,
+        }
+    }
 }
 
 /// How a container of a toolchain is created.
@@ -52,6 +80,12 @@ pub struct ContainerSpec {
     pub gid: u32,
     pub pids_limit: i64,
     pub memory_bytes: i64,
+    /// Its writable layer's size (`kiln.jobs.max_disk_bytes`), where the storage
+    /// driver can enforce one.
+    pub disk_bytes: u64,
+    /// Refuse to create containers without that quota
+    /// (`kiln.sandbox.docker.require_disk_quota`).
+    pub require_disk_quota: bool,
 }
 
 /// A labelled object found on the daemon.
@@ -88,11 +122,16 @@ impl Engine {
             Ok(Err(source)) => return Err(connect_err(source)),
             Err(_) => return Err(DockerError::Timeout { call: "version", timeout: PING_TIMEOUT }),
         };
-        Ok(Engine { docker, owner })
+        Ok(Engine { docker, owner, disk_quota: Arc::default() })
     }
 
     pub fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// What the daemon did with the last container's disk quota.
+    pub fn disk_quota(&self) -> DiskQuota {
+        DiskQuota::from_u8(self.disk_quota.load(Ordering::Relaxed))
     }
 
     pub async fn ping(&self) -> Result<(), DockerError> {
@@ -181,6 +220,10 @@ impl Engine {
             // The agent's stdout carries every job's outputs: no log driver keeps a
             // copy of them on the daemon's disk.
             log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
+            // The writable layer (a job's files, /tmp, what the agent unpacks) is on
+            // the daemon's disk: bounded per container where the driver can
+            // (issue 27, finding 7); see `create_container`.
+            storage_opt: Some(HashMap::from([("size".to_owned(), spec.disk_bytes.to_string())])),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -202,9 +245,7 @@ impl Engine {
             host_config: Some(host_config),
             ..Default::default()
         };
-        let created =
-            timed("create container", CALL_TIMEOUT, self.docker.create_container(None::<CreateContainerOptions>, body))
-                .await?;
+        let created = self.create_container(body, spec.require_disk_quota).await?;
         let attach = AttachContainerOptions {
             stdin: true,
             stdout: true,
@@ -232,6 +273,57 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// Creates the container with its disk quota, or, where the daemon's storage
+    /// driver cannot enforce one and the operator allows it, without.
+    async fn create_container(
+        &self,
+        mut body: ContainerCreateBody,
+        require_disk_quota: bool,
+    ) -> Result<bollard::models::ContainerCreateResponse, DockerError> {
+        let create = |body| {
+            timed("create container", CALL_TIMEOUT, self.docker.create_container(None::<CreateContainerOptions>, body))
+        };
+        let without_quota = |body: &mut ContainerCreateBody| {
+            if let Some(host) = body.host_config.as_mut() {
+                host.storage_opt = None;
+            }
+        };
+        if self.disk_quota() == DiskQuota::Unsupported {
+            without_quota(&mut body);
+            return create(body).await;
+        }
+        let refused = match create(body.clone()).await {
+            Ok(created) => {
+                self.disk_quota.store(1, Ordering::Relaxed);
+                return Ok(created);
+            }
+            // The daemon answered, and may have refused the quota: overlay2 on ext4
+            // says "--storage-opt is supported only for overlay over xfs with
+            // 'pquota' mount option", btrfs without quotas "Failed to limit qgroup".
+            Err(DockerError::Engine {
+                source: source @ bollard::errors::Error::DockerResponseServerError { .. },
+                ..
+            }) => source,
+            Err(e) => return Err(e),
+        };
+        if require_disk_quota {
+            return Err(DockerError::NoDiskQuota { source: refused });
+        }
+        without_quota(&mut body);
+        let created = create(body).await?;
+        // The same container without the quota was created: the quota was the cause.
+        if self.disk_quota.swap(2, Ordering::Relaxed) != 2 {
+            tracing::warn!(
+                daemon_said = %refused,
+                "the docker daemon's storage driver cannot bound a container's disk: docker jobs run without a \
+                 disk quota (kiln.jobs.max_disk_bytes) and can fill the daemon's data root; use overlay2 on xfs \
+                 mounted with pquota, or btrfs with `btrfs quota enable`, or set \
+                 kiln.sandbox.docker.require_disk_quota = true to refuse to run jobs instead"
+            );
+        }
+        Ok(created)
     }
 
     /// Removes a container, killing it first if it runs.

@@ -51,6 +51,14 @@ pub enum DockerError {
         #[source]
         source: crate::sandbox::cgroup::CgroupError,
     },
+    #[error(
+        "the docker daemon cannot bound a container's disk (kiln.sandbox.docker.require_disk_quota is set): \
+         its storage driver needs xfs with pquota, or btrfs with quotas enabled"
+    )]
+    NoDiskQuota {
+        #[source]
+        source: bollard::errors::Error,
+    },
     #[error("the container pool is not running")]
     PoolGone,
     #[error("starting a runtime to reach the docker daemon failed")]

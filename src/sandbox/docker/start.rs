@@ -53,6 +53,8 @@ pub async fn start_docker_backend(
         gid: config.job_gid,
         pids_limit: config.pids_limit,
         memory_bytes: config.memory_bytes,
+        disk_bytes: limits.max_disk_bytes,
+        require_disk_quota: config.require_disk_quota,
     };
     let pool_limits = PoolLimits {
         min_idle: config.min_idle,
