@@ -28,9 +28,8 @@ use crate::sandbox::overlay::{
 use crate::sandbox::SharedBackend;
 use crate::scheduler::{LocalScheduler, Scheduler, UpstreamScheduler};
 use crate::stats::Stats;
-use crate::store::{FetchLimits, ToolchainStore};
 use crate::tls::ServerCert;
-use crate::toolchains::{ArrivalLimits, Toolchains};
+use crate::toolchains::{ArrivalLimits, FetchLimits, ToolchainStore, Toolchains};
 
 /// How often assigned-but-never-run jobs are forgotten.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);

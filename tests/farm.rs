@@ -519,7 +519,7 @@ async fn a_claim_from_a_killed_kiln_holds_the_farm_only_until_it_expires() {
     let job_id = waiting[0].0;
     let request = RunJobHttpRequest { command: command("/bin/true", &[], "/work"), outputs: vec![] };
     let started = std::time::Instant::now();
-    let limit = kiln::store::CLAIM_TTL * 3;
+    let limit = kiln::toolchains::CLAIM_TTL * 3;
     let answer =
         actix_rt::time::timeout(limit, second.client().run_job(job_id, &token(job_id), &request, &empty_tar()))
             .await

@@ -9,11 +9,11 @@ pub use table::{AssignedJob, DuplicateJob, JobTable, Upload, UsedIds};
 
 use bytes::Bytes;
 
-use crate::actors::UnpackFailed;
 use crate::observe::SharedPhases;
 use crate::protocol::{CompileCommand, JobComplete, JobId};
 use crate::quarantine::Quarantined;
 use crate::sandbox::SandboxError;
+use crate::toolchains::UnpackFailed;
 
 /// A job accepted by the facade, with everything needed to run it.
 #[derive(Debug)]

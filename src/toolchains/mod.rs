@@ -9,10 +9,15 @@
 //!
 //! Single flight (issue 23): of the jobs of a cold build that all need the same
 //! missing toolchain, only the first one's client is asked to send it; the others
-//! wait for that upload ([`arrivals`]). The cache, the unpacker and the store keep
-//! their own state; this module decides who sends what, and who waits.
+//! wait for that upload ([`arrivals`]); across a farm, a claim in the store makes
+//! one kiln the receiver (`claims.rs`), and the others fetch what it publishes
+//! ([`farm`]). The cache and the unpacker (actors) keep their own state; this
+//! module decides who sends what, and who waits, and is the only way the rest of
+//! kiln reaches a toolchain's arrival.
 
 pub mod arrivals;
+mod claims;
+pub mod farm;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,14 +28,16 @@ use actix::Addr;
 use tokio::io::AsyncWriteExt;
 
 use crate::actors::toolchain_cache::CheckDiskReserve;
+pub use crate::actors::UnpackFailed;
 use crate::actors::{CacheError, HasToolchain, StoreToolchain, ToolchainCache};
 use crate::observe::BelowReserve;
 use crate::protocol::{ArchiveCheck, ArchiveMismatch, JobId};
 use crate::report::ErrorChain;
 use crate::stats::Stats;
-use crate::store::{ClaimOutcome, ToolchainStore};
 pub use arrivals::{ArrivalFailed, Source};
 use arrivals::{Arrivals, Expect};
+pub use claims::{ClaimOutcome, CLAIM_TTL};
+pub use farm::{FetchFailed, FetchLimits, ToolchainStore};
 
 /// What assign_job tells the scheduler and the client about a job's toolchain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

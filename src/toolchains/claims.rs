@@ -20,9 +20,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{FetchFailed, StoreError, ToolchainStore, LOOKUP_WAIT};
+use super::farm::{FetchFailed, ToolchainStore, LOOKUP_WAIT};
 use crate::report::ErrorChain;
 use crate::stats::Stats;
+use crate::store::StoreError;
 
 /// How long a claim lives unless refreshed.
 pub const CLAIM_TTL: Duration = Duration::from_secs(30);
