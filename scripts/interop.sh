@@ -29,6 +29,10 @@
 #   farm_cold  the same on three kilns sharing a store (a directory): once each
 #              across the farm (the uploads summed over the kilns)
 #   farm_cold_s3  the same with the store in an S3 bucket (s3s-fs)
+#   scale_in   two kilns, slow units compiled with -j 6, SIGTERM to one kiln 1 s after
+#              the scheduler placed its first job there
+#              (scripts/scale_in.sh --check): no compile fails, every object is
+#              byte-identical, at most 1 falls back to local (default drain_mode)
 #   baseline   upstream `sccache-dist server` on the same server.toml; prints
 #              both wall times
 #   rust       a Cargo workspace built with RUSTC_WRAPPER=sccache through plain
@@ -39,7 +43,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CASES=${INTEROP_CASES:-"local overflow badtoken upstream docker two farm farm_s3 cold_one farm_cold farm_cold_s3 baseline rust"}
+CASES=${INTEROP_CASES:-"local overflow badtoken upstream docker two farm farm_s3 cold_one farm_cold farm_cold_s3 scale_in baseline rust"}
 FILES=${INTEROP_FILES:-24}
 WORK=$(mktemp -d /tmp/kiln-interop.XXXXXX)
 KILN_TIMES=""
@@ -432,6 +436,11 @@ case_farm_cold_s3() {
   rm -rf "$WORK/s3/toolchains/kiln"
   start_s3s_fs
   cold_farm farm-cold-s3 3 "$S3_STORE"
+}
+
+case_scale_in() {
+  log "scale_in: one of two kilns stopped in the middle of a -j 6 build"
+  "$ROOT/scripts/scale_in.sh" --check
 }
 
 case_baseline() {

@@ -32,6 +32,24 @@ pub const INSECURE_SERVER_TOKEN: &str = "dangerously_insecure_server";
 /// scheduler with `client_auth = DANGEROUSLY_INSECURE` accepts.
 pub const INSECURE_CLIENT_TOKEN: &str = "dangerously_insecure_client";
 
+/// How a draining kiln leaves upstream's scheduler, which has no way to hear that a
+/// server leaves: it fails a client's compile (the client compiles locally) for
+/// every assign_job a server refuses, and sets that server aside for 300 s; it
+/// forgets a server 90 s after its last heartbeat or job state report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainMode {
+    /// Re-register with the scheduler afresh (a new nonce), with no jobs: it then
+    /// places one last round of jobs here (`cpus + 1 + cpus/8`, what it gives this
+    /// server at once); take and run those, report no more job states (a
+    /// `Complete` would free a slot), and stop once they are done, or no job came
+    /// for 5 s. No compile the scheduler placed here falls back to local.
+    #[default]
+    Handoff,
+    /// Refuse assign_job at once: each refusal is one local compile.
+    Refuse,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path:?}")]
@@ -153,6 +171,8 @@ pub struct KilnConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// On SIGTERM/SIGINT, jobs in flight get this long to finish before kiln exits.
     pub drain_timeout_secs: u64,
+    /// What a draining kiln does with the jobs upstream's scheduler still sends.
+    pub drain_mode: DrainMode,
     /// Log filter (`RUST_LOG` syntax) when `RUST_LOG` is unset; re-read on SIGHUP.
     pub log_level: String,
     pub toolchains: ToolchainConfig,
@@ -327,6 +347,7 @@ impl Default for KilnConfig {
             tls: true,
             metrics_listen: None,
             drain_timeout_secs: 60,
+            drain_mode: DrainMode::default(),
             log_level: "info".to_owned(),
             toolchains: ToolchainConfig::default(),
             jobs: JobConfig::default(),

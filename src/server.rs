@@ -258,7 +258,8 @@ pub async fn serve_with(
     let signals = crate::observe::signals::Signals::install().map_err(ServerError::Http)?;
     on_listening(listening);
     let handles = servers.iter().map(|s| s.handle()).collect();
-    actix_rt::spawn(crate::observe::signals::run(signals, lifecycle, handles, config.clone(), reload));
+    let leave = state.scheduler.upstream().map(|link| leave_upstream(link, lifecycle.clone()));
+    actix_rt::spawn(crate::observe::signals::run(signals, lifecycle, handles, config.clone(), reload, leave));
     futures_util::future::try_join_all(servers).await.map_err(ServerError::Http)?;
     // Held until here: a supervisor restarts its actor only while some address of
     // it is alive, and an idle builder's address is otherwise only in the queue.
@@ -530,6 +531,34 @@ fn start_http(
         servers.push(server.run());
     }
     Ok((servers, listening))
+}
+
+/// How a draining kiln leaves upstream's scheduler (`kiln.drain_mode`), and when
+/// the drain may then end: once the scheduler's last slots here are taken, or no
+/// job came for a while (handoff), or once it has forgotten this server.
+fn leave_upstream(link: actix::Addr<UpstreamScheduler>, lifecycle: Arc<Lifecycle>) -> crate::observe::signals::Leave {
+    use crate::observe::Release;
+    use crate::scheduler::upstream::{Leave, Left, FORGOTTEN_AFTER};
+    Box::new(move |mode| {
+        Box::pin(async move {
+            match link.send(Leave(mode)).await {
+                // Jobs assigned before the scheduler took the handoff were placed
+                // under the old registration: only those after it use the slots.
+                Ok(Left::HandedOff { at, slots }) => Release {
+                    after_assigned: Some(lifecycle.assigned() + slots),
+                    quiet_after: Some(at),
+                    at: Some(at + FORGOTTEN_AFTER),
+                },
+                Ok(Left::Silent { forgotten_at }) => Release {
+                    // A failed handoff: no client asking for a while means none can.
+                    quiet_after: Some(std::time::Instant::now()),
+                    at: Some(forgotten_at),
+                    ..Default::default()
+                },
+                Err(_) => Release::now(),
+            }
+        })
+    })
 }
 
 /// The bearer token this server shows upstream's scheduler, formatted as

@@ -343,3 +343,74 @@ async fn jobs_nobody_claims_free_their_slots_in_seconds() {
     }
     assert_eq!(kiln.status().await.assigned_jobs, 1, "the unclaimed jobs are forgotten by the server too");
 }
+
+/// Issue 25: upstream's scheduler cannot hear that a server leaves, and every
+/// assign_job a draining server refuses is a client's compile done locally. With
+/// the default `drain_mode = "handoff"`, SIGTERM makes kiln send one more
+/// heartbeat, with a new nonce (the scheduler then sees a restarted server with
+/// no jobs, which it gives `cpus + 1 + cpus/8` at most: 3 for 2 builders); it
+/// takes and runs those 3 jobs, reports no state for them (a `Complete` would free
+/// a slot again), sends no more heartbeats, and exits 0 once they are answered.
+/// (scripts/scale_in.sh does this with the real scheduler and client.)
+#[actix_rt::test]
+async fn a_draining_kiln_hands_off_to_the_scheduler_and_runs_its_last_jobs() {
+    let recorded = web::Data::new(Mutex::new(Recorded::default()));
+    let app_data = recorded.clone();
+    let stand_in = HttpServer::new(move || {
+        App::new()
+            .app_data(app_data.clone())
+            .route("/api/v1/scheduler/heartbeat_server", web::post().to(heartbeat))
+            .route("/api/v1/scheduler/job_state/{job_id}", web::post().to(job_state))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let scheduler_addr = stand_in.addrs()[0];
+    actix_rt::spawn(stand_in.run());
+    let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
+    let top = format!(
+        "scheduler_url = \"http://{scheduler_addr}\"\n[scheduler_auth]\ntype = \"token\"\ntoken = \"server-secret\"\n"
+    );
+    let mut kiln = Kiln::start_with(&tmp.path().join("data"), &top, "builders = 2\n");
+    let (_, beat) = wait_for(Duration::from_secs(10), || recorded.lock().unwrap().heartbeats.first().cloned())
+        .await
+        .expect("kiln sent no heartbeat");
+    kiln.cert_pem = beat.cert_pem.clone();
+    let server = kiln.client();
+    let first = next_job_id();
+    server.assign_job(first, &token(first), &gcc()).await.unwrap();
+    assert!(matches!(compile_in(&server, first, &token(first), true).await, RunJobResult::Complete(_)));
+    // One job in flight at the SIGTERM, as in a build.
+    let running = next_job_id();
+    server.assign_job(running, &token(running), &gcc()).await.unwrap();
+    let sleeper = RunJobHttpRequest { command: command("/bin/sleep", &["1"], "/"), outputs: vec![] };
+    let in_flight = {
+        let server = kiln.client();
+        actix_rt::spawn(async move { server.run_job(running, &token(running), &sleeper, &[]).await })
+    };
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    let states_before = recorded.lock().unwrap().states.len();
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(kiln.pid()), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let handoff = wait_for(Duration::from_secs(10), || recorded.lock().unwrap().heartbeats.get(1).cloned())
+        .await
+        .expect("no handoff heartbeat after SIGTERM");
+    assert_ne!(handoff.1.server_nonce, beat.server_nonce, "a new nonce: the scheduler registers the server afresh");
+    assert_eq!((handoff.1.num_cpus, handoff.1.jwt_key), (beat.num_cpus, beat.jwt_key.clone()));
+    assert_eq!(handoff.1.cert_pem, beat.cert_pem);
+
+    // The scheduler's last round here (2 CPUs: 3 jobs) is taken and run, not refused.
+    for _ in 0..3 {
+        let job_id = next_job_id();
+        let assigned = server.assign_job(job_id, &token(job_id), &gcc()).await;
+        assert!(assigned.is_ok(), "a job the scheduler placed after the handoff was refused: {assigned:?}");
+        assert!(matches!(compile_in(&server, job_id, &token(job_id), false).await, RunJobResult::Complete(_)));
+    }
+    assert!(matches!(in_flight.await.unwrap(), Ok(RunJobResult::Complete(_))));
+    let exited = wait_for(Duration::from_secs(20), || kiln.child.try_wait().unwrap()).await;
+    let exited = exited.expect("kiln did not exit once the scheduler's last jobs were answered");
+    assert!(exited.success(), "kiln exited with {exited:?}");
+    let recorded = recorded.lock().unwrap();
+    assert_eq!(recorded.heartbeats.len(), 2, "no heartbeat after the handoff");
+    assert_eq!(recorded.states.len(), states_before, "no job state reported after the handoff: {:?}", recorded.states);
+}

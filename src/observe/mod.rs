@@ -28,7 +28,7 @@ pub mod snapshot;
 pub mod views;
 
 pub use disk::{BelowReserve, DiskReserve, FsSpace, Headroom};
-pub use lifecycle::{Draining, InFlight, Lifecycle};
+pub use lifecycle::{Draining, InFlight, Lifecycle, Release};
 pub use observer::Observer;
 pub use phases::{JobPhases, Phase, PhaseTimings, SharedPhases};
 pub use readiness::{BackendProbe, NotReady, Readiness};

@@ -1,8 +1,9 @@
 //! The signals `kiln serve` answers once it is up:
 //!
-//! - SIGTERM / SIGINT: drain (no new jobs, `/healthz` 503), wait for the jobs in
-//!   flight up to `kiln.drain_timeout_secs`, then stop the HTTP servers; a second
-//!   SIGTERM/SIGINT stops at once.
+//! - SIGTERM / SIGINT: drain (`/healthz` 503, the scheduler left as
+//!   `kiln.drain_mode` says), wait for the jobs in flight and for the scheduler
+//!   to place no more, up to `kiln.drain_timeout_secs`, then stop the HTTP
+//!   servers; a second SIGTERM/SIGINT stops at once.
 //! - SIGHUP: re-read the config file. Only `kiln.log_level` applies to the running
 //!   server (and only while `RUST_LOG` is unset); any other change is logged as
 //!   needing a restart.
@@ -13,9 +14,11 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::lifecycle::Lifecycle;
+use futures_util::future::LocalBoxFuture;
+
+use super::lifecycle::{Lifecycle, Release};
 use super::logging::LogHandle;
-use crate::config::Config;
+use crate::config::{Config, DrainMode};
 use crate::report::ErrorChain;
 
 /// What SIGHUP needs: where the config came from, the `--set` overrides to apply
@@ -45,6 +48,11 @@ impl Signals {
     }
 }
 
+/// How a draining kiln leaves what places jobs on it (upstream's scheduler);
+/// resolves to when the drain may end. `None`: nothing to leave (kiln's own
+/// scheduler stops placing as soon as the drain begins).
+pub type Leave = Box<dyn FnOnce(DrainMode) -> LocalBoxFuture<'static, Release>>;
+
 /// Answers signals until a shutdown completes; returns after the servers stopped.
 pub async fn run(
     signals: Signals,
@@ -52,6 +60,7 @@ pub async fn run(
     servers: Vec<ServerHandle>,
     mut config: Config,
     reload: Reload,
+    leave: Option<Leave>,
 ) {
     let Signals { mut term, mut int, mut hup } = signals;
     loop {
@@ -61,15 +70,28 @@ pub async fn run(
             _ = hup.recv() => config = reload_config(config, &reload).await,
         }
     }
-    let timeout = config.kiln.drain_timeout();
-    tracing::info!(in_flight = lifecycle.in_flight(), timeout_secs = timeout.as_secs(), "draining: taking no new jobs");
+    let (timeout, mode) = (config.kiln.drain_timeout(), config.kiln.drain_mode);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let leave = leave.filter(|_| mode != DrainMode::Refuse);
+    lifecycle.begin_drain(leave.is_none());
+    tracing::info!(in_flight = lifecycle.in_flight(), timeout_secs = timeout.as_secs(), ?mode, "draining");
+    let drain = async {
+        let release = match leave {
+            Some(leave) => tokio::time::timeout_at(deadline, leave(mode)).await.unwrap_or_else(|_| Release::now()),
+            None => Release::now(),
+        };
+        lifecycle.drained(release, deadline).await
+    };
     let drained = tokio::select! {
-        left = lifecycle.drain(timeout) => left,
+        left = drain => left,
         _ = term.recv() => lifecycle.in_flight(),
         _ = int.recv() => lifecycle.in_flight(),
     };
     if drained == 0 {
-        tracing::info!("drained: every job in flight was answered; stopping");
+        tracing::info!(
+            assigned_while_draining = lifecycle.assigned_draining(),
+            "drained: every job in flight was answered; stopping"
+        );
     } else {
         tracing::warn!(abandoned = drained, "stopping with jobs still in flight");
     }
@@ -105,16 +127,18 @@ async fn reload_config(current: Config, reload: &Reload) -> Config {
     let mut comparable = new.clone();
     comparable.kiln.log_level = current.kiln.log_level.clone();
     comparable.kiln.drain_timeout_secs = current.kiln.drain_timeout_secs;
+    comparable.kiln.drain_mode = current.kiln.drain_mode;
     // The running config holds bubblewrap's resolved path, the file its bare name.
     if let crate::config::Backend::Overlay { bwrap_path } = current.backend() {
         comparable.set_bwrap_path(bwrap_path);
     }
     if format!("{comparable:?}") != format!("{current:?}") {
-        tracing::warn!("SIGHUP: settings other than kiln.log_level and kiln.drain_timeout_secs changed; they apply at the next restart");
+        tracing::warn!("SIGHUP: settings other than kiln.log_level, kiln.drain_timeout_secs and kiln.drain_mode changed; they apply at the next restart");
     }
     // The drain timeout is read at shutdown, so it takes effect too.
     let mut running = current;
     running.kiln.log_level = new.kiln.log_level;
     running.kiln.drain_timeout_secs = new.kiln.drain_timeout_secs;
+    running.kiln.drain_mode = new.kiln.drain_mode;
     running
 }

@@ -29,6 +29,14 @@ pub enum Scheduler {
 }
 
 impl Scheduler {
+    /// The link to upstream's scheduler, if that is what places jobs here.
+    pub fn upstream(&self) -> Option<Addr<UpstreamScheduler>> {
+        match self {
+            Scheduler::Upstream(link) => Some(link.clone()),
+            Scheduler::Local(_) => None,
+        }
+    }
+
     /// Reports a transition and waits until the scheduler took it, or at most
     /// [`REPORT_WAIT`]: a slow or unreachable scheduler must not hold the job up
     /// (the report goes on in the link actor). Failures are logged by the link,

@@ -10,16 +10,24 @@
 //! waits for matters more than the scheduler's bookkeeping. A lost `Complete`
 //! would hold one of this server's slots at the scheduler forever, so it is
 //! retried a few times in the background.
+//!
+//! When kiln drains it [`Leave`]s: no more heartbeats or reports, and with
+//! `drain_mode = "handoff"` one last heartbeat that re-registers this server
+//! afresh, with no jobs, so the scheduler places one last round of jobs here (as
+//! many as it gives a server of its CPUs at once) and then none (see
+//! [`crate::config::DrainMode`]).
 
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use awc::http::header;
 use bytes::Bytes;
+use futures_util::FutureExt;
 
+use crate::config::DrainMode;
 use crate::observe::SharedLinkHealth;
 use crate::protocol::{
-    self, HeartbeatServerHttpRequest, HeartbeatServerResult, JobId, JobState, UpdateJobStateResult,
+    self, HeartbeatServerHttpRequest, HeartbeatServerResult, JobId, JobState, ServerNonce, UpdateJobStateResult,
     BINCODE_CONTENT_TYPE, MAX_SMALL_MESSAGE,
 };
 
@@ -30,6 +38,16 @@ const HEARTBEAT_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Delays before re-sending a `Complete` the scheduler did not take.
 const COMPLETE_RETRIES: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(15)];
+/// The scheduler forgets a server it has not heard from for 90 s
+/// (`HEARTBEAT_TIMEOUT`, checked at its next request); a little more to be sure.
+pub const FORGOTTEN_AFTER: Duration = Duration::from_secs(95);
+/// The jobs the scheduler places on a server of `cpus` CPUs at once: it takes
+/// one while it has fewer than `cpus + 1 + cpus / 8` assigned (upstream's
+/// `load_weight`). A re-registered server has none assigned, and one that
+/// reports no `Complete` frees none.
+pub fn slots_of(cpus: u64) -> u64 {
+    cpus + 1 + cpus / 8
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -53,11 +71,20 @@ pub struct UpstreamScheduler {
     url: String,
     /// `Authorization: Bearer <this>`, formatted from `scheduler_auth` as upstream does.
     bearer: String,
-    heartbeat: Bytes,
+    heartbeat: HeartbeatServerHttpRequest,
+    encoded: Bytes,
     http: awc::Client,
     health: SharedLinkHealth,
     /// Time of the last failed heartbeat, so repeated failures log once a minute.
     last_failure_log: Option<Instant>,
+    /// Time of the last heartbeat the scheduler took.
+    last_beat: Option<Instant>,
+    /// Held by each heartbeat while it is sent, so that the handoff's heartbeat
+    /// (a new nonce) cannot arrive before an older one, which would re-register
+    /// the server with its full CPUs.
+    sending: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// kiln drains: no more heartbeats or job state reports.
+    leaving: bool,
 }
 
 impl UpstreamScheduler {
@@ -72,20 +99,40 @@ impl UpstreamScheduler {
         Ok(UpstreamScheduler {
             url,
             bearer,
-            heartbeat: Bytes::from(protocol::encode(heartbeat)?),
+            encoded: Bytes::from(protocol::encode(heartbeat)?),
+            heartbeat: heartbeat.clone(),
             http,
             health,
             last_failure_log: None,
+            last_beat: None,
+            sending: Default::default(),
+            leaving: false,
         })
     }
 
-    fn beat(&mut self, ctx: &mut Context<Self>) {
+    /// Sends `body` as a heartbeat, after any heartbeat still being sent.
+    fn send_heartbeat(
+        &self,
+        body: Bytes,
+    ) -> impl std::future::Future<Output = Result<HeartbeatServerResult, LinkError>> + 'static {
         let url = format!("{}/api/v1/scheduler/heartbeat_server", self.url);
-        let call =
-            post_bincode::<HeartbeatServerResult>(self.http.clone(), url, self.bearer.clone(), self.heartbeat.clone());
+        let (http, bearer, sending) = (self.http.clone(), self.bearer.clone(), self.sending.clone());
+        async move {
+            let _sending = sending.lock().await;
+            post_bincode::<HeartbeatServerResult>(http, url, bearer, body).await
+        }
+    }
+
+    fn beat(&mut self, ctx: &mut Context<Self>) {
+        if self.leaving {
+            return;
+        }
+        let call = self.send_heartbeat(self.encoded.clone());
         ctx.spawn(call.into_actor(self).map(|result, act, ctx| {
             let next = act.beaten(result);
-            ctx.run_later(next, Self::beat);
+            if !act.leaving {
+                ctx.run_later(next, Self::beat);
+            }
         }));
     }
 
@@ -99,6 +146,7 @@ impl UpstreamScheduler {
                 }
                 health.connected = true;
                 health.last_error = None;
+                self.last_beat = Some(Instant::now());
                 health.last_heartbeat_at =
                     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
                 self.last_failure_log = None;
@@ -141,6 +189,12 @@ impl Handler<ReportJobState> for UpstreamScheduler {
     type Result = ResponseActFuture<Self, Result<(), LinkError>>;
 
     fn handle(&mut self, msg: ReportJobState, _: &mut Context<Self>) -> Self::Result {
+        if self.leaving {
+            // A report would keep the scheduler from forgetting this server, and a
+            // `Complete` would free a slot it must not fill again.
+            tracing::debug!(job_id = %msg.job_id, state = %msg.state, "draining: job state not reported");
+            return Box::pin(actix::fut::ready(Ok(())));
+        }
         let report = self.report(msg);
         Box::pin(report.into_actor(self).map(move |result, act, ctx| {
             act.reported(msg, &result, 0, ctx);
@@ -180,7 +234,7 @@ impl UpstreamScheduler {
         // The scheduler refuses a state it cannot accept (unknown job, wrong
         // transition) with a 500: retrying those cannot help. Only a `Complete`
         // that did not get through is worth another try.
-        let retry = matches!(e, LinkError::Send { .. }) && msg.state == JobState::Complete;
+        let retry = matches!(e, LinkError::Send { .. }) && msg.state == JobState::Complete && !self.leaving;
         match COMPLETE_RETRIES.get(attempt).filter(|_| retry) {
             Some(&delay) => {
                 tracing::warn!(job_id = %msg.job_id, state = %msg.state, error = %e, retry_in = ?delay,
@@ -194,6 +248,62 @@ impl UpstreamScheduler {
             None => tracing::warn!(job_id = %msg.job_id, state = %msg.state, error = %e,
                 "reporting a job state to the scheduler failed; giving up"),
         }
+    }
+}
+
+/// kiln drains: stop heartbeating and reporting, and leave the scheduler as
+/// `mode` says. Answers when the scheduler can place no more jobs here.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Left")]
+pub struct Leave(pub DrainMode);
+
+/// How the scheduler was left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// It took the handoff heartbeat at `at`: it places at most `slots` more
+    /// jobs here.
+    HandedOff { at: Instant, slots: u64 },
+    /// It hears nothing more from this server, and has forgotten it by
+    /// `forgotten_at` (the handoff failed, or was not asked for).
+    Silent { forgotten_at: Instant },
+}
+
+impl Handler<Leave> for UpstreamScheduler {
+    type Result = ResponseActFuture<Self, Left>;
+
+    fn handle(&mut self, Leave(mode): Leave, _: &mut Context<Self>) -> Self::Result {
+        self.leaving = true;
+        let forgotten_at = self.last_beat.map_or_else(Instant::now, |at| at + FORGOTTEN_AFTER);
+        let silent = Left::Silent { forgotten_at };
+        if mode != DrainMode::Handoff {
+            return Box::pin(actix::fut::ready(silent));
+        }
+        // A new nonce makes the scheduler drop this server's jobs from its books
+        // (they run on here all the same) and register it afresh, with none.
+        let body = ServerNonce::generate().and_then(|server_nonce| {
+            let heartbeat = HeartbeatServerHttpRequest { server_nonce, ..self.heartbeat.clone() };
+            protocol::encode(&heartbeat).map(Bytes::from)
+        });
+        let (url, slots) = (self.url.clone(), slots_of(self.heartbeat.num_cpus));
+        let handoff = match body {
+            Ok(body) => self.send_heartbeat(body).left_future(),
+            Err(source) => {
+                let failed = LinkError::Decode { url: "the handoff heartbeat".into(), source };
+                std::future::ready(Err(failed)).right_future()
+            }
+        };
+        Box::pin(handoff.into_actor(self).map(move |result, _, _| match result {
+            Ok(_) => {
+                tracing::info!(scheduler = %url, slots,
+                    "draining: handed off; the scheduler places at most this many more jobs here, which kiln runs");
+                Left::HandedOff { at: Instant::now(), slots }
+            }
+            Err(e) => {
+                tracing::warn!(scheduler = %url, error = %e,
+                    "draining: the handoff heartbeat failed; taking the jobs the scheduler still sends until it forgets this server");
+                silent
+            }
+        }))
     }
 }
 
