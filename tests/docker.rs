@@ -262,8 +262,9 @@ async fn twenty_concurrent_jobs_over_two_toolchains_share_two_images_and_reuse_c
     eprintln!("warm docker job: {:?} each", started.elapsed() / 5);
 }
 
-/// A dockerd of the test's own (its own socket, data and exec roots), so stopping it
-/// cannot disturb anything else on the machine.
+/// A dockerd of the test's own (its own socket, data and exec roots, network
+/// namespace), so starting and stopping it cannot disturb anything else on the
+/// machine.
 struct PrivateDockerd {
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
@@ -303,7 +304,10 @@ impl PrivateDockerd {
     fn start(&mut self) {
         let d = self.dir.path();
         let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
-        let child = std::process::Command::new("dockerd")
+        // In a network namespace of its own: a dockerd started with --bridge=none
+        // deletes the host's docker0, which the machine's own daemon needs.
+        let child = std::process::Command::new("unshare")
+            .args(["--net", "--", "dockerd"])
             .arg("--data-root")
             .arg(d.join("data"))
             .arg("--exec-root")
