@@ -980,3 +980,28 @@ async fn a_docker_job_that_fills_its_disk_quota_stops_there_alone() {
     assert_compiles_docker(&kiln).await;
     drop(kiln);
 }
+
+/// Issue 27, finding 8, on the docker backend: docker mounts a new devpts instance
+/// in each container, but with no `max=`, and all instances share the host's
+/// `kernel.pty.max` (4,096): a job could take nearly all of them (3,071 of 4,096
+/// on the overlay backend before it got its own bound), leaving no other
+/// container a pty. Now each container's `/dev/pts` is a devpts instance of
+/// kiln's with `max=16`: a job asking for 100 gets 16 and ENOSPC, the same bound
+/// as the overlay backend, and the instance is unmounted with its container.
+#[actix_rt::test]
+async fn a_container_gets_at_most_16_ptys() {
+    if !docker_ready() {
+        return;
+    }
+    let kiln = DockerKiln::start(&small_container_config());
+    let done = run_program(&kiln, "pty_hog", include_str!("programs/pty_hog.c"), &["100"]).await.unwrap();
+    let out = stdout(&done);
+    assert_eq!(out.trim(), "opened 16: No space left on device", "{out}{}", stderr(&done));
+    // The instance is this kiln's, and is gone with its containers.
+    let owner = kiln::sandbox::docker::owner_label(&kiln.data_dir);
+    let dir = format!("/run/kiln/pts/{owner}/");
+    let mounted = || std::fs::read_to_string("/proc/self/mountinfo").unwrap().matches(&dir).count();
+    assert!(mounted() >= 1, "no devpts instance of kiln's is mounted under {dir}");
+    drop(kiln);
+    assert_eq!(mounted(), 0, "devpts instances left under {dir} after the kiln and its containers went");
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
     ListImagesOptions, RemoveContainerOptions, RemoveImageOptions, StartContainerOptions, UploadToContainerOptions,
@@ -18,6 +18,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::agent::AgentLink;
 use super::error::DockerError;
+use super::ptys::PtyInstances;
 
 /// Deadline of every short Engine API call (create, start, upload, kill, list, ...):
 /// a daemon that hangs turns into an error, never into a job that waits forever.
@@ -48,6 +49,19 @@ pub struct Engine {
     /// Whether the daemon's storage driver bounds a container's writable layer
     /// (`--storage-opt size`): learnt from the first container that asks.
     disk_quota: Arc<AtomicU8>,
+    /// Each container's own devpts instance, for a daemon on this host (a unix
+    /// socket); `None` for a remote one, whose bind sources are on its host.
+    ptys: Option<Arc<Ptys>>,
+}
+
+/// The devpts instances of this kiln's containers, by container id.
+#[derive(Debug)]
+struct Ptys {
+    instances: PtyInstances,
+    by_container: std::sync::Mutex<HashMap<String, std::path::PathBuf>>,
+    /// The daemon refused a bind over `/dev/pts` (it runs in another mount
+    /// namespace, or a VM): containers get docker's own, unbounded one.
+    refused: std::sync::atomic::AtomicBool,
 }
 
 /// What the daemon does with a container's disk quota.
@@ -122,7 +136,14 @@ impl Engine {
             Ok(Err(source)) => return Err(connect_err(source)),
             Err(_) => return Err(DockerError::Timeout { call: "version", timeout: PING_TIMEOUT }),
         };
-        Ok(Engine { docker, owner, disk_quota: Arc::default() })
+        let ptys = host.starts_with("unix://").then(|| {
+            Arc::new(Ptys {
+                instances: PtyInstances::new(&owner),
+                by_container: Default::default(),
+                refused: Default::default(),
+            })
+        });
+        Ok(Engine { docker, owner, disk_quota: Arc::default(), ptys })
     }
 
     pub fn owner(&self) -> &str {
@@ -245,7 +266,7 @@ impl Engine {
             host_config: Some(host_config),
             ..Default::default()
         };
-        let created = self.create_container(body, spec.require_disk_quota).await?;
+        let created = self.create_with_ptys(body, spec.require_disk_quota).await?;
         let attach = AttachContainerOptions {
             stdin: true,
             stdout: true,
@@ -273,6 +294,63 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// Creates the container with a devpts instance of its own bound over its
+    /// `/dev/pts` (see [`super::ptys`]), unless the daemon cannot bind one (it is
+    /// not on this host's mount namespace): then with docker's own, and a warning.
+    async fn create_with_ptys(
+        &self,
+        mut body: ContainerCreateBody,
+        require_disk_quota: bool,
+    ) -> Result<bollard::models::ContainerCreateResponse, DockerError> {
+        let Some(ptys) = self.ptys.clone().filter(|p| !p.refused.load(Ordering::Relaxed)) else {
+            return self.create_container(body, require_disk_quota).await;
+        };
+        let instances = ptys.clone();
+        let mounted = tokio::task::spawn_blocking(move || instances.instances.mount()).await;
+        let at = match mounted {
+            Ok(Ok(at)) => at,
+            Ok(Err(e)) => return Err(DockerError::Ptys(e)),
+            Err(_) => return Err(DockerError::Ptys(std::io::Error::other("the mounting thread failed"))),
+        };
+        let bind = Mount {
+            target: Some("/dev/pts".into()),
+            source: Some(at.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        };
+        let mut with_ptys = body.clone();
+        if let Some(host) = with_ptys.host_config.as_mut() {
+            host.mounts = Some(vec![bind]);
+        }
+        let refused = match self.create_container(with_ptys, require_disk_quota).await {
+            Ok(created) => {
+                crate::sync::lock(&ptys.by_container).insert(created.id.clone(), at);
+                return Ok(created);
+            }
+            Err(DockerError::Engine {
+                source: source @ bollard::errors::Error::DockerResponseServerError { .. },
+                ..
+            }) => source,
+            Err(e) => {
+                unmount_blocking(at).await;
+                return Err(e);
+            }
+        };
+        unmount_blocking(at).await;
+        if let Some(host) = body.host_config.as_mut() {
+            host.mounts = None;
+        }
+        let created = self.create_container(body, require_disk_quota).await?;
+        // Created without the bind: the bind was the cause.
+        if !ptys.refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(daemon_said = %refused,
+                "the docker daemon cannot bind a devpts instance of kiln's over a container's /dev/pts (is it in \
+                 another mount namespace, or a VM?): docker jobs may take every pseudo-terminal of the host");
+        }
+        Ok(created)
     }
 
     /// Creates the container with its disk quota, or, where the daemon's storage
@@ -326,10 +404,16 @@ impl Engine {
         Ok(created)
     }
 
-    /// Removes a container, killing it first if it runs.
+    /// Removes a container, killing it first if it runs, and its devpts instance.
     pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
         let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        timed("remove container", CALL_TIMEOUT, self.docker.remove_container(id, Some(options))).await
+        let removed = timed("remove container", CALL_TIMEOUT, self.docker.remove_container(id, Some(options))).await;
+        // The container's own bind keeps the instance alive while it exists.
+        let pts = self.ptys.as_ref().and_then(|ptys| crate::sync::lock(&ptys.by_container).remove(id));
+        if let Some(at) = pts {
+            unmount_blocking(at).await;
+        }
+        removed
     }
 
     /// Whether the container exists and runs.
@@ -416,6 +500,12 @@ impl Engine {
                 }
             }
         }
+        if let Some(ptys) = self.ptys.clone() {
+            let swept = tokio::task::spawn_blocking(move || ptys.instances.sweep()).await.unwrap_or(0);
+            if swept > 0 {
+                tracing::info!(swept, "unmounted the devpts instances of the previous run's containers");
+            }
+        }
         let mut images = 0;
         for i in self.list_images().await? {
             match self.remove_image(&i.id).await {
@@ -427,4 +517,9 @@ impl Engine {
         }
         Ok((containers, images))
     }
+}
+
+/// Unmounts a container's devpts instance on the blocking pool.
+async fn unmount_blocking(at: std::path::PathBuf) {
+    let _ = tokio::task::spawn_blocking(move || PtyInstances::unmount(&at)).await;
 }

@@ -59,6 +59,8 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
+    #[error("mounting a devpts instance for a container failed")]
+    Ptys(#[source] std::io::Error),
     #[error("the container pool is not running")]
     PoolGone,
     #[error("starting a runtime to reach the docker daemon failed")]

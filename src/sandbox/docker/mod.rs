@@ -20,6 +20,7 @@ mod error;
 mod image;
 mod job;
 pub mod pool;
+mod ptys;
 mod seccomp;
 mod start;
 

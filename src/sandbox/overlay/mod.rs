@@ -25,4 +25,5 @@ pub use backend::{install_exec_shim, OverlayBackend, OverlayConfinement, EXEC_SH
 pub use bwrap::{check_bwrap, probe_unprivileged, BwrapError};
 pub use id_claim::{claim_ids, ClaimError, IdClaim, CLAIMS_DIR};
 pub use identity::{IdRange, JobIdentity};
+pub use namespace::MAX_PTYS;
 pub use seccomp::JobSeccomp;

@@ -44,7 +44,7 @@ pub(super) const PTS: &str = "/tmp/pts";
 /// that runs `script` or `expect` needs one or two. Without a bound of its own a
 /// job took 3,071 of the host's 4,096 (`kernel.pty.max`), so no container on the
 /// host could get one (issue 27).
-pub(super) const MAX_PTYS: u32 = 16;
+pub const MAX_PTYS: u32 = 16;
 
 /// Where the exec shim appears inside every sandbox (read-only).
 pub(super) const SHIM_IN_SANDBOX: &str = "/.kiln-exec";
