@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Runs the artifacts scripts/release.sh made, with the real sccache 0.19 client:
 #
-#   scripts/release_test.sh [image] [deb]     # as root; default: both
+#   scripts/release_test.sh [image] [pod] [deb]   # as root; default: all
 #
 #   image  `docker run kiln:<version> --version`, then the image serving with the
 #          privileges README lists (IMAGE_RUN_FLAGS below, nothing more): the
 #          client, on the host, compiles a C file through the container's own
 #          scheduler and build server; the object is byte-identical to local gcc's
+#   pod    the image run as deploy/kubernetes/deployment.yaml runs its container:
+#          root, read-only root file system, every capability dropped and the six
+#          it lists added back, its seccomp profile (Unconfined), its memory limit,
+#          emptyDirs for /var/lib/kiln, /run/kiln and /tmp, its args (per-job
+#          cgroups off); /readyz must say ready (bubblewrap's probe passed), and
+#          the client compiles through it as above (the image's own scheduler:
+#          the pod's ConfigMap would point at upstream's, which is not the point)
 #   deb    a Debian 12 root file system (mmdebstrap; its tarball is cached as
 #          target/release-test/bookworm.tar, so reruns skip it) booted with
 #          `systemd-nspawn --boot`; apt installs the .deb inside (bubblewrap comes
@@ -21,7 +28,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CASES=${*:-image deb}
+CASES=${*:-image pod deb}
 WORK=$(mktemp -d /tmp/kiln-release-test.XXXXXX)
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -n 1)
 # IMAGE=kiln:ci: the image CI builds from its release build (scripts/release.sh).
@@ -38,16 +45,18 @@ source "$ROOT/scripts/common.sh"
 # was found by taking it away (`kiln check` in the container says what fails):
 #   --cap-add SYS_ADMIN   kiln mounts overlayfs in mount namespaces of its own;
 #                         without it every job fails ("entering a private mount
-#                         namespace failed: EPERM"; `kiln check` does not see it)
+#                         namespace failed: EPERM"; `kiln check` and the startup
+#                         check say so: "needs CAP_SYS_ADMIN")
 #   seccomp=unconfined    docker's default profile has no pivot_root(2), which
 #                         bubblewrap needs ("bwrap: pivot_root: Operation not
 #                         permitted"). The jobs still run under kiln's own seccomp
 #                         filter (bwrap --seccomp), which is what stands between job
 #                         code and the kernel.
-#   systempaths=unconfined  docker hides /proc/kcore, /proc/keys... under overmounts;
-#                         the kernel then refuses the fresh proc mount bubblewrap
-#                         makes in the job's new user+pid namespaces ("Can't mount
-#                         proc on /newroot/proc": fs/namespace.c mount_too_revealing)
+#   (not systempaths=unconfined: docker hides /proc/kcore, /proc/keys... under
+#                         overmounts, and the kernel refuses a fresh proc mount
+#                         below them (mount_too_revealing); kiln uncovers /proc in
+#                         each sandbox's private mount namespace, the container's
+#                         own /proc keeps the covers)
 #   -v /sys/fs/cgroup:/sys/fs/cgroup  docker mounts the cgroup file system read-only;
 #                         kiln gives each job its own cgroup (pids, memory, CPU)
 #                         below the container's (EROFS without it). Or set
@@ -57,8 +66,15 @@ source "$ROOT/scripts/common.sh"
 # networking or pid namespace. On hosts with AppArmor (Ubuntu), docker-default
 # denies mount(2): add --security-opt apparmor=unconfined there (this kernel has
 # no AppArmor, so it is not tested here).
-IMAGE_RUN_FLAGS=(--cap-add SYS_ADMIN --security-opt seccomp=unconfined --security-opt systempaths=unconfined
-  -v /sys/fs/cgroup:/sys/fs/cgroup)
+IMAGE_RUN_FLAGS=(--cap-add SYS_ADMIN --security-opt seccomp=unconfined -v /sys/fs/cgroup:/sys/fs/cgroup)
+# deploy/kubernetes/deployment.yaml's container, as docker flags (keep them together):
+# securityContext, resources.limits.memory (its CPU limit is beyond this machine),
+# the emptyDir volumes (exec allowed, as an emptyDir is) and the args.
+POD_RUN_FLAGS=(--user 0:0 --read-only --cap-drop ALL
+  --cap-add SYS_ADMIN --cap-add SETUID --cap-add SETGID --cap-add DAC_OVERRIDE --cap-add FOWNER --cap-add KILL
+  --security-opt seccomp=unconfined --memory 16g
+  --tmpfs /var/lib/kiln:exec --tmpfs /run/kiln:size=1m --tmpfs /tmp:exec,size=1g)
+POD_ARGS=(serve --config=/etc/kiln/kiln.toml --log-format=json --set=kiln.sandbox.require_cgroups=false)
 # More flags for a host that needs them: IMAGE_RUN_FLAGS_EXTRA="--security-opt apparmor=unconfined"
 read -r -a IMAGE_RUN_EXTRA <<<"${IMAGE_RUN_FLAGS_EXTRA:-}"
 
@@ -138,11 +154,38 @@ case_image() {
   done
   curl -sf http://127.0.0.1:10601/healthz >/dev/null || die "the container's kiln did not answer /healthz within 20 s"
   echo "the image serves ($(( SECONDS - t0 )) s to /healthz) with: ${IMAGE_RUN_FLAGS[*]} ${IMAGE_RUN_EXTRA[*]}"
-  compile_through image
+  compile_and_stop image
+}
+
+# compile_and_stop <name>: a compile through the running container, then SIGTERM
+# (docker stop): kiln must drain and exit 0.
+compile_and_stop() {
+  compile_through "$1"
   docker stop -t 30 "$CONTAINER" >/dev/null
   local code; code=$(docker inspect -f '{{.State.ExitCode}}' "$CONTAINER")
-  [ "$code" -eq 0 ] || die "kiln in the container exited $code on SIGTERM, not 0"
+  [ "$code" -eq 0 ] || die "$1: kiln in the container exited $code on SIGTERM, not 0"
   docker rm -f "$CONTAINER" >/dev/null
+}
+
+case_pod() {
+  log "pod: $IMAGE as deploy/kubernetes runs it"
+  docker image inspect "$IMAGE" >/dev/null 2>&1 || die "no image $IMAGE: run scripts/release.sh image first"
+  grep -q 'add: \["SYS_ADMIN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER", "KILL"\]' "$ROOT/deploy/kubernetes/deployment.yaml" \
+    || die "deployment.yaml's capabilities changed: update POD_RUN_FLAGS"
+  grep -q 'type: Unconfined' "$ROOT/deploy/kubernetes/deployment.yaml" || die "deployment.yaml's seccomp changed: update POD_RUN_FLAGS"
+  ports_free
+  docker run -d --name "$CONTAINER" "${POD_RUN_FLAGS[@]}" "${IMAGE_RUN_EXTRA[@]}" \
+    -p 127.0.0.1:10501:10501 -p 127.0.0.1:10600:10600 -p 127.0.0.1:10601:10601 "$IMAGE" "${POD_ARGS[@]}" >/dev/null
+  local ready=""
+  for _ in $(seq 1 100); do
+    ready=$(curl -s http://127.0.0.1:10601/readyz 2>/dev/null || true)
+    [ "$ready" = ready ] && break
+    [ "$(docker inspect -f '{{.State.Running}}' "$CONTAINER")" = true ] || die "the pod's container exited: $(docker logs --tail 20 "$CONTAINER" 2>&1)"
+    sleep 0.2
+  done
+  [ "$ready" = ready ] || die "the pod's /readyz did not say ready within 20 s: $ready"
+  echo "the pod's container is ready with: ${POD_RUN_FLAGS[*]}"
+  compile_and_stop pod
 }
 
 # A Debian 12 with systemd, cached: built once (~2 minutes, Debian's archive).
@@ -249,7 +292,7 @@ install_sccache
 make_source
 for c in $CASES; do
   case $c in
-    image|deb) "case_$c" ;;
+    image|pod|deb) "case_$c" ;;
     *) die "unknown case $c (image, deb)" ;;
   esac
 done

@@ -134,8 +134,10 @@ def check_manifests(docs):
         added = {a.upper().removeprefix("CAP_") for a in caps.get("add", [])}
         if added != caps_documented:
             fail(f"{name}: capabilities.add {sorted(added)} != documented {sorted(caps_documented)}")
-        if (sc.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
-            fail(f"{name}: seccompProfile must be RuntimeDefault (or a Localhost profile)")
+        # RuntimeDefault has no pivot_root(2), which bubblewrap needs: Unconfined,
+        # documented, or a Localhost profile the operator made.
+        if (sc.get("seccompProfile") or {}).get("type") not in ("Unconfined", "Localhost"):
+            fail(f"{name}: seccompProfile must be Unconfined (documented) or a Localhost profile")
         res = c.get("resources") or {}
         for kind in ("requests", "limits"):
             for resource in ("cpu", "memory"):

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 
 use flate2::read::ZlibDecoder;
 use nix::fcntl::OFlag;
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
@@ -46,6 +48,13 @@ pub enum BwrapError {
          kernel.apparmor_restrict_unprivileged_userns = 0 or an AppArmor profile for bwrap)"
     )]
     NoUserNamespace { uid: u32, stderr: String },
+    #[error(
+        "kiln cannot make a private mount namespace for its sandboxes ({error}): it needs CAP_SYS_ADMIN \
+         (docker: --cap-add SYS_ADMIN; Kubernetes: securityContext.capabilities.add SYS_ADMIN)"
+    )]
+    NoMountNamespace { error: nix::Error },
+    #[error("the thread that probed bubblewrap panicked")]
+    ProbePanicked,
 }
 
 /// Finds `bwrap` (a bare name is looked up in `PATH`), checks that it runs and is
@@ -76,6 +85,27 @@ pub fn check_bwrap(bwrap: &Path) -> Result<(PathBuf, String), BwrapError> {
 /// Debian's `kernel.unprivileged_userns_clone = 0`, Ubuntu's AppArmor
 /// `restrict_unprivileged_userns`) would otherwise fail every job.
 pub fn probe_unprivileged(bwrap: &Path, id: JobIdentity) -> Result<(), BwrapError> {
+    // From a private mount namespace with /proc uncovered, as sandboxes start
+    // (`enter_overlay_namespace`): on a thread of its own, which unshare affects.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // Every sandbox thread does this first: without CAP_SYS_ADMIN (a
+                // container started without it) every job would fail here.
+                unshare(CloneFlags::CLONE_NEWNS)
+                    .and_then(|()| {
+                        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+                    })
+                    .map_err(|error| BwrapError::NoMountNamespace { error })?;
+                super::namespace::reveal_proc();
+                probe_as(bwrap, id)
+            })
+            .join()
+            .unwrap_or(Err(BwrapError::ProbePanicked))
+    })
+}
+
+fn probe_as(bwrap: &Path, id: JobIdentity) -> Result<(), BwrapError> {
     let mut cmd = Command::new(bwrap);
     cmd.args(["--unshare-user", "--disable-userns", "--uid", "0", "--gid", "0", "--cap-drop", "ALL"]);
     cmd.args(["--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--proc", "/proc", "--", "/bin/true"]);

@@ -64,6 +64,7 @@ pub(super) fn enter_overlay_namespace(
     unshare(CloneFlags::CLONE_NEWNS).map_err(SandboxError::Namespace)?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(SandboxError::Namespace)?;
+    reveal_proc();
     // nosuid/nodev: nothing in a toolchain or a job's inputs may gain privileges.
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_scratch(dirs, max_disk_bytes)?;
@@ -85,6 +86,33 @@ pub(super) fn enter_overlay_namespace(
     // Recursive: the shim's read-only bind inside comes along.
     mount(Some(from_fd.as_str()), ROOT, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .map_err(|source| SandboxError::MountOverlay { path: ROOT.into(), source })
+}
+
+/// Unmounts, in the calling thread's private mount namespace, whatever is mounted
+/// over entries of `/proc`.
+///
+/// Container runtimes cover parts of `/proc` (docker's and Kubernetes' masked
+/// paths, `/dev/null` over `/proc/kcore` and the like, and read-only binds over
+/// `/proc/sys`, `/proc/bus`, ...). The kernel then refuses a new proc instance to
+/// a user namespace that cannot see all of the existing one
+/// (`mount_too_revealing`), and bubblewrap mounts one for each sandbox's pid
+/// namespace: so kiln in a container failed every job with "Can't mount proc"
+/// unless the runtime unmasked `/proc` for the whole container. Here only the
+/// sandbox's namespace loses the covers; kiln's and the host's keep them, and the
+/// job sees the proc of its own pid namespace, as on a host without a runtime.
+/// Failures are left to bubblewrap to report.
+pub(crate) fn reveal_proc() {
+    // thread-self: this thread's namespace, not the process's.
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/thread-self/mountinfo") else { return };
+    let mut covers: Vec<&str> =
+        mountinfo.lines().filter_map(|line| line.split(' ').nth(4)).filter(|at| at.starts_with("/proc/")).collect();
+    // Deepest first, so a cover inside another goes before it.
+    covers.sort_by_key(|at| std::cmp::Reverse(at.len()));
+    for at in covers {
+        if let Err(e) = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::debug!(path = at, error = %e, "uncovering /proc in a sandbox's namespace failed");
+        }
+    }
 }
 
 /// Mounts the sandbox's scratch tmpfs over `dirs.scratch` and makes the overlay's
