@@ -1,4 +1,4 @@
-# Shared by scripts/interop.sh and scripts/compare.sh (sourced, not run).
+# Shared by the scripts here (interop, compare, the farm and release benchmarks): sourced, not run.
 #
 # Expects ROOT (the repository) and WORK (a scratch dir) to be set. Everything
 # listens on 127.0.0.1 only; every wait is bounded.
@@ -142,3 +142,74 @@ docker_answers() { curl -sf --unix-socket /var/run/docker.sock http://localhost/
 
 now() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
+
+# make_rust_parts <n>: a workspace of n independent library crates under $WORK, built
+# locally as the reference (in $WORK/rust-parts-local); sets RUST_PARTS.
+make_rust_parts() {
+  local dir=$WORK/rust-parts members=""
+  mkdir -p "$dir"
+  for i in $(seq 1 "$1"); do
+    mkdir -p "$dir/part$i/src"
+    printf '[package]\nname = "part%s"\nversion = "0.1.0"\nedition = "2021"\n' "$i" >"$dir/part$i/Cargo.toml"
+    cat >"$dir/part$i/src/lib.rs" <<EOF
+/// Part $i of a farm's build: enough code that its compile takes a moment.
+pub fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold($i, |h: u64, b| h.rotate_left(5) ^ u64::from(*b).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+pub fn table() -> Vec<(String, f64)> {
+    (0..64).map(|k| (format!("part$i-{k}"), (k as f64 * $i.5).sqrt())).collect()
+}
+EOF
+    members="$members\"part$i\", "
+  done
+  printf '[workspace]\nmembers = [%s]\nresolver = "2"\n' "$members" >"$dir/Cargo.toml"
+  (cd "$dir" && CARGO_TARGET_DIR=$WORK/rust-parts-local cargo build --release --offline -q)
+  RUST_PARTS=$dir
+}
+
+# build_base_kiln <git revision>: kiln as it was at that revision (a release build
+# in target/compare-base, from a temporary worktree); sets KILN_BASE.
+build_base_kiln() {
+  log "building kiln at $1 (the baseline)"
+  git -C "$ROOT" worktree add --detach "$WORK/base-src" "$1" >/dev/null
+  (cd "$WORK/base-src" && CARGO_TARGET_DIR="$ROOT/target/compare-base" cargo build --locked --release --bin kiln)
+  KILN_BASE=$ROOT/target/compare-base/release/kiln
+  git -C "$ROOT" worktree remove --force "$WORK/base-src"
+}
+
+# make_c_project <n>: a C project of n units (src/unit<i>.c, include/shapes.h) under
+# $WORK/project, with each unit compiled locally as the reference (local/unit<i>.o);
+# sets C_PROJECT.
+make_c_project() {
+  local dir=$WORK/project
+  mkdir -p "$dir/src" "$dir/include" "$dir/local"
+  cat >"$dir/include/shapes.h" <<'EOF'
+#ifndef SHAPES_H
+#define SHAPES_H
+#include <stddef.h>
+struct shape { const char *name; double w, h; };
+double area(const struct shape *s);
+size_t describe(const struct shape *s, char *buf, size_t len);
+#endif
+EOF
+  for i in $(seq 1 "$1"); do
+    cat >"$dir/src/unit$i.c" <<EOF
+#include <stdio.h>
+#include <string.h>
+#include <math.h>
+#include "shapes.h"
+static const struct shape table$i[] = { {"box$i", $i.5, 2.0}, {"slab$i", 0.25, $i.0} };
+double unit${i}_total(void) {
+    double sum = 0;
+    for (size_t k = 0; k < sizeof table$i / sizeof table$i[0]; k++) sum += sqrt(table$i[k].w * table$i[k].h);
+    return sum;
+}
+int unit${i}_print(char *buf, size_t len) { return snprintf(buf, len, "%s=%.3f", table$i[0].name, unit${i}_total()); }
+EOF
+  done
+  C_PROJECT=$dir
+  # The reference objects: the same compiles, locally, no sccache.
+  for i in $(seq 1 "$1"); do
+    (cd "$dir" && gcc -O2 -Iinclude -c "src/unit$i.c" -o "local/unit$i.o")
+  done
+}

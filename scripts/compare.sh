@@ -50,11 +50,7 @@ mkdir -p "$OUT"
 rm -f "$OUT"/*.json
 KILN_CURRENT=$KILN
 if [ -n "$BASE" ]; then
-  log "building kiln at $BASE (the baseline)"
-  git -C "$ROOT" worktree add --detach "$WORK/base-src" "$BASE" >/dev/null
-  (cd "$WORK/base-src" && CARGO_TARGET_DIR="$ROOT/target/compare-base" cargo build --locked --release --bin kiln)
-  KILN_BASE=$ROOT/target/compare-base/release/kiln
-  git -C "$ROOT" worktree remove --force "$WORK/base-src"
+  build_base_kiln "$BASE"
   TARGETS="kiln-overlay-base,$TARGETS"
 fi
 ROUND=1
