@@ -350,3 +350,6 @@ impl Drop for Upload {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
