@@ -262,7 +262,7 @@ mod tests {
 
     use super::*;
     use crate::actors::job_queue::SubmitJob;
-    use crate::actors::toolchain_cache::StoreToolchain;
+    use crate::actors::toolchain_cache::AdoptToolchain;
     use crate::archive::ExtractLimits;
     use crate::protocol::archive_id_of;
     use crate::sandbox::fake::{FakeBackend, FakeBehaviour, FakeBehaviours, FakeCounts};
@@ -303,7 +303,7 @@ mod tests {
             let (archive_id, bytes) = toolchain_archive(name);
             let staged = dir.path().join(format!("staged-{name}"));
             std::fs::write(&staged, &bytes).expect("staging a toolchain archive");
-            let store = StoreToolchain { archive_id: archive_id.clone(), staged, size: bytes.len() as u64 };
+            let store = AdoptToolchain { archive_id: archive_id.clone(), staged, size: bytes.len() as u64 };
             cache.send(store).await.expect("the cache is running").expect("storing a toolchain archive");
             toolchains.push(archive_id);
         }

@@ -18,7 +18,7 @@ pub use cleaner::{CleanLeftovers, Cleaner, SweepStale};
 pub use job_queue::{JobQueue, QueueFull, SubmitJob};
 pub use sandbox_pool::{AcquireSandbox, DescribePool, DiscardIdle, DiscardWarm, SandboxPool};
 pub use toolchain_cache::{
-    ArchiveLease, CacheError, CheckoutToolchain, DescribeCache, DiscardToolchain, HasToolchain, StoreToolchain,
+    AdoptToolchain, ArchiveLease, CacheError, CheckoutToolchain, DescribeCache, DiscardToolchain, HasToolchain,
     ToolchainCache, TrimCache,
 };
 pub use unpacker::{DescribeRoots, EvictIdleRoots, ForgetRoot, UnpackFailed, UnpackToolchain, Unpacker};

@@ -106,16 +106,16 @@ impl Handler<HasToolchain> for ToolchainCache {
 /// Adopts a verified archive staged at `staged` (same file system as the cache).
 #[derive(Message)]
 #[rtype(result = "Result<(), CacheError>")]
-pub struct StoreToolchain {
+pub struct AdoptToolchain {
     pub archive_id: String,
     pub staged: PathBuf,
     pub size: u64,
 }
 
-impl Handler<StoreToolchain> for ToolchainCache {
+impl Handler<AdoptToolchain> for ToolchainCache {
     type Result = AtomicResponse<Self, Result<(), CacheError>>;
 
-    fn handle(&mut self, msg: StoreToolchain, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: AdoptToolchain, _: &mut Context<Self>) -> Self::Result {
         let target = self.path_of(&msg.archive_id);
         let evicted = if self.index.contains(&msg.archive_id) {
             Ok(Vec::new())
@@ -154,7 +154,7 @@ impl Handler<StoreToolchain> for ToolchainCache {
             .into_actor(self)
             .map(|result, act, _| {
                 let (archive_id, size) = result?;
-                tracing::info!(%archive_id, size, "toolchain archive stored");
+                tracing::info!(%archive_id, size, "toolchain archive cached");
                 Stats::bump(&act.stats.toolchains_stored);
                 drop(act.index.insert(archive_id, Cost::file(size)));
                 Ok(())
@@ -237,14 +237,14 @@ impl Handler<DiscardToolchain> for ToolchainCache {
 
 /// Which archives are cached (for the status page and metrics).
 #[derive(Message)]
-#[rtype(result = "crate::observe::StoreView")]
+#[rtype(result = "crate::observe::CacheView")]
 pub struct DescribeCache;
 
 impl Handler<DescribeCache> for ToolchainCache {
     type Result = MessageResult<DescribeCache>;
 
     fn handle(&mut self, _: DescribeCache, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(crate::observe::StoreView::of(&self.index))
+        MessageResult(crate::observe::CacheView::of(&self.index))
     }
 }
 

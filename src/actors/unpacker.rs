@@ -362,14 +362,14 @@ impl Handler<ForgetRoot> for Unpacker {
 
 /// Which roots are unpacked, and which are being unpacked.
 #[derive(Message)]
-#[rtype(result = "crate::observe::StoreView")]
+#[rtype(result = "crate::observe::CacheView")]
 pub struct DescribeRoots;
 
 impl Handler<DescribeRoots> for Unpacker {
-    type Result = ResponseFuture<crate::observe::StoreView>;
+    type Result = ResponseFuture<crate::observe::CacheView>;
 
     fn handle(&mut self, _: DescribeRoots, _: &mut Context<Self>) -> Self::Result {
-        let mut view = crate::observe::StoreView::of(&self.index);
+        let mut view = crate::observe::CacheView::of(&self.index);
         view.in_progress = self.in_flight.keys().cloned().collect();
         let (dir, reserve) = (self.dir.clone(), self.reserve);
         Box::pin(async move {

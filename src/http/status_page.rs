@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::observe::activity::{BuilderView, JobRecord};
-use crate::observe::{Phase, StatusDocument, StoreView};
+use crate::observe::{CacheView, Phase, StatusDocument};
 use crate::stats::StatsSnapshot;
 
 /// Seconds between reloads of the page.
@@ -266,7 +266,7 @@ fn shared_store(h: &mut String, location: Option<&str>, c: &StatsSnapshot) {
     );
 }
 
-fn store(h: &mut String, id: &str, title: &str, view: Option<&StoreView>) {
+fn store(h: &mut String, id: &str, title: &str, view: Option<&CacheView>) {
     let Some(view) = view else {
         let _ = write!(h, "<p class=\"bad\">{title}: the actor did not answer</p>");
         return;

@@ -33,4 +33,4 @@ pub use observer::Observer;
 pub use phases::{JobPhases, Phase, PhaseTimings, SharedPhases};
 pub use readiness::{BackendProbe, NotReady, Readiness};
 pub use snapshot::{GcReport, Snapshot, StatusDocument};
-pub use views::{DiskView, Freed, LinkHealth, PoolView, SharedLinkHealth, StoreView, StoredToolchain, WarmToolchain};
+pub use views::{CacheView, CachedToolchain, DiskView, Freed, LinkHealth, PoolView, SharedLinkHealth, WarmToolchain};

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::activity::{BuilderView, ErrorRecord, JobRecord};
 use super::readiness::NotReady;
-use super::views::{Freed, LinkHealth, PoolView, StoreView};
+use super::views::{CacheView, Freed, LinkHealth, PoolView};
 use crate::quarantine::ToolchainHealth;
 use crate::stats::StatsSnapshot;
 
@@ -26,8 +26,8 @@ pub struct Snapshot {
     pub counters: StatsSnapshot,
     pub builders: Vec<BuilderView>,
     /// `None`: the actor did not answer in time.
-    pub archives: Option<StoreView>,
-    pub roots: Option<StoreView>,
+    pub archives: Option<CacheView>,
+    pub roots: Option<CacheView>,
     pub pool: Option<PoolView>,
     pub recent_jobs: Vec<JobRecord>,
     pub recent_errors: Vec<ErrorRecord>,

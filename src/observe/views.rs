@@ -8,7 +8,7 @@ use crate::lru::Lru;
 
 /// One archive or unpacked root.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredToolchain {
+pub struct CachedToolchain {
     pub archive_id: String,
     pub bytes: u64,
     /// Files, directories and links (an archive: 1).
@@ -20,7 +20,7 @@ pub struct StoredToolchain {
 
 /// A bounded store of toolchains (the archive cache, or the unpacked roots).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StoreView {
+pub struct CacheView {
     pub budget_bytes: u64,
     pub used_bytes: u64,
     #[serde(default)]
@@ -29,7 +29,7 @@ pub struct StoreView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_inodes: Option<u64>,
     /// Most recently used first.
-    pub toolchains: Vec<StoredToolchain>,
+    pub toolchains: Vec<CachedToolchain>,
     /// Toolchains being unpacked now (roots only).
     #[serde(default)]
     pub in_progress: Vec<String>,
@@ -47,10 +47,10 @@ pub struct DiskView {
     pub reserved_inodes: u64,
 }
 
-impl StoreView {
+impl CacheView {
     pub fn of(index: &Lru) -> Self {
         let (budget, used) = (index.budget(), index.used());
-        StoreView {
+        CacheView {
             budget_bytes: budget.bytes,
             used_bytes: used.bytes,
             used_inodes: used.inodes,
@@ -58,7 +58,7 @@ impl StoreView {
             toolchains: index
                 .entries()
                 .into_iter()
-                .map(|e| StoredToolchain {
+                .map(|e| CachedToolchain {
                     archive_id: e.id,
                     bytes: e.cost.bytes,
                     inodes: e.cost.inodes,

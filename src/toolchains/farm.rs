@@ -24,7 +24,7 @@ use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 
 use super::claims;
-use crate::actors::{CheckoutToolchain, HasToolchain, StoreToolchain, ToolchainCache};
+use crate::actors::{AdoptToolchain, CheckoutToolchain, HasToolchain, ToolchainCache};
 use crate::report::ErrorChain;
 use crate::stats::Stats;
 use crate::store::{Backend, StoreError, StoreLocation, StoredArchive};
@@ -187,7 +187,7 @@ impl ToolchainStore {
                 return Err(failed(reason));
             }
         };
-        let stored = self.cache.send(StoreToolchain { archive_id: archive_id.to_owned(), staged, size }).await;
+        let stored = self.cache.send(AdoptToolchain { archive_id: archive_id.to_owned(), staged, size }).await;
         match stored {
             Ok(Ok(())) => {
                 Stats::bump(&self.stats.toolchain_store_fetches);

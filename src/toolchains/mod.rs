@@ -29,7 +29,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::actors::toolchain_cache::CheckDiskReserve;
 pub use crate::actors::UnpackFailed;
-use crate::actors::{CacheError, HasToolchain, StoreToolchain, ToolchainCache};
+use crate::actors::{AdoptToolchain, CacheError, HasToolchain, ToolchainCache};
 use crate::observe::BelowReserve;
 use crate::protocol::{ArchiveCheck, ArchiveMismatch, JobId};
 use crate::report::ErrorChain;
@@ -313,7 +313,7 @@ impl Upload {
             })
         })?;
         let inner = &self.toolchains.inner;
-        let store = StoreToolchain { archive_id: self.archive_id.clone(), staged: self.staged.clone(), size };
+        let store = AdoptToolchain { archive_id: self.archive_id.clone(), staged: self.staged.clone(), size };
         match inner.cache.send(store).await {
             Ok(Ok(())) => {}
             Ok(Err(e @ CacheError::NoRoom { .. })) => return Err(UploadError::NoRoom(e)),
