@@ -414,3 +414,38 @@ fn two_kilns_with_upstream_style_configs_share_a_host() {
         assert!(line.contains(&format!("127.0.0.1:{port}")) && line.contains("set kiln.metrics_listen"), "{line}");
     }
 }
+
+/// A bubblewrap that cannot set a sandbox up (here a wrapper that fails as
+/// bwrap does when a mount is refused, for the sandboxes only: the startup probe
+/// passes) never runs the job. Before, kiln answered such a job as the job's own
+/// result, exit 1 with bwrap's complaint on stderr, so the client reported a
+/// failed compile; now it is kiln's failure (a 5xx, which the sccache client
+/// answers by compiling locally), and the log says why.
+#[actix_rt::test]
+async fn a_sandbox_bubblewrap_cannot_set_up_is_kilns_failure_not_the_jobs() {
+    // Not under /tmp: the sandbox threads cover /tmp with a tmpfs of their own.
+    let dir = tempfile::Builder::new().prefix("kiln-fake-bwrap-").tempdir_in("/var/tmp").unwrap();
+    // Run as the sandbox's uid: reachable by it.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let wrapper = dir.path().join("bwrap");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \"$*\" in *.kiln-exec*) echo 'bwrap: Can'\"'\"'t mount proc on /newroot/proc: Operation not permitted' >&2; exit 1 ;; esac\n\
+         exec /usr/bin/bwrap \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let top = format!("[builder]\ntype = \"overlay\"\nbwrap_path = \"{}\"\n", wrapper.display());
+    let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
+    let kiln = Kiln::start_with(&tmp.path().join("data"), &top, "builders = 1\n");
+    let client = kiln.client();
+    let job_id = assign_and_submit(&client, gcc_toolchain()).await;
+    let request = RunJobHttpRequest { command: command("/bin/sh", &["-c", "echo ran"], "/"), outputs: vec![] };
+    let answer = client.run_job(job_id, &token(job_id), &request, &[]).await;
+    eprintln!("answer: {answer:?}");
+    let error = match answer {
+        Err(e) => e.to_string(),
+        Ok(other) => panic!("a job whose sandbox was never set up was answered as the job's: {other:?}"),
+    };
+    assert!(error.contains("500") && error.contains("could not set up"), "{error}");
+}

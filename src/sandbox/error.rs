@@ -55,6 +55,8 @@ pub enum SandboxError {
     },
     #[error("waiting for the sandbox failed")]
     Wait(#[source] std::io::Error),
+    #[error("bubblewrap could not set up the sandbox; the job did not start: {stderr}")]
+    NotSetUp { stderr: String },
     #[error("the sandbox process was killed by signal {signal} from outside kiln")]
     HelperKilled { signal: i32 },
     #[error("the job ran longer than {0:?} and was killed")]

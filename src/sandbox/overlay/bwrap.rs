@@ -410,10 +410,16 @@ fn run_in(
     cgroup: Option<&JobCgroup>,
     kill: &KillHandle,
 ) -> Result<ProcessOutput, SandboxError> {
-    // Writing the command and closing the pipe starts the job. A shim that died
-    // early (killed) makes this fail with EPIPE; its status tells the rest below.
+    // Writing the command and closing the pipe starts the job. A bubblewrap that
+    // has already exited (it could not set the sandbox up: a mount refused, no
+    // user namespace) or a shim that is gone (EPIPE) never ran the job: that is
+    // the machinery's failure, answered as one (the client compiles locally),
+    // never as the job's exit status and bwrap's complaint on its stderr.
+    let exited = waitid(Id::Pid(sandbox.pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT);
+    let mut never_started = exited.is_ok_and(|status| status.pid().is_some());
     if let Some(mut spec) = sandbox.spec.take() {
-        let _ = spec.write_all(&encode_spec(job, cwd));
+        let written = spec.write_all(&encode_spec(job, cwd));
+        never_started |= written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
     }
     let StartedSandbox { mut child, pid, .. } = sandbox;
 
@@ -456,6 +462,10 @@ fn run_in(
         } else {
             SandboxError::HelperKilled { signal }
         });
+    }
+    if never_started {
+        let stderr = String::from_utf8_lossy(&stderr).trim().chars().take(2000).collect();
+        return Err(SandboxError::NotSetUp { stderr });
     }
     let code = status.code().unwrap_or(-1);
     // The shim (or bubblewrap) reports a command that cannot start (most often:
