@@ -33,4 +33,5 @@ pub use jobs::{
     MIN_MEMORY_BYTES,
 };
 pub use process::ProcessMemcg;
+pub(crate) use procfs::mount_points;
 pub use v2::SERVER_LEAF;

@@ -56,6 +56,11 @@ pub(super) fn cgroup_mounts(text: &str) -> Result<Vec<CgroupMount>, CgroupError>
     Ok(mounts)
 }
 
+/// Every mount point listed in mountinfo `text` (any file system), unescaped.
+pub(crate) fn mount_points(text: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    text.lines().filter_map(|line| line.split(' ').nth(4)).map(unescape)
+}
+
 /// `None`: malformed; `Some(None)`: not a cgroup mount.
 ///
 /// Format (proc(5)): `36 35 98:0 /root /mnt opts [optional fields...] - fstype source super-opts`.
@@ -175,6 +180,15 @@ mod tests {
         let unified = &mounts[3];
         assert!(unified.v2 && !unified.has_controller("rw"));
         assert_eq!(unified.mount_point, Path::new("/sys/fs/cgroup/unified"));
+    }
+
+    #[test]
+    fn mount_points_of_any_file_system_are_unescaped() {
+        let text = "22 1 0:21 / /proc rw - proc proc rw\n\
+                    30 22 0:5 /null /proc/kcore ro - devtmpfs udev rw\n\
+                    40 1 0:40 / /run/kiln/pts/a\\040b rw - devpts kiln-pts rw\n";
+        let points: Vec<PathBuf> = mount_points(text).collect();
+        assert_eq!(points, [PathBuf::from("/proc"), "/proc/kcore".into(), "/run/kiln/pts/a b".into()]);
     }
 
     #[test]

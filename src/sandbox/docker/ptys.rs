@@ -65,10 +65,7 @@ impl PtyInstances {
     /// Unmounts every instance of this kiln's, a previous run's included (blocking).
     pub fn sweep(&self) -> usize {
         let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return 0 };
-        let mine: Vec<PathBuf> = mountinfo
-            .lines()
-            .filter_map(|line| line.split(' ').nth(4))
-            .map(PathBuf::from)
+        let mine: Vec<PathBuf> = crate::sandbox::cgroup::mount_points(&mountinfo)
             .filter(|at| at.parent() == Some(self.dir.as_path()))
             .collect();
         for at in &mine {

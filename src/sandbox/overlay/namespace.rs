@@ -104,13 +104,14 @@ pub(super) fn enter_overlay_namespace(
 pub(crate) fn reveal_proc() {
     // thread-self: this thread's namespace, not the process's.
     let Ok(mountinfo) = std::fs::read_to_string("/proc/thread-self/mountinfo") else { return };
-    let mut covers: Vec<&str> =
-        mountinfo.lines().filter_map(|line| line.split(' ').nth(4)).filter(|at| at.starts_with("/proc/")).collect();
+    let proc = Path::new("/proc");
+    let mut covers: Vec<PathBuf> =
+        crate::sandbox::cgroup::mount_points(&mountinfo).filter(|at| at.starts_with(proc) && at != proc).collect();
     // Deepest first, so a cover inside another goes before it.
-    covers.sort_by_key(|at| std::cmp::Reverse(at.len()));
+    covers.sort_by_key(|at| std::cmp::Reverse(at.components().count()));
     for at in covers {
-        if let Err(e) = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH) {
-            tracing::debug!(path = at, error = %e, "uncovering /proc in a sandbox's namespace failed");
+        if let Err(e) = nix::mount::umount2(&at, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::debug!(path = %at.display(), error = %e, "uncovering /proc in a sandbox's namespace failed");
         }
     }
 }
