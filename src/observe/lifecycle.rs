@@ -32,7 +32,8 @@ pub struct Lifecycle {
     /// While draining: assign_job is refused (`drain_mode = "refuse"`).
     refuse_jobs: AtomicBool,
     in_flight: AtomicUsize,
-    /// Jobs assigned since start, and when the last one was (ms after `born`).
+    /// Jobs assigned since start, and when the last one was (ms after `born`,
+    /// plus one: 0 is never).
     assigned: AtomicU64,
     last_assigned_ms: AtomicU64,
     /// Of `assigned`, those taken while draining.
@@ -130,18 +131,20 @@ impl Lifecycle {
     /// Counts a job as in flight (assign_job), unless kiln drains and refuses jobs.
     pub fn start_job(self: &Arc<Self>) -> Result<InFlight, Draining> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        // Checked after counting, so `drain` cannot miss a job that got in.
-        if self.is_draining() && self.refuse_jobs.load(Ordering::SeqCst) {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            self.changed.notify_waiters();
-            return Err(Draining);
+        // Checked after counting, so `drained` cannot miss a job that got in.
+        // (`refuse_jobs` is set only with `draining`.)
+        if self.refuse_jobs.load(Ordering::SeqCst) {
+            if let Err(e) = self.admit() {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                self.changed.notify_waiters();
+                return Err(e);
+            }
         }
         if self.is_draining() {
             self.assigned_draining.fetch_add(1, Ordering::SeqCst);
         }
-        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_assigned_ms.fetch_max(ms, Ordering::SeqCst);
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_assigned_ms.fetch_max(ms + 1, Ordering::SeqCst);
         self.assigned.fetch_add(1, Ordering::SeqCst);
         Ok(InFlight(self.clone()))
     }
@@ -156,8 +159,8 @@ impl Lifecycle {
 
     fn last_assigned(&self) -> Option<Instant> {
         match self.last_assigned_ms.load(Ordering::SeqCst) {
-            0 if self.assigned() == 0 => None,
-            ms => Some(self.born + Duration::from_millis(ms)),
+            0 => None,
+            ms => Some(self.born + Duration::from_millis(ms - 1)),
         }
     }
 
@@ -191,18 +194,17 @@ impl Lifecycle {
             }
         }
     }
-
-    /// Starts a drain that refuses new jobs and waits until none is in flight, or
-    /// `timeout`. Returns the jobs still in flight when it gave up.
-    pub async fn drain(&self, timeout: Duration) -> usize {
-        self.begin_drain(true);
-        self.drained(Release::now(), tokio::time::Instant::now() + timeout).await
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refusing drain (`drain_mode = "refuse"`, or no upstream scheduler).
+    async fn drain(lifecycle: &Lifecycle, timeout: Duration) -> usize {
+        lifecycle.begin_drain(true);
+        lifecycle.drained(Release::now(), tokio::time::Instant::now() + timeout).await
+    }
 
     #[actix_rt::test]
     async fn drain_waits_for_jobs_in_flight_and_refuses_new_ones() {
@@ -210,7 +212,7 @@ mod tests {
         let job = lifecycle.start_job().unwrap();
         let waiter = {
             let lifecycle = lifecycle.clone();
-            actix_rt::spawn(async move { lifecycle.drain(Duration::from_secs(30)).await })
+            actix_rt::spawn(async move { drain(&lifecycle, Duration::from_secs(30)).await })
         };
         while !lifecycle.is_draining() {
             tokio::task::yield_now().await;
@@ -221,7 +223,7 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), 0);
         let stuck = Arc::new(Lifecycle::default());
         let _job = stuck.start_job().unwrap();
-        assert_eq!(stuck.drain(Duration::from_millis(10)).await, 1);
+        assert_eq!(drain(&stuck, Duration::from_millis(10)).await, 1);
     }
 
     #[actix_rt::test]

@@ -185,7 +185,7 @@ mod tests {
             matches!(&reasons[..], [NotReady::SandboxBackend(why)] if why.contains("exit status 1")),
             "{reasons:?}"
         );
-        ready.lifecycle.drain(Duration::ZERO).await;
+        ready.lifecycle.begin_drain(true);
         let labels: Vec<_> = ready.check().await.iter().map(NotReady::label).collect();
         assert_eq!(labels, ["draining", "sandbox_backend"]);
     }
