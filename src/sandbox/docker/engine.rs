@@ -330,16 +330,11 @@ impl Engine {
                 crate::sync::lock(&ptys.by_container).insert(created.id.clone(), at);
                 return Ok(created);
             }
-            Err(DockerError::Engine {
-                source: source @ bollard::errors::Error::DockerResponseServerError { .. },
-                ..
-            }) => source,
             Err(e) => {
                 unmount_blocking(at).await;
-                return Err(e);
+                e.refusal()?
             }
         };
-        unmount_blocking(at).await;
         if let Some(host) = body.host_config.as_mut() {
             host.mounts = None;
         }
@@ -380,11 +375,7 @@ impl Engine {
             // The daemon answered, and may have refused the quota: overlay2 on ext4
             // says "--storage-opt is supported only for overlay over xfs with
             // 'pquota' mount option", btrfs without quotas "Failed to limit qgroup".
-            Err(DockerError::Engine {
-                source: source @ bollard::errors::Error::DockerResponseServerError { .. },
-                ..
-            }) => source,
-            Err(e) => return Err(e),
+            Err(e) => e.refusal()?,
         };
         if require_disk_quota {
             return Err(DockerError::NoDiskQuota { source: refused });

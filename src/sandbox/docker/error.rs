@@ -70,6 +70,17 @@ pub enum DockerError {
 }
 
 impl DockerError {
+    /// What the daemon answered when it refused a call (an HTTP error status); any
+    /// other failure (unreachable, timed out) comes back as the error it is.
+    pub(super) fn refusal(self) -> Result<bollard::errors::Error, DockerError> {
+        match self {
+            DockerError::Engine {
+                source: source @ bollard::errors::Error::DockerResponseServerError { .. }, ..
+            } => Ok(source),
+            other => Err(other),
+        }
+    }
+
     /// The daemon could not be reached or did not answer: the job may succeed later
     /// or elsewhere, so the facade answers 503.
     pub fn is_unavailable(&self) -> bool {
