@@ -9,8 +9,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -150,50 +149,6 @@ async fn unpacked_roots_are_bounded_by_inodes() {
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(metrics.contains("kiln_unpacked_budget_inodes 50000"), "{metrics}");
     eprintln!("peak inodes under roots/: {peak} (budget {BUDGET})");
-}
-
-/// A tmpfs of its own, unmounted (and its mount point removed) when dropped.
-struct SmallFs {
-    path: PathBuf,
-}
-
-impl SmallFs {
-    fn mount(options: &str) -> SmallFs {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = PathBuf::from(format!("/tmp/kiln-budgets-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        nix::mount::mount(Some("tmpfs"), &path, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(options))
-            .expect("mounting a tmpfs (the test runs as root)");
-        SmallFs { path }
-    }
-
-    /// Read by the test itself, not through kiln's code.
-    fn space(&self) -> Space {
-        let vfs = nix::sys::statvfs::statvfs(&self.path).unwrap();
-        Space {
-            free_bytes: vfs.blocks_available() * vfs.fragment_size(),
-            free_inodes: vfs.files_available(),
-            total_bytes: vfs.blocks() * vfs.fragment_size(),
-            total_inodes: vfs.files(),
-        }
-    }
-}
-
-/// `statvfs(3)` of the test's file system: what an unprivileged writer may use.
-#[derive(Debug, Clone, Copy)]
-struct Space {
-    free_bytes: u64,
-    free_inodes: u64,
-    total_bytes: u64,
-    total_inodes: u64,
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&self.path);
-    }
 }
 
 /// Waits (at most 30 s) until `fs`'s free inodes stop changing for half a second:

@@ -342,6 +342,36 @@ async fn assign_at_once(kiln: &Kiln, tc: &PackedToolchain, n: usize) -> Vec<(kil
     futures_util::future::join_all(assigns).await
 }
 
+/// Runs first jobs as their clients do: the one asked for the toolchain sends it,
+/// half a second in (so the others' run_jobs are in before the upload starts),
+/// and every job runs `request`; each must compile, all to the same object.
+async fn run_first_jobs<'a>(
+    jobs: impl IntoIterator<Item = (&'a kiln::client::Client, kiln::protocol::JobId, bool)>,
+    tc: &PackedToolchain,
+    request: &RunJobHttpRequest,
+    project: &CProject,
+) {
+    let runs = jobs.into_iter().map(|(client, job_id, need)| {
+        let inputs = project.inputs();
+        async move {
+            if need {
+                actix_rt::time::sleep(Duration::from_millis(500)).await;
+                let sent = client.submit_toolchain(job_id, &token(job_id), tc.bytes.clone()).await.unwrap();
+                assert_eq!(sent, kiln::protocol::SubmitToolchainResult::Success);
+            }
+            match client.run_job(job_id, &token(job_id), request, &inputs).await.unwrap() {
+                RunJobResult::Complete(done) => done,
+                other => panic!("job {job_id}: {other:?}"),
+            }
+        }
+    });
+    let done = futures_util::future::join_all(runs).await;
+    for d in &done {
+        assert_eq!(d.output.code, 0, "{}", stderr(d));
+        assert_eq!(output_bytes(d, "main.o"), output_bytes(&done[0], "main.o"));
+    }
+}
+
 /// Eight first jobs for a toolchain kiln lacks arrive together. Before, each was
 /// answered `need_toolchain = true` and its client sent the whole archive: eight
 /// uploads. Now the first is asked for it, the seven others are told it is on
@@ -359,28 +389,8 @@ async fn concurrent_first_jobs_send_the_toolchain_once() {
     let jobs = assign_at_once(&kiln, tc, 8).await;
     let uploaders: Vec<_> = jobs.iter().filter(|(_, need)| *need).map(|(id, _)| *id).collect();
     assert_eq!(uploaders.len(), 1, "jobs asked for the toolchain: {uploaders:?} of {jobs:?}");
-    let client = &kiln.client();
-    let request = &request;
-    let runs = jobs.iter().map(|&(job_id, need)| {
-        let inputs = project.inputs();
-        async move {
-            if need {
-                // The waiting jobs' run_jobs are in before the upload starts.
-                actix_rt::time::sleep(Duration::from_millis(500)).await;
-                let sent = client.submit_toolchain(job_id, &token(job_id), tc.bytes.clone()).await.unwrap();
-                assert_eq!(sent, kiln::protocol::SubmitToolchainResult::Success);
-            }
-            match client.run_job(job_id, &token(job_id), request, &inputs).await.unwrap() {
-                RunJobResult::Complete(done) => done,
-                other => panic!("job {job_id}: {other:?}"),
-            }
-        }
-    });
-    let done = futures_util::future::join_all(runs).await;
-    for d in &done {
-        assert_eq!(d.output.code, 0, "{}", stderr(d));
-        assert_eq!(output_bytes(d, "main.o"), output_bytes(&done[0], "main.o"));
-    }
+    let client = kiln.client();
+    run_first_jobs(jobs.iter().map(|&(job_id, need)| (&client, job_id, need)), tc, &request, &project).await;
     let counters = kiln.status().await.snapshot.counters;
     assert_eq!((counters.toolchain_uploads, counters.toolchain_arrival_waits), (1, 7), "{counters:?}");
     let metrics = kiln::client::Client::new(format!("{}/metrics", kiln.ops)).get_raw("").await.unwrap().1;
@@ -447,28 +457,9 @@ async fn farm_first_jobs_send_the_toolchain_once(config: &str, entry: impl Fn(&s
     let asked: Vec<_> = assigned.iter().flatten().filter(|(_, need)| *need).collect();
     assert_eq!(asked.len(), 1, "jobs asked for the toolchain across the farm: {assigned:?}");
     let clients: Vec<_> = kilns.iter().map(Kiln::client).collect();
-    let project = &project;
-    let runs = assigned.iter().zip(&clients).flat_map(|(jobs, client)| {
-        jobs.iter().map(move |&(job_id, need)| {
-            let inputs = project.inputs();
-            async move {
-                if need {
-                    actix_rt::time::sleep(Duration::from_millis(500)).await;
-                    let sent = client.submit_toolchain(job_id, &token(job_id), tc.bytes.clone()).await.unwrap();
-                    assert_eq!(sent, kiln::protocol::SubmitToolchainResult::Success);
-                }
-                match client.run_job(job_id, &token(job_id), request, &inputs).await.unwrap() {
-                    RunJobResult::Complete(done) => done,
-                    other => panic!("job {job_id}: {other:?}"),
-                }
-            }
-        })
-    });
-    let done = futures_util::future::join_all(runs).await;
-    for d in &done {
-        assert_eq!(d.output.code, 0, "{}", stderr(d));
-        assert_eq!(output_bytes(d, "main.o"), output_bytes(&done[0], "main.o"));
-    }
+    let jobs =
+        assigned.iter().zip(&clients).flat_map(|(jobs, client)| jobs.iter().map(move |&(id, need)| (client, id, need)));
+    run_first_jobs(jobs, tc, request, &project).await;
     let mut uploads = 0;
     for kiln in &kilns {
         let c = kiln.status().await.snapshot.counters;

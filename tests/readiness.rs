@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -177,36 +176,6 @@ async fn readyz_is_503_while_bubblewrap_cannot_make_a_sandbox() {
     assert_compiles(&kiln).await;
 }
 
-/// A tmpfs of its own, unmounted (and its mount point removed) when dropped.
-struct SmallFs {
-    path: PathBuf,
-}
-
-impl SmallFs {
-    fn mount(options: &str) -> SmallFs {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = PathBuf::from(format!("/tmp/kiln-readiness-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        nix::mount::mount(Some("tmpfs"), &path, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(options))
-            .expect("mounting a tmpfs (the test runs as root)");
-        SmallFs { path }
-    }
-
-    /// Free bytes, read by the test itself (`statvfs`), not through kiln's code.
-    fn free_bytes(&self) -> u64 {
-        let vfs = nix::sys::statvfs::statvfs(&self.path).unwrap();
-        vfs.blocks_available() * vfs.fragment_size()
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&self.path);
-    }
-}
-
 #[actix_rt::test]
 async fn readyz_is_503_while_the_data_dir_is_below_its_reserve() {
     const MIB: u64 = 1 << 20;
@@ -216,13 +185,13 @@ async fn readyz_is_503_while_the_data_dir_is_below_its_reserve() {
         &fs.path.join("data"),
         &format!("builders = 1\n[kiln.disk_reserve]\npercent = 0\nmin_free_bytes = {RESERVE}\nmin_free_inodes = 0\n"),
     );
-    assert!(fs.free_bytes() > RESERVE);
+    assert!(fs.space().free_bytes > RESERVE);
     assert_eq!(readyz(&kiln.ops).await.0, 200);
 
     // The rest of the host fills the file system past the reserve.
     let filler = fs.path.join("filler");
     std::fs::write(&filler, vec![1u8; (48 * MIB) as usize]).unwrap();
-    assert!(fs.free_bytes() < RESERVE, "the test did not fill the file system");
+    assert!(fs.space().free_bytes < RESERVE, "the test did not fill the file system");
     let (status, body) = readyz(&kiln.ops).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("below the disk reserve") && body.contains("kiln.disk_reserve"), "{body}");

@@ -139,8 +139,9 @@ fn states_of(recorded: &Mutex<Recorded>, job_id: JobId) -> Vec<JobState> {
     recorded.lock().unwrap().states.iter().filter(|(id, _)| *id == job_id).map(|(_, s)| *s).collect()
 }
 
-#[actix_rt::test]
-async fn upstream_link_heartbeats_and_reports_every_job_state() {
+/// A recording stand-in for upstream's scheduler on 127.0.0.1, and the top of a
+/// kiln config that points at it with token auth.
+fn recording_scheduler() -> (Shared, String) {
     let recorded = web::Data::new(Mutex::new(Recorded::default()));
     let app_data = recorded.clone();
     let stand_in = HttpServer::new(move || {
@@ -154,11 +155,16 @@ async fn upstream_link_heartbeats_and_reports_every_job_state() {
     .unwrap();
     let scheduler_addr = stand_in.addrs()[0];
     actix_rt::spawn(stand_in.run());
-
-    let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
     let top = format!(
         "scheduler_url = \"http://{scheduler_addr}\"\n[scheduler_auth]\ntype = \"token\"\ntoken = \"server-secret\"\n"
     );
+    (recorded, top)
+}
+
+#[actix_rt::test]
+async fn upstream_link_heartbeats_and_reports_every_job_state() {
+    let (recorded, top) = recording_scheduler();
+    let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
     let mut kiln = Kiln::start_with(&tmp.path().join("data"), &top, "builders = 1\n");
     assert!(kiln.scheduler.is_none(), "no scheduler API of its own behind upstream's");
 
@@ -354,23 +360,8 @@ async fn jobs_nobody_claims_free_their_slots_in_seconds() {
 /// (scripts/scale_in.sh does this with the real scheduler and client.)
 #[actix_rt::test]
 async fn a_draining_kiln_hands_off_to_the_scheduler_and_runs_its_last_jobs() {
-    let recorded = web::Data::new(Mutex::new(Recorded::default()));
-    let app_data = recorded.clone();
-    let stand_in = HttpServer::new(move || {
-        App::new()
-            .app_data(app_data.clone())
-            .route("/api/v1/scheduler/heartbeat_server", web::post().to(heartbeat))
-            .route("/api/v1/scheduler/job_state/{job_id}", web::post().to(job_state))
-    })
-    .workers(1)
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let scheduler_addr = stand_in.addrs()[0];
-    actix_rt::spawn(stand_in.run());
+    let (recorded, top) = recording_scheduler();
     let tmp = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
-    let top = format!(
-        "scheduler_url = \"http://{scheduler_addr}\"\n[scheduler_auth]\ntype = \"token\"\ntoken = \"server-secret\"\n"
-    );
     let mut kiln = Kiln::start_with(&tmp.path().join("data"), &top, "builders = 2\n");
     let (_, beat) = wait_for(Duration::from_secs(10), || recorded.lock().unwrap().heartbeats.first().cloned())
         .await

@@ -585,3 +585,47 @@ pub fn host_binds_vsock(port: u32) -> Result<(), nix::errno::Errno> {
     let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     bind(fd.as_raw_fd(), &VsockAddr::new(nix::libc::VMADDR_CID_ANY, port))
 }
+
+/// A tmpfs of its own, unmounted (and its mount point removed) when dropped.
+pub struct SmallFs {
+    pub path: PathBuf,
+}
+
+impl SmallFs {
+    pub fn mount(options: &str) -> SmallFs {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = PathBuf::from(format!("/tmp/kiln-testfs-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        nix::mount::mount(Some("tmpfs"), &path, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(options))
+            .expect("mounting a tmpfs (the test runs as root)");
+        SmallFs { path }
+    }
+
+    /// Read by the test itself, not through kiln's code.
+    pub fn space(&self) -> Space {
+        let vfs = nix::sys::statvfs::statvfs(&self.path).unwrap();
+        Space {
+            free_bytes: vfs.blocks_available() * vfs.fragment_size(),
+            free_inodes: vfs.files_available(),
+            total_bytes: vfs.blocks() * vfs.fragment_size(),
+            total_inodes: vfs.files(),
+        }
+    }
+}
+
+/// `statvfs(3)` of the test's file system: what an unprivileged writer may use.
+#[derive(Debug, Clone, Copy)]
+pub struct Space {
+    pub free_bytes: u64,
+    pub free_inodes: u64,
+    pub total_bytes: u64,
+    pub total_inodes: u64,
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
