@@ -213,3 +213,10 @@ EOF
     (cd "$dir" && gcc -O2 -Iinclude -c "src/unit$i.c" -o "local/unit$i.o")
   done
 }
+
+# The running client's stats: the sum of distributed compiles (all servers), dist
+# errors, and the servers that got any.
+stats() { sccache --show-stats --stats-format=json; }
+dist_total() { stats | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print(sum(s["dist_compiles"].values()))'; }
+dist_errors() { stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["dist_errors"])'; }
+dist_servers() { stats | python3 -c 'import json,sys; print(" ".join(sorted(json.load(sys.stdin)["stats"]["dist_compiles"])))'; }

@@ -88,12 +88,6 @@ same_objects() {
   done
 }
 
-stats() { sccache --show-stats --stats-format=json; }
-# Sum of distributed compiles (all servers), dist errors, and per-server counts.
-dist_total() { stats | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print(sum(s["dist_compiles"].values()))'; }
-dist_errors() { stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["dist_errors"])'; }
-dist_servers() { stats | python3 -c 'import json,sys; print(" ".join(sorted(json.load(sys.stdin)["stats"]["dist_compiles"])))'; }
-
 expect_all_distributed() {
   local total errors
   total=$(dist_total); errors=$(dist_errors)

@@ -54,8 +54,6 @@ make_units() {
   PROJECT=$dir
 }
 
-stats() { sccache --show-stats --stats-format=json; }
-
 # start_server <target> <name> <port>: one server; its pid in SERVER_PID.
 start_server() {
   local target=$1 name=$2 port=$3 cfg
@@ -109,8 +107,8 @@ run() {
   for i in $(seq 1 "$UNITS"); do
     cmp -s "$PROJECT/out-$name/slow$i.o" "$PROJECT/local/slow$i.o" || die "$name: slow$i.o differs from local gcc's"
   done
-  total=$(stats | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]; print(sum(s["dist_compiles"].values()))')
-  errors=$(stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["dist_errors"])')
+  total=$(dist_total)
+  errors=$(dist_errors)
   fallbacks=$(( UNITS - total ))
   capacity=$(grep -c "falling back to local: Insufficient capacity" "$WORK/sccache-client.log" || true)
   stop_all
