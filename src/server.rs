@@ -533,15 +533,16 @@ fn start_http(
     Ok((servers, listening))
 }
 
-/// How a draining kiln leaves upstream's scheduler (`kiln.drain_mode`), and when
-/// the drain may then end: once the scheduler's last slots here are taken, or no
-/// job came for a while (handoff), or once it has forgotten this server.
+/// How a draining kiln hands off to upstream's scheduler (`drain_mode =
+/// "handoff"`), and when the drain may then end: once the scheduler's last slots
+/// here are taken, or no job came for a while, or once it has forgotten this
+/// server.
 fn leave_upstream(link: actix::Addr<UpstreamScheduler>, lifecycle: Arc<Lifecycle>) -> crate::observe::signals::Leave {
     use crate::observe::Release;
     use crate::scheduler::upstream::{Leave, Left, FORGOTTEN_AFTER};
-    Box::new(move |mode| {
+    Box::new(move || {
         Box::pin(async move {
-            match link.send(Leave(mode)).await {
+            match link.send(Leave).await {
                 // Jobs assigned before the scheduler took the handoff were placed
                 // under the old registration: only those after it use the slots.
                 Ok(Left::HandedOff { at, slots }) => Release {

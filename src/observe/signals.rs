@@ -48,10 +48,11 @@ impl Signals {
     }
 }
 
-/// How a draining kiln leaves what places jobs on it (upstream's scheduler);
-/// resolves to when the drain may end. `None`: nothing to leave (kiln's own
-/// scheduler stops placing as soon as the drain begins).
-pub type Leave = Box<dyn FnOnce(DrainMode) -> LocalBoxFuture<'static, Release>>;
+/// How a draining kiln hands off to what places jobs on it (upstream's
+/// scheduler), with `drain_mode = "handoff"`; resolves to when the drain may end.
+/// `None`: nothing to hand off to (kiln's own scheduler stops placing as soon as
+/// the drain begins).
+pub type Leave = Box<dyn FnOnce() -> LocalBoxFuture<'static, Release>>;
 
 /// Answers signals until a shutdown completes; returns after the servers stopped.
 pub async fn run(
@@ -77,7 +78,7 @@ pub async fn run(
     tracing::info!(in_flight = lifecycle.in_flight(), timeout_secs = timeout.as_secs(), ?mode, "draining");
     let drain = async {
         let release = match leave {
-            Some(leave) => tokio::time::timeout_at(deadline, leave(mode)).await.unwrap_or_else(|_| Release::now()),
+            Some(leave) => tokio::time::timeout_at(deadline, leave()).await.unwrap_or_else(|_| Release::now()),
             None => Release::now(),
         };
         lifecycle.drained(release, deadline).await

@@ -11,8 +11,8 @@
 //! would hold one of this server's slots at the scheduler forever, so it is
 //! retried a few times in the background.
 //!
-//! When kiln drains it [`Leave`]s: no more heartbeats or reports, and with
-//! `drain_mode = "handoff"` one last heartbeat that re-registers this server
+//! When kiln drains with `drain_mode = "handoff"` it [`Leave`]s: no more
+//! heartbeats or reports, and one last heartbeat that re-registers this server
 //! afresh, with no jobs, so the scheduler places one last round of jobs here (as
 //! many as it gives a server of its CPUs at once) and then none (see
 //! [`crate::config::DrainMode`]).
@@ -24,7 +24,6 @@ use awc::http::header;
 use bytes::Bytes;
 use futures_util::FutureExt;
 
-use crate::config::DrainMode;
 use crate::observe::SharedLinkHealth;
 use crate::protocol::{
     self, HeartbeatServerHttpRequest, HeartbeatServerResult, JobId, JobState, ServerNonce, UpdateJobStateResult,
@@ -251,11 +250,11 @@ impl UpstreamScheduler {
     }
 }
 
-/// kiln drains: stop heartbeating and reporting, and leave the scheduler as
-/// `mode` says. Answers when the scheduler can place no more jobs here.
+/// kiln drains (`drain_mode = "handoff"`): stop heartbeating and reporting, and
+/// hand off with one last heartbeat. Answers how that went.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "Left")]
-pub struct Leave(pub DrainMode);
+pub struct Leave;
 
 /// How the scheduler was left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,21 +262,18 @@ pub enum Left {
     /// It took the handoff heartbeat at `at`: it places at most `slots` more
     /// jobs here.
     HandedOff { at: Instant, slots: u64 },
-    /// It hears nothing more from this server, and has forgotten it by
-    /// `forgotten_at` (the handoff failed, or was not asked for).
+    /// The handoff failed: the scheduler hears nothing more from this server,
+    /// and has forgotten it by `forgotten_at`.
     Silent { forgotten_at: Instant },
 }
 
 impl Handler<Leave> for UpstreamScheduler {
     type Result = ResponseActFuture<Self, Left>;
 
-    fn handle(&mut self, Leave(mode): Leave, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Leave, _: &mut Context<Self>) -> Self::Result {
         self.leaving = true;
         let forgotten_at = self.last_beat.map_or_else(Instant::now, |at| at + FORGOTTEN_AFTER);
         let silent = Left::Silent { forgotten_at };
-        if mode != DrainMode::Handoff {
-            return Box::pin(actix::fut::ready(silent));
-        }
         // A new nonce makes the scheduler drop this server's jobs from its books
         // (they run on here all the same) and register it afresh, with none.
         let body = ServerNonce::generate().and_then(|server_nonce| {
