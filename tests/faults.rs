@@ -428,9 +428,11 @@ async fn a_sandbox_bubblewrap_cannot_set_up_is_kilns_failure_not_the_jobs() {
     // Run as the sandbox's uid: reachable by it.
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let wrapper = dir.path().join("bwrap");
+    // It fails after kiln wrote the job's command (which the pipe's buffer takes):
+    // kiln cannot tell from bubblewrap's state when it writes.
     std::fs::write(
         &wrapper,
-        "#!/bin/sh\ncase \"$*\" in *.kiln-exec*) echo 'bwrap: Can'\"'\"'t mount proc on /newroot/proc: Operation not permitted' >&2; exit 1 ;; esac\n\
+        "#!/bin/sh\ncase \"$*\" in *.kiln-exec*) sleep 0.5; echo 'bwrap: Can'\"'\"'t mount proc on /newroot/proc: Operation not permitted' >&2; exit 1 ;; esac\n\
          exec /usr/bin/bwrap \"$@\"\n",
     )
     .unwrap();

@@ -137,6 +137,9 @@ pub(super) struct StartedSandbox {
     child: Child,
     pid: Pid,
     spec: Option<File>,
+    /// Non-blocking; the shim writes one byte here once it has the command, before
+    /// the job exists. Empty after bubblewrap exited: the job never started.
+    started: File,
 }
 
 impl StartedSandbox {
@@ -151,12 +154,15 @@ impl StartedSandbox {
         // the pipe's buffer (JobSeccomp::compile refuses a larger one).
         let (filter_read, filter_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| spawn_error(e.into()))?;
         File::from(filter_write).write_all(how.seccomp.bpf()).map_err(spawn_error)?;
-        let mut cmd = bwrap_command(&how, read.as_raw_fd(), filter_read.as_raw_fd());
+        let (started, started_write) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| spawn_error(e.into()))?;
+        let fds =
+            ShimFds { spec: read.as_raw_fd(), started: started_write.as_raw_fd(), seccomp: filter_read.as_raw_fd() };
+        let mut cmd = bwrap_command(&how, fds);
         let child = cmd.spawn().map_err(spawn_error)?;
-        drop(read);
-        drop(filter_read);
+        drop((read, filter_read, started_write));
         let pid = Pid::from_raw(child.id() as i32);
-        Ok(StartedSandbox { child, pid, spec: Some(File::from(write)) })
+        Ok(StartedSandbox { child, pid, spec: Some(File::from(write)), started: File::from(started) })
     }
 
     /// Gives the sandbox up unused: the shim reads EOF and exits; reap it.
@@ -251,7 +257,16 @@ fn prepare_layout<'j>(
     Ok((cwd, root, outputs))
 }
 
-fn bwrap_command(how: &Confinement<'_>, spec_fd: RawFd, seccomp_fd: RawFd) -> Command {
+/// The fds bubblewrap passes on: the command pipe and the started pipe to the
+/// shim, the seccomp filter to itself.
+#[derive(Clone, Copy)]
+struct ShimFds {
+    spec: RawFd,
+    started: RawFd,
+    seccomp: RawFd,
+}
+
+fn bwrap_command(how: &Confinement<'_>, fds: ShimFds) -> Command {
     let mut cmd = Command::new(how.bwrap);
     cmd.args([
         // The job dies with its bubblewrap, which dies with the thread that started it.
@@ -297,15 +312,15 @@ fn bwrap_command(how: &Confinement<'_>, spec_fd: RawFd, seccomp_fd: RawFd) -> Co
     for path in ["/proc/sysrq-trigger", "/proc/irq", "/proc/bus"] {
         cmd.args(["--ro-bind-try", path, path]);
     }
-    // Both fds keep the numbers they have here: the child clears close-on-exec on
+    // The fds keep the numbers they have here: the child clears close-on-exec on
     // them and on nothing else, so no other fd (std's own exec-error pipe
     // included) is ever overwritten.
-    cmd.arg("--seccomp").arg(seccomp_fd.to_string());
+    cmd.arg("--seccomp").arg(fds.seccomp.to_string());
     // bubblewrap itself runs on the host with an empty environment: a job's
     // LD_PRELOAD or LD_LIBRARY_PATH must never reach the host's dynamic loader. The
     // job's environment reaches only the job, through the shim.
     cmd.env_clear();
-    cmd.arg("--").arg(SHIM_IN_SANDBOX).arg(spec_fd.to_string());
+    cmd.arg("--").arg(SHIM_IN_SANDBOX).arg(fds.spec.to_string()).arg(fds.started.to_string());
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let kiln = nix::unistd::getpid();
     let (uid, gid, max_memory) = (how.identity.uid, how.identity.gid(), how.max_process_memory);
@@ -335,10 +350,11 @@ fn bwrap_command(how: &Confinement<'_>, spec_fd: RawFd, seccomp_fd: RawFd) -> Co
             }
             // No fd of kiln's reaches the job, whoever opened it without
             // close-on-exec (a library, or whoever started kiln: runc's
-            // CVE-2024-21626 was a leaked fd), but the two bubblewrap and the shim read.
+            // CVE-2024-21626 was a leaked fd), but the ones bubblewrap and the shim read.
             mark_all_close_on_exec()?;
-            check(nix::libc::fcntl(spec_fd, nix::libc::F_SETFD, 0))?;
-            check(nix::libc::fcntl(seccomp_fd, nix::libc::F_SETFD, 0))?;
+            for fd in [fds.spec, fds.started, fds.seccomp] {
+                check(nix::libc::fcntl(fd, nix::libc::F_SETFD, 0))?;
+            }
             // Become the job's uid: no supplementary groups (root's would stay
             // otherwise), then gid, then uid, each real, effective and saved.
             check(nix::libc::setgroups(0, std::ptr::null()))?;
@@ -410,18 +426,14 @@ fn run_in(
     cgroup: Option<&JobCgroup>,
     kill: &KillHandle,
 ) -> Result<ProcessOutput, SandboxError> {
-    // Writing the command and closing the pipe starts the job. A bubblewrap that
-    // has already exited (it could not set the sandbox up: a mount refused, no
-    // user namespace) or a shim that is gone (EPIPE) never ran the job: that is
-    // the machinery's failure, answered as one (the client compiles locally),
-    // never as the job's exit status and bwrap's complaint on its stderr.
-    let exited = waitid(Id::Pid(sandbox.pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT);
-    let mut never_started = exited.is_ok_and(|status| status.pid().is_some());
+    // Writing the command and closing the pipe starts the job. An EPIPE means the
+    // shim is gone: whether the job ran is told by the started pipe below.
     if let Some(mut spec) = sandbox.spec.take() {
-        let written = spec.write_all(&encode_spec(job, cwd));
-        never_started |= written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
+        if let Err(e) = spec.write_all(&encode_spec(job, cwd)) {
+            tracing::debug!(error = %e, "the sandbox did not take the job's command");
+        }
     }
-    let StartedSandbox { mut child, pid, .. } = sandbox;
+    let StartedSandbox { mut child, pid, started, .. } = sandbox;
 
     // stdout and stderr are read on threads of their own while this one waits for
     // bubblewrap: a process of the job that holds them open must never keep kiln
@@ -463,7 +475,12 @@ fn run_in(
             SandboxError::HelperKilled { signal }
         });
     }
-    if never_started {
+    // A bubblewrap that could not set the sandbox up (a mount refused, no user
+    // namespace) never ran the job: that is the machinery's failure, answered as
+    // one (the client compiles locally), never as the job's exit status with
+    // bwrap's complaint on its stderr. The shim's byte is in the pipe before the
+    // job exists, and bubblewrap has exited: no race either way.
+    if !job_started(&started) {
         let stderr = String::from_utf8_lossy(&stderr).trim().chars().take(2000).collect();
         return Err(SandboxError::NotSetUp { stderr });
     }
@@ -477,6 +494,18 @@ fn run_in(
         tracing::warn!(stderr = %String::from_utf8_lossy(&stderr).trim(), "the job's command did not start");
     }
     Ok(ProcessOutput { code, stdout, stderr })
+}
+
+/// Whether the shim wrote its byte to the (non-blocking) started pipe.
+fn job_started(mut started: &File) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match started.read(&mut byte) {
+            Ok(n) => return n == 1,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return false, // WouldBlock: nothing written
+        }
+    }
 }
 
 /// Tells the client, on stderr, when a job's cgroup limit killed part of it. The

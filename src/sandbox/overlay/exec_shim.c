@@ -5,8 +5,10 @@
  * so that setting up namespaces and mounts is off the job's path. bubblewrap
  * (`--as-pid-1`) runs this program as pid 1 of the job's pid namespace. It waits
  * for the job on the fd its first argument names (3 if none): once kiln has
- * unpacked the inputs it writes the job's command there and closes the pipe, and
- * this program forks, the child changes to the job's directory and execs the
+ * unpacked the inputs it writes the job's command there and closes the pipe. This
+ * program then writes one byte to the fd its second argument names, if any, which
+ * tells kiln that the sandbox was set up and the job started (a bubblewrap that
+ * failed never gets here), and forks, the child changes to the job's directory and execs the
  * command with its environment only, and pid 1 reaps until that first process
  * exits, then exits with its status. EOF before any byte means the sandbox was
  * given up unused: exit quietly.
@@ -92,18 +94,21 @@ static void exec_job(const char *cwd, const char *executable, char **argv, char 
     _exit(1);
 }
 
+/* An fd number kiln passed on the command line. */
+static int fd_argument(const char *text) {
+    char *end;
+    long fd = strtol(text, &end, 10);
+    if (*end || fd < 3 || fd > 65535) fail("bad fd from kiln", text);
+    return (int)fd;
+}
+
 int main(int shim_argc, char **shim_argv) {
     /* First, before the job exists: no process of the job may write into this
      * one (see the top of this file). The fork below inherits it until the
      * job's exec, after which the job's processes are dumpable again. */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) fail("prctl(PR_SET_DUMPABLE, 0)", strerror(errno));
-    int spec_fd = DEFAULT_SPEC_FD;
-    if (shim_argc > 1) {
-        char *end;
-        long fd = strtol(shim_argv[1], &end, 10);
-        if (*end || fd < 3 || fd > 65535) fail("bad command fd from kiln", shim_argv[1]);
-        spec_fd = (int)fd;
-    }
+    int spec_fd = shim_argc > 1 ? fd_argument(shim_argv[1]) : DEFAULT_SPEC_FD;
+    int started_fd = shim_argc > 2 ? fd_argument(shim_argv[2]) : -1;
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap);
     if (!buf) fail("out of memory", NULL);
@@ -121,6 +126,11 @@ int main(int shim_argc, char **shim_argv) {
         len += (size_t)n;
     }
     if (len == 0) return 0; /* discarded unused */
+    /* Before the job exists, so no process of the job can write it. */
+    if (started_fd >= 0) {
+        while (write(started_fd, "s", 1) < 0)
+            if (errno != EINTR) fail("telling kiln the job started", strerror(errno));
+    }
     /* Nothing but stdin, stdout and stderr reaches the job: kiln marks its own
      * fds close-on-exec before bubblewrap, and whatever bubblewrap left open
      * (the command pipe, the seccomp filter's) closes here. */
