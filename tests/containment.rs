@@ -54,31 +54,6 @@ fn both(done: &JobComplete) -> String {
     format!("exit {}\n--- stdout\n{}--- stderr\n{}", done.output.code, stdout(done), stderr(done))
 }
 
-/// `source` compiled on the host with `gcc -static`: it runs in any sandbox root.
-fn static_program(name: &str, source: &str) -> Vec<u8> {
-    let dir = tempfile::Builder::new().prefix("kiln-prog-").tempdir().unwrap();
-    let (src, exe) = (dir.path().join(format!("{name}.c")), dir.path().join(name));
-    std::fs::write(&src, source).unwrap();
-    let status = std::process::Command::new("gcc").args(["-static", "-O1", "-o"]).arg(&exe).arg(&src).status();
-    assert!(status.unwrap().success(), "gcc -static {name}.c");
-    std::fs::read(exe).unwrap()
-}
-
-/// An inputs tar of executables (mode 0755) at `/work/<name>`.
-fn programs(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (name, bytes) in files {
-        let mut header = tar::Header::new_ustar();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_path(format!("work/{name}")).unwrap();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o755);
-        header.set_cksum();
-        tar.append(&header, *bytes).unwrap();
-    }
-    tar.into_inner().unwrap()
-}
-
 fn no_inputs() -> Vec<u8> {
     programs(&[])
 }

@@ -561,8 +561,9 @@ static void try_fd(const char *who, int pid, int fd, int flags) {
     int f = open(path, flags);
     if (f < 0) { printf("%s fd %d: %s\n", who, fd, strerror(errno)); return; }
     if (flags == O_WRONLY) {
-        /* A forged success: status 0, code 0, stdout "forged", no stderr. */
-        static const char forged[] = "KRES\0\0\0\0\0\6\0\0\0\0\0\0\0forged\0\0\0\0\0\0\0\0";
+        /* A forged success: status 0, code 0, no usage, stdout "forged", no stderr. */
+        static const char forged[] = "KRES\0\0\0\0\0" "\0\0\0\0\0\0\0\0" "\0\0\0\0\0\0\0\0" "\0\0\0\0\0\0\0\0"
+                                     "\6\0\0\0\0\0\0\0forged\0\0\0\0\0\0\0\0";
         write(f, forged, sizeof forged - 1);
     }
     printf("%s fd %d: OPENED\n", who, fd);
@@ -1004,4 +1005,30 @@ async fn a_container_gets_at_most_16_ptys() {
     assert!(mounted() >= 1, "no devpts instance of kiln's is mounted under {dir}");
     drop(kiln);
     assert_eq!(mounted(), 0, "devpts instances left under {dir} after the kiln and its containers went");
+}
+
+/// Issue 24 on the docker backend: the agent reports what the job's command used
+/// (`getrusage` of the processes it reaped), and kiln shows it as for overlay jobs.
+/// The job (`tests/programs/burn.c`) touches 64 MiB, then burns 300 ms of CPU in a
+/// child it reaps and 300 ms itself.
+#[actix_rt::test]
+async fn a_docker_jobs_cpu_time_and_peak_memory_are_measured() {
+    if !docker_ready() {
+        return;
+    }
+    let kiln = DockerKiln::start(&format!(
+        "builders = 1\n[kiln.jobs]\ntimeout_secs = 30\n{DOCKER_CONFIG}min_idle = 1\nmax_per_toolchain = 1\n"
+    ));
+    let done = run_program(&kiln, "burn", include_str!("programs/burn.c"), &["300", "64"]).await.unwrap();
+    assert_eq!(done.output.code, 0, "{}{}", stdout(&done), stderr(&done));
+    let status = kiln.status().await;
+    let job = status.snapshot.recent_jobs.first().expect("the job is among the recent ones");
+    let usage = job.usage.unwrap_or_else(|| panic!("no usage recorded: {job:?}"));
+    eprintln!("{}{usage:?}", stdout(&done));
+    let cpu = usage.user_ms + usage.system_ms;
+    // The loader's start-up and page faults are the command's too; nothing else is.
+    assert!((600.0..1000.0).contains(&cpu), "{cpu} ms of CPU: {usage:?}");
+    // The largest process's resident set: the 64 MiB, the program and its libc.
+    let peak = usage.peak_memory_bytes;
+    assert!((64 << 20..96 << 20).contains(&peak), "peak memory {} MiB", peak >> 20);
 }

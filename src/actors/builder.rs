@@ -94,6 +94,7 @@ impl Handler<RunJob> for Builder {
         let archive_id = request.archive_id.clone();
         let panicked_archive = archive_id.clone();
         let command = crate::observe::activity::command_line(&request.command);
+        let executable = request.command.executable.clone();
         // A task of its own: a panic in it is caught by the runtime and seen below,
         // and `reply` is dropped with it, which answers the job with an error.
         let task = actix_rt::spawn(
@@ -115,8 +116,10 @@ impl Handler<RunJob> for Builder {
                 };
                 let elapsed_ms = started.elapsed().as_millis() as u64;
                 let report = result.as_ref().map_err(|e| ErrorChain(e).to_string());
-                deps.observer.job_finished(builder, job_id, command, &phases, report);
+                deps.observer.job_finished(builder, job_id, command, &executable, &phases, report);
                 let phases_ms = phases.timings();
+                let cpu_ms = phases.usage().map(|u| (u.user_ms + u.system_ms).round() as u64);
+                let peak_mib = phases.usage().map(|u| u.peak_memory_bytes >> 20);
                 let verdict = match &result {
                     Ok(done) => {
                         deps.quarantine.succeeded(&archive_id);
@@ -127,6 +130,8 @@ impl Handler<RunJob> for Builder {
                             code = done.output.code,
                             outputs = done.outputs.len(),
                             ?phases_ms,
+                            ?cpu_ms,
+                            ?peak_mib,
                             "job completed"
                         );
                         Verdict::Completed

@@ -92,7 +92,7 @@ pub fn render(doc: &StatusDocument) -> String {
         };
     }
     if !s.recent_jobs.is_empty() {
-        let _ = write!(out, "\n{:<20} {:<12} {:>8}", "RECENT JOB", "OUTCOME", "TOTAL");
+        let _ = write!(out, "\n{:<20} {:<12} {:>8} {:>7} {:>9}", "RECENT JOB", "OUTCOME", "TOTAL", "CPU", "PEAK MEM");
         let phases = [Phase::Queue, Phase::Toolchain, Phase::Acquire, Phase::Inputs, Phase::Compile, Phase::Outputs];
         for phase in phases {
             let _ = write!(out, " {:>9}", phase.name().to_uppercase());
@@ -100,7 +100,11 @@ pub fn render(doc: &StatusDocument) -> String {
         out.push('\n');
         for j in s.recent_jobs.iter().take(10) {
             let outcome: String = j.outcome.chars().take(12).collect();
-            let _ = write!(out, "{:<20} {:<12} {:>8}", j.job_id, outcome, ms(j.total_ms));
+            let (cpu, peak) = match j.usage {
+                Some(u) => (ms(u.user_ms + u.system_ms), human_bytes(u.peak_memory_bytes)),
+                None => (String::new(), String::new()),
+            };
+            let _ = write!(out, "{:<20} {:<12} {:>8} {cpu:>7} {peak:>9}", j.job_id, outcome, ms(j.total_ms));
             for phase in phases {
                 let _ = write!(out, " {:>9}", ms(j.phases_ms.get(phase)));
             }

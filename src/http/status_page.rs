@@ -214,14 +214,15 @@ fn builders(h: &mut String, builders: &[BuilderView]) {
 fn recent_jobs(h: &mut String, jobs: &[JobRecord]) {
     let shown = [Phase::Queue, Phase::Toolchain, Phase::Acquire, Phase::Inputs, Phase::Compile, Phase::Outputs];
     h.push_str(
-        "<h2>Recent jobs</h2><table id=\"recent\"><tr><th>job</th><th>builder</th><th>outcome</th><th>total</th>",
+        "<h2>Recent jobs</h2><table id=\"recent\"><tr><th>job</th><th>builder</th><th>outcome</th><th>total</th>\
+         <th title=\"CPU time of the job's processes: user + system\">cpu</th><th>peak memory</th>",
     );
     for phase in shown {
         let _ = write!(h, "<th>{}</th>", phase.name());
     }
     h.push_str("<th>command</th></tr>");
     if jobs.is_empty() {
-        h.push_str("<tr><td colspan=\"11\" class=\"idle\">no job yet</td></tr>");
+        h.push_str("<tr><td colspan=\"13\" class=\"idle\">no job yet</td></tr>");
     }
     for j in jobs {
         let _ = write!(
@@ -233,6 +234,17 @@ fn recent_jobs(h: &mut String, jobs: &[JobRecord]) {
             escape(&j.outcome),
             ms(j.total_ms)
         );
+        match j.usage {
+            Some(u) => {
+                let _ = write!(
+                    h,
+                    "<td class=\"num\">{}</td><td class=\"num\">{}</td>",
+                    ms(u.user_ms + u.system_ms),
+                    bytes(u.peak_memory_bytes)
+                );
+            }
+            None => h.push_str("<td></td><td></td>"),
+        }
         for phase in shown {
             let _ = write!(h, "<td class=\"num\">{}</td>", ms(j.phases_ms.get(phase)));
         }

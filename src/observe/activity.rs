@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::phases::{Phase, PhaseTimings, SharedPhases};
+use super::usage::JobUsage;
 use crate::protocol::{CompileCommand, JobId};
 
 /// Finished jobs kept for the status page and `kiln status`.
@@ -51,6 +52,10 @@ pub struct JobRecord {
     pub finished_at: u64,
     pub total_ms: f64,
     pub phases_ms: PhaseTimings,
+    /// What the job's processes used; absent when it never ran (or from a kiln
+    /// that did not measure it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<JobUsage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,6 +181,7 @@ mod tests {
             finished_at: 0,
             total_ms: 1.0,
             phases_ms: PhaseTimings::default(),
+            usage: None,
         }
     }
 

@@ -99,6 +99,18 @@ pub fn render(observer: &Observer, snap: &Snapshot) -> Result<String, std::fmt::
         Unit::Seconds,
         observer.job_seconds.clone(),
     );
+    r.register_with_unit(
+        "job_cpu",
+        "CPU time of each job's processes (its sandbox's own start-up included), by compiler and mode (user, system)",
+        Unit::Seconds,
+        observer.cpu_seconds.clone(),
+    );
+    r.register_with_unit(
+        "job_peak_memory",
+        "Each job's peak memory by compiler: its cgroup's high-water mark where it has one, else its largest process's",
+        Unit::Bytes,
+        observer.peak_memory_bytes.clone(),
+    );
 
     // Builders.
     gauge(

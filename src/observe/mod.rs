@@ -1,7 +1,8 @@
 //! Operating kiln: what it is doing, how long jobs take, and when it stops.
 //!
 //! - [`phases`]: the stages of a job and the clock that times them (the builder and
-//!   the sandbox both enter phases).
+//!   the sandbox both enter phases); [`usage`]: the CPU and memory a job's
+//!   processes used, which the sandbox records there.
 //! - [`observer`]: latency histograms and the live [`activity`] (builders, recent
 //!   jobs and errors in bounded ring buffers).
 //! - [`views`]: the actors' answers to `Describe*` / garbage collection messages, and
@@ -25,6 +26,7 @@ pub mod phases;
 pub mod readiness;
 pub mod signals;
 pub mod snapshot;
+pub mod usage;
 pub mod views;
 
 pub use disk::{BelowReserve, DiskReserve, FsSpace, Headroom};
@@ -33,4 +35,5 @@ pub use observer::Observer;
 pub use phases::{JobPhases, Phase, PhaseTimings, SharedPhases};
 pub use readiness::{BackendProbe, NotReady, Readiness};
 pub use snapshot::{GcReport, Snapshot, StatusDocument};
+pub use usage::{CompilerLabels, JobUsage};
 pub use views::{CacheView, CachedToolchain, DiskView, Freed, LinkHealth, PoolView, SharedLinkHealth, WarmToolchain};

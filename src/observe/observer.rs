@@ -8,6 +8,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use super::activity::{command_line, unix_now, Activity, JobRecord};
 use super::phases::{Phase, SharedPhases};
+use super::usage::CompilerLabels;
 use crate::protocol::{CompileCommand, JobComplete, JobId};
 
 /// Histogram buckets in seconds: 1 ms to ~65 s, doubling.
@@ -15,7 +16,15 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.001, 2.0, 17)
 }
 
+/// Peak memory buckets in bytes: 1 MiB to 64 GiB, doubling.
+fn memory_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets((1u64 << 20) as f64, 2.0, 17)
+}
+
 pub type PhaseLabels = [(&'static str, &'static str); 1];
+/// `compiler` (see [`CompilerLabels`]) and `mode` (`user` or `system`).
+pub type CpuLabels = [(&'static str, String); 2];
+pub type CompilerLabel = [(&'static str, String); 1];
 
 /// Shared by the builders, the cleaner hook and the HTTP facade.
 #[derive(Debug)]
@@ -25,6 +34,11 @@ pub struct Observer {
     pub phase_seconds: Family<PhaseLabels, Histogram>,
     /// `kiln_job_duration_seconds`: accepted → answered.
     pub job_seconds: Histogram,
+    /// `kiln_job_cpu_seconds{compiler,mode}`: CPU time of each job's processes.
+    pub cpu_seconds: Family<CpuLabels, Histogram>,
+    /// `kiln_job_peak_memory_bytes{compiler}`.
+    pub peak_memory_bytes: Family<CompilerLabel, Histogram>,
+    compilers: CompilerLabels,
 }
 
 impl Observer {
@@ -33,6 +47,9 @@ impl Observer {
             activity: Activity::new(builders),
             phase_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             job_seconds: Histogram::new(latency_buckets()),
+            cpu_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            peak_memory_bytes: Family::new_with_constructor(|| Histogram::new(memory_buckets())),
+            compilers: CompilerLabels::default(),
         }
     }
 
@@ -48,12 +65,13 @@ impl Observer {
         self.activity.started(builder, job_id, command_line(command), archive_id.to_owned(), phases.clone());
     }
 
-    /// A builder finished a job (with a result or an error).
+    /// A builder finished a job (with a result or an error) that ran `executable`.
     pub fn job_finished(
         &self,
         builder: usize,
         job_id: JobId,
         command: String,
+        executable: &str,
         phases: &SharedPhases,
         result: Result<&JobComplete, String>,
     ) {
@@ -67,6 +85,16 @@ impl Observer {
         }
         let total = phases.elapsed();
         self.job_seconds.observe(total.as_secs_f64());
+        let usage = phases.usage();
+        if let Some(usage) = usage {
+            let compiler = self.compilers.label(executable);
+            for (mode, ms) in [("user", usage.user_ms), ("system", usage.system_ms)] {
+                self.cpu_seconds
+                    .get_or_create(&[("compiler", compiler.clone()), ("mode", mode.to_owned())])
+                    .observe(ms / 1000.0);
+            }
+            self.peak_memory_bytes.get_or_create(&[("compiler", compiler)]).observe(usage.peak_memory_bytes as f64);
+        }
         let (outcome, ok) = match &result {
             Ok(done) => (format!("exit {}", done.output.code), true),
             Err(e) => (format!("error: {e}"), false),
@@ -85,6 +113,7 @@ impl Observer {
                 finished_at: unix_now(),
                 total_ms: total.as_secs_f64() * 1000.0,
                 phases_ms: timings,
+                usage,
             },
         );
     }

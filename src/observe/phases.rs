@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::usage::JobUsage;
+
 /// A stage of one job, in the order they happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -58,18 +60,24 @@ struct Clock {
     spent: [Duration; Phase::ALL.len()],
 }
 
-/// Times the phases of one job; shared by the builder and the sandbox thread.
+/// Times the phases of one job, and holds what its processes used; shared by the
+/// builder and the sandbox thread.
 #[derive(Debug)]
 pub struct JobPhases {
     clock: Mutex<Clock>,
     started: Instant,
+    usage: Mutex<Option<JobUsage>>,
 }
 
 pub type SharedPhases = Arc<JobPhases>;
 
 impl Default for JobPhases {
     fn default() -> Self {
-        JobPhases { clock: Mutex::new(Clock { current: None, spent: Default::default() }), started: Instant::now() }
+        JobPhases {
+            clock: Mutex::new(Clock { current: None, spent: Default::default() }),
+            started: Instant::now(),
+            usage: Mutex::new(None),
+        }
     }
 }
 
@@ -125,6 +133,16 @@ impl JobPhases {
             spent[phase.index()] += since.elapsed();
         }
         PhaseTimings(spent.map(|d| d.as_secs_f64() * 1000.0))
+    }
+
+    /// The sandbox measured what the job's processes used.
+    pub fn record_usage(&self, usage: JobUsage) {
+        *crate::sync::lock(&self.usage) = Some(usage);
+    }
+
+    /// What the job's processes used, once its sandbox measured it.
+    pub fn usage(&self) -> Option<JobUsage> {
+        *crate::sync::lock(&self.usage)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Clock> {

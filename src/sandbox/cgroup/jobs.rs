@@ -499,6 +499,16 @@ impl JobCgroup {
         found.unwrap_or(0)
     }
 
+    /// The job's memory high-water mark in bytes since its cgroup was made (v2
+    /// `memory.peak`, Linux 5.19; v1 `memory.max_usage_in_bytes`): its processes and
+    /// the pages of the files it wrote, as its limit counts them. `None` without a
+    /// memory controller or on a kernel without the file.
+    pub fn peak_memory(&self) -> Option<u64> {
+        let dir = self.dir_with(Controller::Memory)?;
+        let file = if self.shared.v2 { "memory.peak" } else { "memory.max_usage_in_bytes" };
+        dir.read(file).ok()?.trim().parse().ok()
+    }
+
     /// Whether a fork failed on `pids.max` (`pids.events` `max`): tells the client why
     /// its job could not fork. `false` without a pids controller.
     pub fn pids_limit_hit(&self) -> bool {

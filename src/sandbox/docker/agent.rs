@@ -11,6 +11,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::error::DockerError;
+use crate::observe::JobUsage;
 
 pub type AgentOutput = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
 pub type AgentInput = Pin<Box<dyn AsyncWrite + Send>>;
@@ -30,7 +31,7 @@ pub enum AgentOutputFile {
 #[derive(Debug)]
 pub enum JobReply {
     /// The command ran to its end.
-    Exited { code: i32, stdout: Vec<u8>, stderr: Vec<u8>, outputs: Vec<AgentOutputFile> },
+    Exited { code: i32, usage: JobUsage, stdout: Vec<u8>, stderr: Vec<u8>, outputs: Vec<AgentOutputFile> },
     /// The agent's own deadline passed; it killed the job.
     TimedOut,
     /// The outputs together exceed the job's limit.
@@ -90,6 +91,7 @@ impl AgentLink {
         let reply = match self.read_u8().await? {
             0 => {
                 let code = self.read_u32().await? as i32;
+                let usage = self.read_usage().await?;
                 let stdout = self.read_bytes(max_stdio).await?;
                 let stderr = self.read_bytes(max_stdio).await?;
                 let mut files = Vec::with_capacity(outputs);
@@ -114,11 +116,12 @@ impl AgentLink {
                 if too_large {
                     JobReply::OutputsTooLarge
                 } else {
-                    JobReply::Exited { code, stdout, stderr, outputs: files }
+                    JobReply::Exited { code, usage, stdout, stderr, outputs: files }
                 }
             }
             2 => {
                 let _code = self.read_u32().await?;
+                self.read_usage().await?;
                 self.read_bytes(max_stdio).await?;
                 self.read_bytes(max_stdio).await?;
                 JobReply::TimedOut
@@ -130,6 +133,18 @@ impl AgentLink {
         };
         self.in_step = true;
         Ok(reply)
+    }
+
+    /// The command's CPU times (µs) and largest resident set (KiB), as the agent's
+    /// `getrusage(RUSAGE_CHILDREN)` gave them.
+    async fn read_usage(&mut self) -> Result<JobUsage, DockerError> {
+        let (user_us, system_us, max_rss_kib) =
+            (self.read_u64().await?, self.read_u64().await?, self.read_u64().await?);
+        Ok(JobUsage {
+            user_ms: user_us as f64 / 1000.0,
+            system_ms: system_us as f64 / 1000.0,
+            peak_memory_bytes: max_rss_kib.saturating_mul(1024),
+        })
     }
 
     /// Resets the container: every process of the job killed, every SysV IPC object

@@ -236,6 +236,9 @@ async fn run_job(
         .agent
         .run_job(&prepared.request, prepared.outputs.len(), limits.max_stdio_bytes, limits.max_output_bytes)
         .await;
+    if let Ok(JobReply::Exited { usage, .. }) = &reply {
+        phases.record_usage(*usage);
+    }
     let killed = oom_kills_during_job(engine, &container.id, &container.memcg, oom_kills_before, reply.is_err()).await;
     if let Some(killed) = killed {
         tracing::info!(container = %container.id, ?killed, "the job exceeded its container's memory limit");
@@ -266,7 +269,7 @@ async fn collect_reply(
         },
     };
     match reply {
-        JobReply::Exited { code, stdout, stderr, outputs } => {
+        JobReply::Exited { code, stdout, stderr, outputs, .. } => {
             let collected = tokio::task::spawn_blocking(move || compress_outputs(names, outputs))
                 .await
                 .map_err(|_| SandboxError::ThreadGone)??;

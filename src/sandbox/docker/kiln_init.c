@@ -21,6 +21,8 @@
  *   "KRST"                                       reset the container
  * Replies (agent -> kiln):
  *   "KRES" u8 0 (exited) or 2 (timed out), i32 code (128 + signal when killed),
+ *          u64 user_us, u64 system_us, u64 max_rss_kib (what the command and
+ *          every process it reaped used),
  *          u64 n + n bytes stdout, u64 n + n bytes stderr,
  *          then, exited only, per output: u8 0 missing | 1 u64 size + bytes |
  *          2 not a regular file | 3 over max_output (the reply ends there)
@@ -61,6 +63,7 @@
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <sys/signalfd.h>
@@ -627,9 +630,16 @@ static _Noreturn void supervise(void) {
     while (err_open) err_open = drain(&err);
 
     int code = timed_out ? 128 + SIGKILL : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    /* The command is reaped (here, or by kill_others): its usage, and that of every
+     * process it reaped in turn, is this process's children's. */
+    struct rusage used;
+    if (getrusage(RUSAGE_CHILDREN, &used) != 0) memset(&used, 0, sizeof used);
     put("KRES", 4);
     put_u8(timed_out ? 2 : 0);
     put_u32((uint32_t)code);
+    put_u64((uint64_t)used.ru_utime.tv_sec * 1000000 + (uint64_t)used.ru_utime.tv_usec);
+    put_u64((uint64_t)used.ru_stime.tv_sec * 1000000 + (uint64_t)used.ru_stime.tv_usec);
+    put_u64((uint64_t)used.ru_maxrss);
     put_u64(out.len);
     put(out.data, out.len);
     put_u64(err.len);

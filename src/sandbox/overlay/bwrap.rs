@@ -17,7 +17,7 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
 use crate::archive::{extract_tar_into, ArchiveError, RootedDir, SandboxPath};
-use crate::observe::Phase;
+use crate::observe::{JobUsage, Phase};
 use crate::protocol::{JobComplete, OutputData, ProcessOutput};
 use crate::report::ErrorChain;
 use crate::sandbox::cgroup::JobCgroup;
@@ -451,16 +451,21 @@ fn run_in(
     // holds even if that init were subverted.
     let ended = cgroup.map_or(Ok(()), JobCgroup::kill_processes);
     kill.exited();
-    let status = child.wait();
+    let status = reap(pid);
     if let Err(e) = ended {
         // Something of the job may still run and hold its pipes: leave the
         // readers be (they end with the pipes) and fail the job; the cgroup's
         // removal tries again.
         return Err(SandboxError::Cgroup(e));
     }
+    drop(child); // reaped above
     let (stdout, stderr) = (stdout.join(), stderr.join());
     waited.map_err(|errno| SandboxError::Wait(errno.into()))?;
-    let status = status.map_err(SandboxError::Wait)?;
+    let (status, mut usage) = status.map_err(SandboxError::Wait)?;
+    if let Some(peak) = cgroup.and_then(JobCgroup::peak_memory) {
+        usage.peak_memory_bytes = peak;
+    }
+    job.phases.record_usage(usage);
 
     if let Some(signal) = status.signal() {
         // On cgroup v2 an OOM kills the whole job (memory.oom.group), bubblewrap
@@ -494,6 +499,28 @@ fn run_in(
         tracing::warn!(stderr = %String::from_utf8_lossy(&stderr).trim(), "the job's command did not start");
     }
     Ok(ProcessOutput { code, stdout, stderr })
+}
+
+/// Reaps bubblewrap with `wait4`, whose resource usage covers every process of the
+/// job: bubblewrap reaped the shim, the shim (pid 1) every process of the job, and
+/// each process's usage adds to its reaper's. bubblewrap's own start-up is in it,
+/// a few ms: the sandbox is part of what a job costs.
+fn reap(pid: Pid) -> std::io::Result<(std::process::ExitStatus, JobUsage)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; all zeroes is a valid value.
+    let mut rusage: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: wait4 writes into `status` and `rusage`, which live for the call;
+        // `pid` is bubblewrap, this thread's child, not reaped yet.
+        let reaped = unsafe { nix::libc::wait4(pid.as_raw(), &mut status, 0, &mut rusage) };
+        if reaped == pid.as_raw() {
+            return Ok((std::process::ExitStatus::from_raw(status), JobUsage::from_rusage(&rusage)));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// Whether the shim wrote its byte to the (non-blocking) started pipe.
