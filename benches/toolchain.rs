@@ -22,7 +22,7 @@ use kiln::archive::{extract_tar, ExtractLimits};
 use kiln::package::{package_toolchain, PackageOptions};
 use kiln::sandbox::cgroup::{CgroupLimits, CgroupOptions, JobCgroups};
 use kiln::sandbox::overlay::{
-    claim_ids, install_exec_shim, IdRange, JobSeccomp, OverlayBackend, OverlayConfinement, CLAIMS_DIR,
+    claim_ids, install_exec_shim, IdRange, JobSeccomp, MountTemplate, OverlayBackend, OverlayConfinement, CLAIMS_DIR,
 };
 use kiln::sandbox::{SandboxBackend, SandboxLimits, ToolchainRoot};
 
@@ -99,12 +99,18 @@ fn sandbox_prepare(c: &mut Criterion) {
         .map_err(|e| eprintln!("sandbox_prepare: no job cgroups ({e}); measuring without"))
         .ok()
         .map(Arc::new);
+    // KILN_BENCH_MOUNT_TEMPLATE=0 measures sandboxes copied from kiln's whole mount table.
+    let mounts = match std::env::var("KILN_BENCH_MOUNT_TEMPLATE").as_deref() {
+        Ok("0") => None,
+        _ => Some(MountTemplate::make(&[scratch.path().to_owned(), bwrap.clone()]).unwrap()),
+    };
     let confinement = OverlayConfinement {
         bwrap,
         shim,
         ids: claim_ids(Path::new(CLAIMS_DIR), IdRange { base: 1_500_000_000, count: 65_536 }, "kiln bench").unwrap(),
         seccomp: JobSeccomp::compile().unwrap(),
         cgroups,
+        mounts,
     };
     let backend = OverlayBackend::new(scratch.path().join("sandboxes"), confinement, sandbox_limits);
     let toolchain = ToolchainRoot { archive_id: "bench".into(), path: root, lease: Arc::new(()) };

@@ -23,7 +23,8 @@ use crate::quarantine::Quarantine;
 use crate::sandbox::cgroup::{CgroupOptions, JobCgroups};
 use crate::sandbox::docker::start_docker_backend;
 use crate::sandbox::overlay::{
-    claim_ids, install_exec_shim, probe_unprivileged, JobSeccomp, OverlayBackend, OverlayConfinement, CLAIMS_DIR,
+    claim_ids, install_exec_shim, probe_unprivileged, JobSeccomp, MountTemplate, OverlayBackend, OverlayConfinement,
+    CLAIMS_DIR,
 };
 use crate::sandbox::SharedBackend;
 use crate::scheduler::{LocalScheduler, Scheduler, UpstreamScheduler};
@@ -145,7 +146,24 @@ fn overlay_confinement(
         seccomp_bytes = seccomp.bpf().len(),
         "overlay jobs run as unprivileged host uids, without user namespaces, under seccomp"
     );
-    Ok(OverlayConfinement { bwrap, shim, ids, seccomp, cgroups })
+    let mounts = match MountTemplate::make(&[config.build_dir(), bwrap.clone()]) {
+        Ok(template) => {
+            tracing::info!(
+                kept = template.kept,
+                left_out = template.left_out,
+                "sandboxes start from a mount namespace of the mounts they need"
+            );
+            Some(template)
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %crate::report::ErrorChain(&e),
+                "sandboxes copy kiln's whole mount table: no smaller one could be made"
+            );
+            None
+        }
+    };
+    Ok(OverlayConfinement { bwrap, shim, ids, seccomp, cgroups, mounts })
 }
 
 /// Where the servers ended up listening (configured ports may be 0).

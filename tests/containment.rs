@@ -1409,3 +1409,67 @@ async fn mount_inspection_and_mitigation_undoing_personas_are_refused() {
         assert!(out.lines().any(|l| l == allowed), "expected `{allowed}`\n{out}");
     }
 }
+
+// --- 16. a host with many mounts (issue 24) ------------------------------------
+
+/// kiln started in a mount namespace of its own with 300 extra mounts, as on a
+/// Kubernetes node or a docker host (where some of them hold secrets: service
+/// account tokens, other pods' volumes). Each sandbox thread's namespace, which
+/// bubblewrap copies for the job, holds the dozen mounts a sandbox needs, not
+/// the host's: before, it held every one of them, and copying them cost each
+/// sandbox 5.7× its set-up time with 1,000 (benches/toolchain.rs). Jobs compile.
+#[actix_rt::test]
+async fn sandboxes_start_from_a_small_mount_table_whatever_the_hosts() {
+    const EXTRA: usize = 300;
+    let dir = tempfile::Builder::new().prefix("kiln-mounts-").tempdir_in("/var/tmp").unwrap();
+    let points: Vec<std::ffi::CString> = (0..EXTRA)
+        .map(|i| {
+            let point = dir.path().join(i.to_string());
+            std::fs::create_dir(&point).unwrap();
+            std::ffi::CString::new(point.into_os_string().into_encoded_bytes()).unwrap()
+        })
+        .collect();
+    let kiln = Kiln::start_with_pre_exec("builders = 1\n", move || {
+        let check = |r: nix::libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+        // SAFETY: plain system calls on strings made before the fork.
+        unsafe {
+            check(nix::libc::unshare(nix::libc::CLONE_NEWNS))?;
+            let root = c"/".as_ptr();
+            check(nix::libc::mount(
+                std::ptr::null(),
+                root,
+                std::ptr::null(),
+                nix::libc::MS_REC | nix::libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            for point in &points {
+                let fs = c"tmpfs".as_ptr();
+                check(nix::libc::mount(fs, point.as_ptr(), fs, 0, c"size=4k".as_ptr().cast()))?;
+            }
+        }
+        Ok(())
+    });
+    assert_compiles(&kiln).await;
+    let kilns = mount_count(&format!("/proc/{}/mountinfo", kiln.pid()));
+    assert!(kilns > EXTRA, "kiln's namespace has the extra mounts: {kilns}");
+    // The warm sandboxes prepared after the compile, each a parked thread.
+    let sandboxes = wait_for(TEST_LIMIT, || {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", kiln.pid())).ok()?;
+        let counts: Vec<usize> = tasks
+            .flatten()
+            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("kiln-sandbox-")))
+            .map(|t| mount_count(&t.path().join("mountinfo").display().to_string()))
+            .collect();
+        (!counts.is_empty()).then_some(counts)
+    })
+    .await
+    .expect("a warm sandbox's thread");
+    for count in sandboxes {
+        assert!(count < 40, "a sandbox's namespace holds {count} mounts, kiln's {kilns}");
+    }
+    assert_compiles(&kiln).await;
+}
+
+fn mount_count(mountinfo: &str) -> usize {
+    std::fs::read_to_string(mountinfo).map_or(0, |t| t.lines().count())
+}

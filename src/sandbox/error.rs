@@ -19,6 +19,12 @@ pub enum SandboxError {
     Thread(#[source] std::io::Error),
     #[error("entering a private mount namespace failed")]
     Namespace(#[source] nix::Error),
+    #[error("making the sandboxes' mount namespace failed: {step}")]
+    MountTemplate {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("mounting the overlay at {path:?} failed")]
     MountOverlay {
         path: PathBuf,

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use super::bwrap::{run_job, Confinement, StartedSandbox};
 use super::id_claim::IdClaim;
 use super::identity::{create_files_as, JobIdentity};
+use super::mount_template::MountTemplate;
 use super::namespace::{enter_overlay_namespace, release_overlay_namespace, OverlayDirs};
 use super::seccomp::JobSeccomp;
 use crate::protocol::JobComplete;
@@ -45,6 +46,9 @@ pub struct OverlayConfinement {
     /// Where each sandbox's cgroup goes; `None` only when the config allows
     /// running without (`kiln.sandbox.require_cgroups = false`) and the host has none.
     pub cgroups: Option<Arc<JobCgroups>>,
+    /// The small mount namespace each sandbox's own is copied from; `None`: kiln's
+    /// own (every host mount, copied per sandbox) when it could not be made.
+    pub mounts: Option<MountTemplate>,
 }
 
 impl OverlayBackend {
@@ -198,6 +202,9 @@ impl SandboxThread {
 
     fn start(&self, cgroup: Option<&JobCgroup>) -> Result<StartedSandbox, SandboxError> {
         let c = &self.confinement;
+        if let Some(template) = &c.mounts {
+            template.enter()?;
+        }
         enter_overlay_namespace(&self.dirs, &c.shim, self.limits.max_disk_bytes)?;
         let sandbox = StartedSandbox::start(Confinement {
             bwrap: &c.bwrap,

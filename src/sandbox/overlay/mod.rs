@@ -18,6 +18,7 @@ mod backend;
 mod bwrap;
 mod id_claim;
 mod identity;
+mod mount_template;
 mod namespace;
 mod seccomp;
 
@@ -25,5 +26,6 @@ pub use backend::{install_exec_shim, OverlayBackend, OverlayConfinement, EXEC_SH
 pub use bwrap::{check_bwrap, probe_unprivileged, BwrapError};
 pub use id_claim::{claim_ids, ClaimError, IdClaim, CLAIMS_DIR};
 pub use identity::{IdRange, JobIdentity};
+pub use mount_template::MountTemplate;
 pub use namespace::MAX_PTYS;
 pub use seccomp::JobSeccomp;
