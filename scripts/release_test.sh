@@ -71,7 +71,7 @@ IMAGE_RUN_FLAGS=(--cap-add SYS_ADMIN --security-opt seccomp=unconfined -v /sys/f
 # securityContext, resources.limits.memory (its CPU limit is beyond this machine),
 # the emptyDir volumes (exec allowed, as an emptyDir is) and the args.
 POD_RUN_FLAGS=(--user 0:0 --read-only --cap-drop ALL
-  --cap-add SYS_ADMIN --cap-add SETUID --cap-add SETGID --cap-add DAC_OVERRIDE --cap-add FOWNER --cap-add KILL
+  --cap-add SYS_ADMIN --cap-add SYS_CHROOT --cap-add SETUID --cap-add SETGID --cap-add DAC_OVERRIDE --cap-add FOWNER --cap-add KILL
   --security-opt seccomp=unconfined --memory 16g
   --tmpfs /var/lib/kiln:exec --tmpfs /run/kiln:size=1m --tmpfs /tmp:exec,size=1g)
 POD_ARGS=(serve --config=/etc/kiln/kiln.toml --log-format=json --set=kiln.sandbox.require_cgroups=false)
@@ -170,7 +170,7 @@ compile_and_stop() {
 case_pod() {
   log "pod: $IMAGE as deploy/kubernetes runs it"
   docker image inspect "$IMAGE" >/dev/null 2>&1 || die "no image $IMAGE: run scripts/release.sh image first"
-  grep -q 'add: \["SYS_ADMIN", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER", "KILL"\]' "$ROOT/deploy/kubernetes/deployment.yaml" \
+  grep -q 'add: \["SYS_ADMIN", "SYS_CHROOT", "SETUID", "SETGID", "DAC_OVERRIDE", "FOWNER", "KILL"\]' "$ROOT/deploy/kubernetes/deployment.yaml" \
     || die "deployment.yaml's capabilities changed: update POD_RUN_FLAGS"
   grep -q 'type: Unconfined' "$ROOT/deploy/kubernetes/deployment.yaml" || die "deployment.yaml's seccomp changed: update POD_RUN_FLAGS"
   ports_free
@@ -185,6 +185,9 @@ case_pod() {
   done
   [ "$ready" = ready ] || die "the pod's /readyz did not say ready within 20 s: $ready"
   echo "the pod's container is ready with: ${POD_RUN_FLAGS[*]}"
+  # SYS_CHROOT lets sandboxes start from kiln's small mount template (setns).
+  docker logs "$CONTAINER" 2>&1 | grep -q "sandboxes start from a mount namespace of the mounts they need" \
+    || die "the pod's sandboxes copy the whole mount table: $(docker logs "$CONTAINER" 2>&1 | grep -i 'mount table' | tail -n 1)"
   compile_and_stop pod
 }
 

@@ -50,12 +50,16 @@ impl MountTemplate {
         needed.extend(paths.iter().cloned());
         // Mount points are where symlinks lead: /lib is /usr/lib on most hosts.
         let needed: Vec<PathBuf> = needed.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
-        std::thread::Builder::new()
-            .name("kiln-mount-template".into())
-            .spawn(move || make_here(&needed))
-            .map_err(SandboxError::Thread)?
-            .join()
-            .map_err(|_| SandboxError::ThreadGone)?
+        let template = on_a_thread(move || make_here(&needed))?;
+        // Entering needs CAP_SYS_CHROOT besides CAP_SYS_ADMIN (setns(2)), which a
+        // container given only the latter lacks: find out now, not per sandbox.
+        let entered = on_a_thread(|| {
+            template.join().map_err(|e| SandboxError::MountTemplate {
+                step: "entering it (setns needs CAP_SYS_CHROOT)",
+                source: e.into(),
+            })
+        });
+        entered.map(|()| template)
     }
 
     /// Moves the calling thread into the template, which it must then unshare a
@@ -63,10 +67,27 @@ impl MountTemplate {
     /// The thread must serve nothing else: its file-system attributes become its
     /// own (`CLONE_FS`), and its root and working directory the template's `/`.
     pub fn enter(&self) -> Result<(), SandboxError> {
-        // setns(CLONE_NEWNS) refuses a thread that shares its root and cwd.
-        unshare(CloneFlags::CLONE_FS).map_err(SandboxError::Namespace)?;
-        setns(self.ns.as_fd(), CloneFlags::CLONE_NEWNS).map_err(SandboxError::Namespace)
+        self.join().map_err(SandboxError::Namespace)
     }
+
+    fn join(&self) -> nix::Result<()> {
+        // setns(CLONE_NEWNS) refuses a thread that shares its root and cwd.
+        unshare(CloneFlags::CLONE_FS)?;
+        setns(self.ns.as_fd(), CloneFlags::CLONE_NEWNS)
+    }
+}
+
+/// Runs `f` on a thread of its own: a thread that changes namespaces must serve
+/// nothing else.
+fn on_a_thread<T: Send>(f: impl FnOnce() -> Result<T, SandboxError> + Send) -> Result<T, SandboxError> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("kiln-mount-template".into())
+            .spawn_scoped(scope, f)
+            .map_err(SandboxError::Thread)?
+            .join()
+            .map_err(|_| SandboxError::ThreadGone)?
+    })
 }
 
 fn make_here(needed: &[PathBuf]) -> Result<MountTemplate, SandboxError> {
