@@ -87,9 +87,21 @@ wait_for() {
 # start_kiln <name> [config]
 start_kiln() {
   local name=$1; shift
-  "$KILN" serve ${1:+--config "$1"} >"$WORK/$name.out" 2>"$WORK/$name.log" &
+  ${KILN_WRAP:-} "$KILN" serve ${1:+--config "$1"} >"$WORK/$name.out" 2>"$WORK/$name.log" &
   PIDS+=($!)
   wait_for "$name to listen" grep -q "kiln listening on" "$WORK/$name.out"
+}
+
+# with_mounts <n> <command...>: execs the command in a mount namespace of its own
+# with n extra tmpfs mounts, as a Kubernetes node or a docker host has them; the
+# host's table is untouched. For KILN_WRAP, in the background job start_kiln makes:
+# every step execs, so $! is the server's pid.
+with_mounts() {
+  local n=$1; shift
+  exec unshare -m --propagation private sh -c '
+    n=$1; shift; d=/var/tmp/kiln-extra-mounts; i=0
+    while [ "$i" -lt "$n" ]; do mkdir -p "$d/$i" && mount -t tmpfs -o size=4k extra "$d/$i"; i=$((i + 1)); done
+    exec "$@"' sh "$n" "$@"
 }
 
 # Upstream's scheduler on examples/sccache/scheduler.toml (127.0.0.1:10600).

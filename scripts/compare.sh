@@ -21,6 +21,9 @@
 #   upstream-overlay sccache-dist server 0.19.0, overlay builder
 #   upstream-docker  sccache-dist server 0.19.0, docker builder  (if a daemon answers;
 #                    its base image aidanhs/busybox is built locally from busybox-static)
+#   kiln-overlay-mounts, kiln-overlay-base-mounts
+#                    kiln (or its base) started in a mount namespace with
+#                    COMPARE_MOUNTS (1000) extra mounts, as on a Kubernetes node
 # For each, examples/loadgen.rs runs 1 client (latency, overhead over bare gcc) and
 # 2×cores clients (throughput, against the same compiles run locally at the same
 # parallelism). bare gcc (the physical limit) is measured by loadgen in each run.
@@ -41,6 +44,7 @@ MIX=${COMPARE_MIX:-tiny}
 CLIENTS_MANY=${COMPARE_CLIENTS:-$(( 2 * $(nproc) ))}
 OUT=$ROOT/target/compare
 TOKEN=change-me-client-token
+MOUNTS=${COMPARE_MOUNTS:-1000}
 
 [ "$(id -u)" -eq 0 ] || die "run as root: kiln and sccache-dist's overlay builder need it"
 install_sccache
@@ -51,7 +55,7 @@ rm -f "$OUT"/*.json
 KILN_CURRENT=$KILN
 if [ -n "$BASE" ]; then
   build_base_kiln "$BASE"
-  TARGETS="kiln-overlay-base,$TARGETS"
+  [[ ,$TARGETS, == *,kiln-overlay-base,* ]] || TARGETS="kiln-overlay-base,$TARGETS"
 fi
 ROUND=1
 
@@ -127,6 +131,9 @@ run_target() {
   case $1 in
     kiln-overlay) KILN=$KILN_CURRENT run_kiln kiln-overlay overlay ;;
     kiln-overlay-base) KILN=$KILN_BASE run_kiln kiln-overlay-base overlay ;;
+    kiln-overlay-mounts) KILN=$KILN_CURRENT KILN_WRAP="with_mounts $MOUNTS" run_kiln kiln-overlay-mounts overlay ;;
+    kiln-overlay-base-mounts)
+      KILN=$KILN_BASE KILN_WRAP="with_mounts $MOUNTS" run_kiln kiln-overlay-base-mounts overlay ;;
     kiln-docker)
       if docker_answers; then KILN=$KILN_CURRENT run_kiln kiln-docker docker; else log "kiln-docker: SKIPPED (no docker daemon)"; fi ;;
     upstream-overlay) run_upstream upstream-overlay overlay ;;
@@ -186,6 +193,24 @@ for name in targets:
           f"| {spread(per_round(name, lambda d: (d.get('server_rss_kib_after') or 0) / 1024, many))} MiB |")
 print("\nserver CPU/job is that of the server's own cgroup: a docker job's processes run in the")
 print("container's cgroup, so for kiln-docker it leaves the compile out and is not comparable.")
+
+# A host with many mounts against the same kiln without them (issue 24): job
+# latency percentiles at 1 and many clients, as ratios per round.
+pairs = [(t, t[: -len("-mounts")]) for t in targets if t.endswith("-mounts") and t[: -len("-mounts")] in targets]
+if pairs:
+    print("\nWith COMPARE_MOUNTS extra mounts on the host, against none: job latency (ms) and its")
+    print("ratio to the same kiln's without them in the same round; median [min–max] over rounds.\n")
+    print("| target | clients | p50 ms | p50 ratio | p99 ms | p99 ratio |")
+    print("|---|---|---|---|---|---|")
+    for name, plain in pairs:
+        for clients in (1, many):
+            cells = []
+            for pct in ("p50_ms", "p99_ms"):
+                f = lambda d: d["kinds"][0]["kiln"][pct]
+                mine, theirs = per_round(name, f, clients), per_round(plain, f, clients)
+                ratios = [m / t for m, t in zip(mine, theirs) if m is not None and t]
+                cells += [spread(mine), spread(ratios, "{:.2f}")]
+            print(f"| {name} | {clients} | " + " | ".join(cells) + " |")
 
 def throughput(name, r):
     d = load(name, r, many)
