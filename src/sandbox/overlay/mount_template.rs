@@ -3,7 +3,7 @@
 //! `unshare(CLONE_NEWNS)` copies the caller's whole mount table, and bubblewrap
 //! copies the copy, makes every mount in it a slave and detaches them all after
 //! its `pivot_root`: work per host mount, per sandbox. On a host with 1,000
-//! mounts (a Kubernetes node, a docker host) preparing a sandbox took 5.7× as
+//! mounts (a Kubernetes node, a docker host) preparing a sandbox took 4–6× as
 //! long as with 22 (`benches/toolchain.rs`, issue 24). So kiln makes, once, a
 //! mount namespace that keeps only the mounts a sandbox's set-up reaches: `/`,
 //! `/proc`, `/dev`, and the mounts under which bubblewrap, its libraries, the exec
@@ -44,7 +44,9 @@ impl MountTemplate {
     /// Makes the template on a thread of its own (which ends after), keeping the
     /// mounts that `paths` and [`SYSTEM_PATHS`] are on. Blocking: call it from a
     /// blocking thread. Unmounts that fail (a mount a container runtime locked)
-    /// leave the mount in; only a failure to make the namespace is an error.
+    /// leave the mount in; a namespace that cannot be made, or entered, is an
+    /// error. Nothing mounted inside kiln's directories needs keeping: kiln's
+    /// start detaches whatever is there (the cleaner's sweep).
     pub fn make(paths: &[PathBuf]) -> Result<MountTemplate, SandboxError> {
         let mut needed: Vec<PathBuf> = SYSTEM_PATHS.iter().map(PathBuf::from).collect();
         needed.extend(paths.iter().cloned());
