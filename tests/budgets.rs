@@ -260,19 +260,6 @@ async fn uploads_and_unpacks_leave_the_data_dirs_reserve() {
 
 // --- a job's writes (issue 27, finding 7) ------------------------------------
 
-/// An inputs tar holding `program` at `/work/<name>` (mode 0755).
-fn program_inputs(name: &str, program: &[u8]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_ustar();
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_path(format!("work/{name}")).unwrap();
-    header.set_size(program.len() as u64);
-    header.set_mode(0o755);
-    header.set_cksum();
-    tar.append(&header, program).unwrap();
-    tar.into_inner().unwrap()
-}
-
 /// The data dir on a 256 MiB tmpfs, `kiln.jobs.max_disk_bytes` = 64 MiB, and a job
 /// that writes as much as it can. Before, the job's writes went to its overlay's
 /// upper dir on the data dir's file system: it wrote 200 MiB there, and a
@@ -293,20 +280,13 @@ async fn a_job_that_fills_its_disk_quota_stops_there_alone() {
     );
     let tc = toolchain_of_empty_files("fill", 0, 0);
     assert_runs(&kiln, &tc).await;
-    let program = {
-        let dir = tempfile::Builder::new().prefix("kiln-prog-").tempdir().unwrap();
-        let (src, exe) = (dir.path().join("fill_disk.c"), dir.path().join("fill_disk"));
-        std::fs::write(&src, include_str!("programs/fill_disk.c")).unwrap();
-        let status = std::process::Command::new("gcc").args(["-static", "-O1", "-o"]).arg(&exe).arg(&src).status();
-        assert!(status.unwrap().success(), "gcc -static fill_disk.c");
-        std::fs::read(exe).unwrap()
-    };
+    let program = static_program("fill_disk", include_str!("programs/fill_disk.c"));
     let before = fs.space();
     let client = kiln.client();
     let filler = async {
         let job_id = assign_and_submit(&client, &tc).await;
         let request = RunJobHttpRequest { command: command("./fill_disk", &[], "/work"), outputs: vec![] };
-        let inputs = program_inputs("fill_disk", &program);
+        let inputs = programs(&[("fill_disk", &program)]);
         match client.run_job(job_id, &token(job_id), &request, &inputs).await.unwrap() {
             RunJobResult::Complete(done) => done,
             RunJobResult::JobNotFound => panic!("job {job_id} not found"),
