@@ -118,8 +118,9 @@ impl Handler<RunJob> for Builder {
                 let report = result.as_ref().map_err(|e| ErrorChain(e).to_string());
                 deps.observer.job_finished(builder, job_id, command, &executable, &phases, report);
                 let phases_ms = phases.timings();
-                let cpu_ms = phases.usage().map(|u| (u.user_ms + u.system_ms).round() as u64);
-                let peak_mib = phases.usage().map(|u| u.peak_memory_bytes >> 20);
+                let usage = phases.usage();
+                let cpu_ms = usage.map(|u| (u.user_ms + u.system_ms).round() as u64);
+                let peak_mib = usage.map(|u| u.peak_memory_bytes >> 20);
                 let verdict = match &result {
                     Ok(done) => {
                         deps.quarantine.succeeded(&archive_id);

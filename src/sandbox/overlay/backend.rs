@@ -202,10 +202,7 @@ impl SandboxThread {
 
     fn start(&self, cgroup: Option<&JobCgroup>) -> Result<StartedSandbox, SandboxError> {
         let c = &self.confinement;
-        if let Some(template) = &c.mounts {
-            template.enter()?;
-        }
-        enter_overlay_namespace(&self.dirs, &c.shim, self.limits.max_disk_bytes)?;
+        enter_overlay_namespace(&self.dirs, &c.shim, self.limits.max_disk_bytes, c.mounts.as_ref())?;
         let sandbox = StartedSandbox::start(Confinement {
             bwrap: &c.bwrap,
             identity: self.identity,

@@ -8,6 +8,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::stat::Mode;
 
+use super::mount_template::MountTemplate;
 use crate::archive::{RootedDir, SandboxPath};
 use crate::sandbox::SandboxError;
 
@@ -54,17 +55,25 @@ pub(super) const SHIM_IN_SANDBOX: &str = "/.kiln-exec";
 ///
 /// `unshare(CLONE_NEWNS)` affects only the calling thread (it implies `CLONE_FS`,
 /// which a thread may unshare), so this must run on a dedicated thread that never
-/// serves anything else. The new namespace is made recursively private first so
-/// no mount can propagate back to the host.
+/// serves anything else. The new namespace is copied from `template` when there
+/// is one (else from kiln's own) and made recursively private first so no mount
+/// can propagate back to the host.
 pub(super) fn enter_overlay_namespace(
     dirs: &OverlayDirs,
     shim: &Path,
     max_disk_bytes: u64,
+    template: Option<&MountTemplate>,
 ) -> Result<(), SandboxError> {
+    if let Some(template) = template {
+        template.enter()?;
+    }
     unshare(CloneFlags::CLONE_NEWNS).map_err(SandboxError::Namespace)?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(SandboxError::Namespace)?;
-    reveal_proc();
+    // The template kept no mount below /proc: nothing to uncover there.
+    if template.is_none() {
+        reveal_proc();
+    }
     // nosuid/nodev: nothing in a toolchain or a job's inputs may gain privileges.
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_scratch(dirs, max_disk_bytes)?;
